@@ -1,0 +1,47 @@
+"""Which parameters the kernel differentiates: all, backbone, head, or all but the embeddings."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class ParamGroup(str, Enum):
+    ALL = "all"
+    BACKBONE = "backbone"
+    HEAD = "head"
+    NO_EMBEDDINGS = "no-embeddings"
+
+
+def select_params(model: nn.Module, group: ParamGroup | str = ParamGroup.ALL) -> dict[str, nn.Parameter]:
+    """Named parameters of `model` in `group`, each tied parameter once (under its first name)."""
+    try:
+        group = ParamGroup(group)
+    except ValueError:
+        raise ConfigError(f"unknown parameter group '{group}': use one of {', '.join(g.value for g in ParamGroup)}") from None
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    out: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        is_head = name.startswith("head.")
+        keep = {
+            ParamGroup.ALL: True,
+            ParamGroup.BACKBONE: not is_head,
+            ParamGroup.HEAD: is_head,
+            ParamGroup.NO_EMBEDDINGS: id(p) not in embedding_ids,
+        }[group]
+        if keep:
+            out[name] = p
+    if not out:
+        raise ConfigError(f"parameter group '{group.value}' selects no parameters of this model")
+    return out
+
+
+def num_params(params: dict[str, nn.Parameter]) -> int:
+    return sum(p.numel() for p in params.values())

@@ -1,0 +1,189 @@
+"""Task specifications: the built-in registry of the paper's tasks and user task spec files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError, DataError
+
+TaskType = Literal["regression", "classification"]
+
+
+class FileSpec(BaseModel):
+    """One file of a split and how to read it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str  # relative to the data directory (built-in) or to the spec file (user task)
+    format: Literal["tsv", "csv", "jsonl", "sts12", "lines", "fasttext", "semrel"]
+    text_columns: list[str] = Field(default_factory=list)
+    label_column: str | None = None
+    header: bool = True
+    columns: list[str] | None = None  # names for header-less files
+    min_fields: bool = False  # allow extra trailing fields (raw STS-B)
+    gold: str | None = None  # sts12: the gold-score file beside the input file
+    label: str | None = None  # lines: the label every line of this file has
+    source: str | None = None  # kept as a column (STS-12 sub-corpus)
+
+
+class TaskSpec(BaseModel):
+    """A task: type, labels, metrics, and the files of each split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: TaskType
+    pair: bool
+    labels: list[str] | None = None  # classification: raw label values, in class-index order
+    label_names: list[str] | None = None
+    splits: dict[str, list[FileSpec]]
+    test_split: str = "test"
+    seeded_split: dict[str, float] | None = None  # e.g. {"train": 0.8, "test": 0.2} from the one split "all"
+    hub: dict[str, str] | None = None  # Hugging Face dataset fallback
+    about: str = ""
+    base_dir: str | None = None  # user tasks: files relative to this
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskSpec":
+        if self.type == "classification" and self.labels is not None and len(self.labels) < 2:
+            raise ValueError("a classification task needs at least 2 labels")
+        names = self.split_names()
+        if self.test_split not in names:
+            raise ValueError(f"test_split '{self.test_split}' is not one of the splits {names}")
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return ["mse", "pearson", "spearman"] if self.type == "regression" else ["accuracy", "f1"]
+
+    def split_names(self) -> list[str]:
+        if self.seeded_split:
+            return list(self.seeded_split)
+        return list(self.splits)
+
+
+def _tsv(path, a, b, label, **kw) -> FileSpec:
+    return FileSpec(path=path, format="tsv", text_columns=[a] + ([b] if b else []), label_column=label, **kw)
+
+
+_STS12_TRAIN = ["MSRpar", "MSRvid", "SMTeuroparl"]
+_STS12_TEST = ["MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"]
+
+
+def _sts12(folder: str, names: list[str]) -> list[FileSpec]:
+    return [FileSpec(path=f"sts12/{folder}/STS.input.{n}.txt", gold=f"sts12/{folder}/STS.gs.{n}.txt", format="sts12",
+                     header=False, source=n.replace("surprise.", "")) for n in names]
+
+
+BUILTIN: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec(name="stsb", type="regression", pair=True, about="STS Benchmark (GLUE), similarity 0-5",
+                 splits={"train": [_tsv("stsb/train.tsv", "sentence1", "sentence2", "score")],
+                         "validation": [_tsv("stsb/dev.tsv", "sentence1", "sentence2", "score")],
+                         "test": [FileSpec(path="stsb/original/sts-test.tsv", format="tsv", header=False,
+                                           columns=["genre", "file", "year", "id", "score", "sentence1", "sentence2"],
+                                           text_columns=["sentence1", "sentence2"], label_column="score",
+                                           min_fields=True)]},
+                 hub={"path": "nyu-mll/glue", "name": "stsb", "a": "sentence1", "b": "sentence2", "label": "label"}),
+        TaskSpec(name="sts12", type="regression", pair=True, about="SemEval-2012 STS, 0-5; `source` = sub-corpus",
+                 splits={"train": _sts12("STS2012-train", _STS12_TRAIN), "test": _sts12("STS2012-test", _STS12_TEST)},
+                 hub={"path": "mteb/sts12-sts", "a": "sentence1", "b": "sentence2", "label": "score"}),
+        TaskSpec(name="semrel", type="regression", pair=True, about="SemRel2024 English relatedness, 0-1",
+                 splits={s: [FileSpec(path=f"semrel/{f}", format="semrel", text_columns=["Text"], label_column="Score")]
+                         for s, f in [("train", "eng_train.csv"), ("validation", "eng_dev_with_labels.csv"),
+                                      ("test", "eng_test_with_labels.csv")]},
+                 hub={"path": "SemRel/SemRel2024", "name": "eng", "a": "sentence1", "b": "sentence2", "label": "label"}),
+        TaskSpec(name="rte", type="classification", pair=True, labels=["not_entailment", "entailment"],
+                 about="Recognising Textual Entailment (GLUE); test = GLUE dev (GLUE test has no labels)",
+                 splits={"train": [_tsv("rte/train.tsv", "sentence1", "sentence2", "label")],
+                         "validation": [_tsv("rte/dev.tsv", "sentence1", "sentence2", "label")]},
+                 test_split="validation",
+                 hub={"path": "nyu-mll/glue", "name": "rte", "a": "sentence1", "b": "sentence2", "label": "label",
+                      "map": "1,0"}),
+        TaskSpec(name="mrpc", type="classification", pair=True, labels=["0", "1"],
+                 label_names=["not_paraphrase", "paraphrase"],
+                 about="Microsoft Research Paraphrase Corpus; test = labelled original MSRP test",
+                 splits={"train": [_tsv("mrpc/train.tsv", "#1 String", "#2 String", "Quality")],
+                         "validation": [_tsv("mrpc/dev.tsv", "#1 String", "#2 String", "Quality")],
+                         "test": [_tsv("mrpc/msr_paraphrase_test.txt", "#1 String", "#2 String", "Quality")]},
+                 hub={"path": "nyu-mll/glue", "name": "mrpc", "a": "sentence1", "b": "sentence2", "label": "label"}),
+        TaskSpec(name="cr", type="classification", pair=False, labels=["neg", "pos"], label_names=["negative", "positive"],
+                 about="Customer reviews (SentEval CR); no official split: seeded stratified 80/20 (seed 0)",
+                 splits={"all": [FileSpec(path="cr/custrev.neg", format="lines", label="neg", header=False),
+                                 FileSpec(path="cr/custrev.pos", format="lines", label="pos", header=False)]},
+                 seeded_split={"train": 0.8, "test": 0.2},
+                 hub={"path": "SetFit/SentEval-CR", "a": "text", "label": "label"}),
+        TaskSpec(name="sst2", type="classification", pair=False, labels=["0", "1"], label_names=["negative", "positive"],
+                 about="Stanford Sentiment Treebank (GLUE); test = GLUE dev (GLUE test has no labels)",
+                 splits={"train": [_tsv("sst2/train.tsv", "sentence", None, "label")],
+                         "validation": [_tsv("sst2/dev.tsv", "sentence", None, "label")]},
+                 test_split="validation",
+                 hub={"path": "nyu-mll/glue", "name": "sst2", "a": "sentence", "label": "label"}),
+        TaskSpec(name="amazon_polarity", type="classification", pair=False, labels=["1", "2"],
+                 label_names=["negative", "positive"], about="Amazon review polarity (5k/1k samples); text = 'title: review'",
+                 splits={"train": [FileSpec(path="amazon_polarity/train_small.ft.txt", format="fasttext", header=False)],
+                         "test": [FileSpec(path="amazon_polarity/test_small.ft.txt", format="fasttext", header=False)],
+                         "test_head": [FileSpec(path="amazon_polarity/test_head1000/test.ft.txt", format="fasttext",
+                                                header=False)]},
+                 hub={"path": "fancyzhx/amazon_polarity", "a": "content", "label": "label"}),
+    ]
+}
+
+
+def load_spec_file(path: str | Path) -> TaskSpec:
+    """Read a user task spec (YAML or JSON). Simple form: {name, type, files: {split: path}, text_columns, ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: task spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.suffix in {".yaml", ".yml"} else json.loads(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {e}") from e
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: a task spec must be a mapping")
+    return user_task(base_dir=str(path.parent.resolve()), origin=str(path), **raw)
+
+
+def user_task(name: str, type: str, files: dict[str, str], text_columns: list[str], label_column: str,
+              labels: list[str] | None = None, test_split: str | None = None, base_dir: str = ".",
+              origin: str = "task flags", format: str | None = None) -> TaskSpec:
+    """Build a TaskSpec for the user's CSV/TSV/JSONL files (one file per split)."""
+    try:
+        if not files:
+            raise ValueError("no files given")
+        if isinstance(text_columns, str):
+            text_columns = [c.strip() for c in text_columns.split(",") if c.strip()]
+        if not 1 <= len(text_columns) <= 2:
+            raise ValueError(f"text_columns needs 1 or 2 column names, got {text_columns}")
+        splits = {}
+        for split, f in files.items():
+            fmt = format or {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(Path(f).suffix.lower())
+            if fmt is None:
+                raise ValueError(f"cannot tell the format of '{f}' (use .csv, .tsv or .jsonl, or give format)")
+            splits[split] = [FileSpec(path=f, format=fmt, text_columns=text_columns, label_column=label_column)]
+        if test_split is None:
+            test_split = "test" if "test" in splits else ("validation" if "validation" in splits else list(splits)[-1])
+        return TaskSpec(name=name, type=type, pair=len(text_columns) == 2, labels=labels, splits=splits,
+                        test_split=test_split, base_dir=base_dir, about=f"user task from {origin}")
+    except (ValidationError, ValueError, TypeError) as e:
+        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        raise ConfigError(f"{origin}: invalid task spec: {msg}") from e
+
+
+def get_spec(task: str | TaskSpec) -> TaskSpec:
+    """A built-in task by name, or a user task from a .yaml/.yml/.json spec file."""
+    if isinstance(task, TaskSpec):
+        return task
+    key = task.lower().replace("-", "_")
+    key = {"sts_b": "stsb", "sts_12": "sts12", "sst_2": "sst2", "amazon": "amazon_polarity"}.get(key, key)
+    if key in BUILTIN:
+        return BUILTIN[key]
+    if Path(task).suffix in {".yaml", ".yml", ".json"}:
+        return load_spec_file(task)
+    raise ConfigError(f"unknown task '{task}': use one of {', '.join(BUILTIN)} or a task spec file (.yaml/.json)")
