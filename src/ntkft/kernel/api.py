@@ -120,9 +120,11 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
     model.eval()
     try:
         if meth == Method.FACTORED:
-            return _factored(model, sel, ids1, m1, ids2, m2, sym, c, max_memory, batch_size, ckpt, progress)
-        impl = JacobianMethod(model, sel) if meth == Method.JACOBIAN else JvpMethod(model, sel)
-        return _tiled(impl, ids1, m1, ids2, m2, sym, c, max_memory, batch_size, ckpt, progress)
+            k = _factored(model, sel, ids1, m1, ids2, m2, sym, c, max_memory, batch_size, ckpt, progress)
+        else:
+            impl = JacobianMethod(model, sel) if meth == Method.JACOBIAN else JvpMethod(model, sel)
+            k = _tiled(impl, ids1, m1, ids2, m2, sym, c, max_memory, batch_size, ckpt, progress)
+        return k.detach()
     finally:
         model.train(was_training)
 
@@ -191,15 +193,15 @@ def _factored(model, sel, ids1, m1, ids2, m2, sym, c, max_memory, batch_size, ck
     if 3 * per > max_memory:
         raise KernelError(f"max_memory {max_memory / 2**20:.0f} MiB is too small for even one tile "
                           f"(one sample needs ~{3 * per / 2**20:.0f} MiB)")
-    size = int(min(batch_size or 16, max(1, max_memory // (3 * per))))
+    size = int(min(batch_size or 8, max(1, max_memory // (3 * per))))
     o1, b1 = _batches(m1, size)
     o2, b2 = (None, []) if sym else _batches(m2, size)
     total = per * (ids1.shape[0] + (0 if sym else ids2.shape[0]))
     tmp = None
-    if total <= max_memory // 2:
-        store = fac.FeatureStore(None)
-    elif ckpt.root is not None:
+    if ckpt.root is not None:  # checkpointed runs keep every finished batch on disk, to resume from
         store = fac.FeatureStore(ckpt.root)
+    elif total <= max_memory // 2:
+        store = fac.FeatureStore(None)
     else:
         tmp = tempfile.TemporaryDirectory(prefix="ntkft-features-")
         store = fac.FeatureStore(Path(tmp.name))

@@ -162,6 +162,15 @@ def capture(model: nn.Module, entries: list[Entry], fallback: dict, ids: torch.T
             feats[e.name + ".G"] = torch.cat(g, -1)
     if fb_names:
         feats["__fallback__.G"] = rows_of(fb_per_c)
+    first: dict[tuple, str] = {}
+    for name in list(feats):  # autograd may hand the same tensor to two entries (BERT's embedding sums)
+        t = feats[name]
+        key = (t.data_ptr(), tuple(t.shape), t.stride())
+        if key in first:
+            alias[name] = first[key]
+            del feats[name]
+        else:
+            first[key] = name
     return feats, alias
 
 
@@ -184,9 +193,13 @@ class FeatureStore:
         if self.root is None:
             self.mem[k] = (feats, alias)
             return
-        from .._io import save_tensors
+        import os
 
-        save_tensors(self.path(k), feats, {"alias": json.dumps(alias)})
+        from safetensors.torch import save_file
+
+        tmp = self.path(k).with_suffix(".tmp")  # scratch features: rename for atomicity, no fsync
+        save_file({n: t.contiguous() for n, t in feats.items()}, str(tmp), metadata={"alias": json.dumps(alias)})
+        os.replace(tmp, self.path(k))
 
     def get(self, k: int, names: list[str]) -> dict[str, torch.Tensor]:
         """The named tensors of batch k (aliases resolved); missing names are left out."""

@@ -65,6 +65,11 @@ class Readout(nn.Module):
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled final hidden state h(x), shape (B, n)."""
+        if self.kind == "decoder":
+            # Move real tokens to the front: left-padded rows would give pad queries a fully masked
+            # causal row (NaN in float64 eager attention); positions come from the mask, so f is unchanged.
+            order = torch.argsort(1 - attention_mask.long(), dim=1, stable=True)
+            input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._takes_positions:
             kwargs["position_ids"] = position_ids_from_mask(attention_mask)

@@ -171,12 +171,14 @@ def tiny_config(arch: str, vocab_size: int):
 
     if arch == "gpt_neo":
         return GPTNeoConfig(vocab_size=vocab_size, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=128,
-                            attention_types=[[["global", "local"], 1]], window_size=16, intermediate_size=64)
+                            attention_types=[[["global", "local"], 1]], window_size=16, intermediate_size=64,
+                            bos_token_id=None, eos_token_id=None)
     if arch == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True)
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+        return GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=None,
+                          eos_token_id=None)
     if arch == "bert":
         return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                           intermediate_size=64, max_position_embeddings=128)

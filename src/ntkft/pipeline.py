@@ -1,0 +1,76 @@
+"""End-to-end runs that join models, tasks and the kernel: what the CLI commands call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._io import peak_rss_mb, run_meta
+from .errors import KernelError
+from .kernel import KernelFile, kernel_matrix, load_kernel_file, resolve_method, select_params
+from .kernel.params import num_params
+from .models import Readout, load_model
+from .tasks import encode, load_task, subsample
+
+log = logging.getLogger(__name__)
+
+
+def build_readout(model: str, layers: int | None = None, seed: int = 0, sigma: float = 1.0, out_dim: int = 1,
+                  dtype: torch.dtype = torch.float32):
+    """Load `model`, optionally truncate it after block `layers`, and put the seeded readout on top."""
+    loaded = load_model(model, dtype=dtype)
+    if layers is not None:
+        loaded = loaded.truncate(layers)
+    return loaded, Readout.from_loaded(loaded, out_dim=out_dim, sigma=sigma, seed=seed)
+
+
+def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 64, seed: int = 0,
+                        params: str = "all", method: str = "auto", layers: int | None = None, split: str = "train",
+                        out: str | Path | None = None, max_memory: int | None = None, data_dir: str | None = None,
+                        batch_size: int | None = None, progress: bool = True) -> KernelFile:
+    """eNTK of `model`'s scalar readout on `n` seeded samples of `task`; saved to `out` if given."""
+    data = subsample(load_task(task, split, data_dir), n, seed=seed)
+    loaded, readout = build_readout(model, layers=layers, seed=seed)
+    enc = encode(loaded.tokenizer, loaded.kind, data, max_length=max_length)
+    sel = select_params(readout, params)
+    meth = resolve_method(method, readout, sel)
+    kwargs = {"max_memory": max_memory} if max_memory else {}
+    t0 = time.time()
+    k = kernel_matrix(readout, enc, params=params, method=meth, batch_size=batch_size,
+                      checkpoint_dir=Path(out) / "work" if out else None, progress=progress, **kwargs)
+    seconds = time.time() - t0
+    with torch.no_grad():
+        f = readout(enc["input_ids"], enc["attention_mask"]).double()
+    labels = torch.as_tensor(np.asarray(data.labels))
+    meta = run_meta(model=model, task=data.task.name, split=split, n=len(data), max_length=max_length, seed=seed,
+                    params=params, num_params=num_params(sel), method=meth.value, layers=layers,
+                    kind=loaded.kind, hidden_size=loaded.hidden_size, task_type=data.task.type, sigma=1.0,
+                    dtype="float64 (accumulated from float32 model)", seconds=round(seconds, 2),
+                    peak_rss_mb=round(peak_rss_mb(), 1), normalisation="unnormalised: K = J J^T")
+    kf = KernelFile(k, enc["input_ids"], enc["attention_mask"], readout.head.weight.detach().clone(),
+                    readout.head.bias.detach().clone(), f, labels, torch.as_tensor(data.indices), meta)
+    if out:
+        kf.save(out)
+        import shutil
+
+        shutil.rmtree(Path(out) / "work", ignore_errors=True)
+        log.info("wrote %s", Path(out) / "kernel.safetensors")
+    return kf
+
+
+def recompute(path: str | Path, model: str | None = None, method: str = "jacobian", progress: bool = False) -> torch.Tensor:
+    """Recompute K from a kernel file and the model alone (head, inputs and settings come from the file)."""
+    kf = load_kernel_file(path)
+    spec = model or kf.meta.get("model")
+    if spec is None:
+        raise KernelError(f"{path}: meta has no model; pass the model explicitly")
+    loaded, readout = build_readout(spec, layers=kf.meta.get("layers"))
+    with torch.no_grad():
+        readout.head.weight.copy_(kf.head_weight)
+        readout.head.bias.copy_(kf.head_bias)
+    x = {"input_ids": kf.input_ids, "attention_mask": kf.attention_mask}
+    return kernel_matrix(readout, x, params=kf.meta.get("params", "all"), method=method, progress=progress)

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real data directory, real models loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NTKFT_DATA_DIR", ROOT.parent / "shared" / "data"))
+os.environ["NTKFT_DATA_DIR"] = str(DATA)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"real task data not found at {DATA}; set NTKFT_DATA_DIR")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from ntkft.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from ntkft.models import load_model
+
+    return load_model("minilm-l6")
