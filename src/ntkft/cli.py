@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -41,7 +39,7 @@ def models() -> None:
 
 
 @app.command()
-def tasks(data_dir: Optional[str] = DataDir) -> None:
+def tasks(data_dir: str | None = DataDir) -> None:
     """List the tasks with type, metrics, splits and row counts."""
     from .tasks import BUILTIN, load_task
 
@@ -59,7 +57,7 @@ def tasks(data_dir: Optional[str] = DataDir) -> None:
 @app.command()
 def demo(out: str = typer.Option("runs/demo", help="output folder"), model: str = "smollm2-135m",
          task: str = "rte", n: int = typer.Option(32, help="samples for the kernel"),
-         max_length: int = 64, data_dir: Optional[str] = DataDir) -> None:
+         max_length: int = 64, data_dir: str | None = DataDir) -> None:
     """The main job on offline defaults: encode real pairs, eNTK of a real model, spectrum and stopping rule."""
     import torch
 
@@ -103,11 +101,11 @@ def kernel(model: str = typer.Option("smollm2-135m"), task: str = typer.Option("
            max_length: int = 64, seed: int = 0,
            params: str = typer.Option("all", help="all | backbone | head | no-embeddings"),
            method: str = typer.Option("auto", help="auto | factored | jacobian | jvp"),
-           layers: Optional[int] = typer.Option(None, help="truncate the backbone after this block"),
+           layers: int | None = typer.Option(None, help="truncate the backbone after this block"),
            split: str = "train", out: str = typer.Option("runs/kernel"),
            max_memory_gb: float = typer.Option(4.0, help="memory budget for features and tiles"),
-           text_columns: Optional[str] = None, label_column: Optional[str] = None,
-           task_type: Optional[str] = None, data_dir: Optional[str] = DataDir) -> None:
+           text_columns: str | None = None, label_column: str | None = None,
+           task_type: str | None = None, data_dir: str | None = DataDir) -> None:
     """Compute the eNTK of a model's scalar readout on task samples; write kernel.safetensors + meta.json."""
     from .pipeline import compute_kernel_file
 
@@ -135,8 +133,8 @@ def _print_spectrum(rep: dict, name: str = "") -> None:
 
 @app.command()
 def spectrum(kernels: list[str] = typer.Argument(None, help="kernel files or run folders"),
-             model: Optional[str] = None, task: Optional[str] = None, n: int = 100, draws: int = 1,
-             max_length: int = 64, out: str = "runs/spectrum", data_dir: Optional[str] = DataDir) -> None:
+             model: str | None = None, task: str | None = None, n: int = 100, draws: int = 1,
+             max_length: int = 64, out: str = "runs/spectrum", data_dir: str | None = DataDir) -> None:
     """Decay rate beta (both estimators, CI, sensitivity), predicted rate and a log-log figure."""
     import numpy as np
 
@@ -184,11 +182,11 @@ def spectrum(kernels: list[str] = typer.Argument(None, help="kernel files or run
 
 @app.command()
 def stop(kernel_file: str = typer.Argument(..., help="kernel file or run folder"),
-         lr: Optional[float] = typer.Option(None, help="kernel-GD step alpha on K/N (default min(1, 1/lambda_1))"),
-         sigma: Optional[float] = typer.Option(None, help="noise sd (estimated if not given)"),
-         radius: Optional[float] = typer.Option(None, help="RKHS radius R (estimated if not given)"),
-         batch_size: Optional[int] = typer.Option(None, help="express T_hat in epochs of this batch size"),
-         out: Optional[str] = None) -> None:
+         lr: float | None = typer.Option(None, help="kernel-GD step alpha on K/N (default min(1, 1/lambda_1))"),
+         sigma: float | None = typer.Option(None, help="noise sd (estimated if not given)"),
+         radius: float | None = typer.Option(None, help="RKHS radius R (estimated if not given)"),
+         batch_size: int | None = typer.Option(None, help="express T_hat in epochs of this batch size"),
+         out: str | None = None) -> None:
     """The RWY early-stopping rule on a kernel file: eta*, critical radius, T_hat (steps and epochs)."""
     from .kernel import load_kernel_file
     from .stopping import stop_report

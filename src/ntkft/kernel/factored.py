@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import KernelError
 from ._common import check_finite, outputs
 
 
@@ -277,16 +276,16 @@ def gram(store: FeatureStore, entries: list[Entry], rows: list[tuple[int, int]],
             gc = gr if sym else torch.cat([x[names[0]] for x in c])
             k += (gr @ gc.T).double()
         elif kind == "embedding":
-            _blockwise(k, r, c, off_r, off_c, sym, lambda x, y: _ghost(x[names[0]], x[names[1]], y[names[0]],
-                                                                          y[names[1]], match=True))
+            _blockwise(k, r, c, off_r, off_c, sym, lambda x, y, nm=names: _ghost(x[nm[0]], x[nm[1]], y[nm[0]],
+                                                                                  y[nm[1]], match=True))
         else:
             din, dout = r[0][names[0]].shape[-1], r[0][names[1]].shape[-1]
             s_r = sum(x[names[1]].shape[0] * x[names[1]].shape[1] for x in r)
             s_c = sum(x[names[1]].shape[0] * x[names[1]].shape[1] for x in c)
             ghost, mat = _linear_cost(n_r, n_c, s_r, s_c, din, dout)
             if ghost < mat or (n_r + n_c) * din * dout * 4 > budget_bytes:
-                _blockwise(k, r, c, off_r, off_c, sym, lambda x, y: _ghost(x[names[0]], x[names[1]], y[names[0]],
-                                                                              y[names[1]]))
+                _blockwise(k, r, c, off_r, off_c, sym, lambda x, y, nm=names: _ghost(x[nm[0]], x[nm[1]], y[nm[0]],
+                                                                                      y[nm[1]]))
             else:
                 gr = torch.cat([_weight_grads(x[names[0]], x[names[1]]) for x in r])
                 gc = gr if sym else torch.cat([_weight_grads(x[names[0]], x[names[1]]) for x in c])

@@ -60,7 +60,7 @@ class Readout(nn.Module):
         self.eval()  # the kernel is of f_PT: no dropout unless a trainer switches it on
 
     @classmethod
-    def from_loaded(cls, m: LoadedModel, out_dim: int = 1, sigma: float = 1.0, seed: int = 0) -> "Readout":
+    def from_loaded(cls, m: LoadedModel, out_dim: int = 1, sigma: float = 1.0, seed: int = 0) -> Readout:
         return cls(m.backbone, m.kind, m.hidden_size, out_dim, sigma, seed)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

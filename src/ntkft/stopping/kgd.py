@@ -43,7 +43,7 @@ class KernelGD:
     def __init__(self, step: float | None = None, t: int = 100) -> None:
         self.step, self.t = step, t
 
-    def fit(self, k, y, f0=None) -> "KernelGD":
+    def fit(self, k, y, f0=None) -> KernelGD:
         """K: the unnormalised N x N Gram matrix of the training inputs; f0: warm start f_PT(X) or None."""
         k = as_kernel(k)
         n = k.shape[0]

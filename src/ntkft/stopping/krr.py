@@ -20,7 +20,7 @@ class KernelRidge:
             raise ConfigError(f"ridge must be positive, got {ridge}")
         self.ridge = ridge
 
-    def fit(self, k, y, f0=None) -> "KernelRidge":
+    def fit(self, k, y, f0=None) -> KernelRidge:
         k = as_kernel(k)
         self.n_ = k.shape[0]
         self.lams_, self.u_ = eigh_desc(k)

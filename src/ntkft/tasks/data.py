@@ -42,7 +42,7 @@ class TaskData:
     def num_classes(self) -> int:
         return len(self.task.labels) if self.task.type == "classification" else 0
 
-    def take(self, idx) -> "TaskData":
+    def take(self, idx) -> TaskData:
         """The rows at positions `idx` (keeps their original split indices)."""
         idx = np.asarray(idx, dtype=np.int64)
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731

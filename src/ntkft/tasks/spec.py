@@ -49,7 +49,7 @@ class TaskSpec(BaseModel):
     base_dir: str | None = None  # user tasks: files relative to this
 
     @model_validator(mode="after")
-    def _check(self) -> "TaskSpec":
+    def _check(self) -> TaskSpec:
         if self.type == "classification" and self.labels is not None and len(self.labels) < 2:
             raise ValueError("a classification task needs at least 2 labels")
         names = self.split_names()

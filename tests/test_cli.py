@@ -1,0 +1,68 @@
+"""The CLI: listings, and bad input as one line on stderr with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, env=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "ntkft.cli", *args], capture_output=True, text=True, env=e,
+                          timeout=600)
+
+
+def one_error_line(p):
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("ntkft: error")]
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    return lines[0]
+
+
+def test_models_and_tasks_listing(data_dir):
+    p = run("models")
+    assert p.returncode == 0 and "smollm2-135m" in p.stdout and "tiny-bert" in p.stdout
+    p = run("tasks")
+    assert p.returncode == 0
+    assert "rte              classification" in p.stdout and "train=2490" in p.stdout and "train=67349" in p.stdout
+
+
+def test_bad_inputs_exit_with_one_line(tmp_path, data_dir):
+    assert "unknown task 'nope'" in one_error_line(run("kernel", "--model", "tiny-bert", "--task", "nope"))
+    assert "unknown model 'nope'" in one_error_line(run("kernel", "--model", "nope", "--task", "rte"))
+    assert "unknown parameter group" in one_error_line(
+        run("kernel", "--model", "tiny-bert", "--task", "rte", "--n", "4", "--params", "weights",
+            "--out", str(tmp_path / "k")))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,y\nhello,1\nworld,oops\n")
+    line = one_error_line(run("kernel", "--model", "tiny-bert", "--task", str(bad), "--text-columns", "a",
+                              "--label-column", "y", "--task-type", "regression", "--n", "2"))
+    assert "bad.csv:3: score 'oops' is not a number" in line
+    assert "kernel file not found" in one_error_line(run("stop", str(tmp_path / "none")))
+
+
+def test_kernel_spectrum_stop_commands(tmp_path, data_dir):
+    out = tmp_path / "k"
+    p = run("kernel", "--model", "tiny-gpt2", "--task", "stsb", "--n", "24", "--max-length", "24", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["n"] == 24 and meta["method"] == "factored" and meta["task"] == "stsb" and meta["num_params"] > 0
+    p = run("spectrum", str(out), "--out", str(tmp_path / "s"))
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((tmp_path / "s" / "spectrum.json").read_text())
+    assert rep["stsb"]["beta_window"]["beta"] > 0 and (tmp_path / "s" / "spectrum.png").stat().st_size > 1000
+    p = run("stop", str(out), "--batch-size", "8")
+    assert p.returncode == 0, p.stderr
+    st = json.loads((out / "stop.json").read_text())
+    assert st["t_hat"] >= 0 and "estimated" in st["sigma_source"]
+
+
+@pytest.mark.slow
+def test_demo_runs_on_offline_defaults(tmp_path, data_dir):
+    p = run("demo", "--out", str(tmp_path / "demo"), "--n", "12", "--max-length", "32")
+    assert p.returncode == 0, p.stderr
+    assert "pooled outputs (8, 576)" in p.stdout and "T_hat" in p.stdout
+    assert (tmp_path / "demo" / "spectrum.png").exists() and (tmp_path / "demo" / "kernel.safetensors").exists()

@@ -1,0 +1,92 @@
+"""Model zoo and readout: aliases, errors, determinism, padding invariance, real pretrained models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ntkft.errors import ModelError
+from ntkft.models import ALIASES, Readout, load_causal_lm, load_model
+from ntkft.tasks import encode, load_task, subsample
+
+
+def test_aliases_cover_the_brief():
+    assert {"smollm2-135m", "minilm-l6", "gpt-neo-125m", "gpt-neo-1.3b", "tiny-gpt-neo", "tiny-llama", "tiny-gpt2",
+            "tiny-bert"} <= set(ALIASES)
+
+
+def test_unknown_and_bad_specs(tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        load_model("nope")
+    with pytest.raises(ModelError, match="no such GGUF file"):
+        load_model(str(tmp_path / "x.gguf"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    monkeypatch.setenv("NTKFT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelError, match="not a GGUF model"):
+        load_model(str(bad))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_hub_id_offline_gives_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="could not load model 'EleutherAI/gpt-neo-125m'"):
+        load_model("gpt-neo-125m")
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt-neo", "tiny-llama", "tiny-gpt2", "tiny-bert"])
+def test_tiny_models_readout_deterministic_and_padding_invariant(name, data_dir):
+    d = subsample(load_task("stsb", "train", data_dir), 6, seed=0)
+    m = load_model(name)
+    a, b = Readout.from_loaded(m, seed=3), Readout.from_loaded(m, seed=3)
+    assert torch.equal(a.head.weight, b.head.weight) and not torch.equal(
+        a.head.weight, Readout.from_loaded(m, seed=4).head.weight)
+    outs = {}
+    for side in ("left", "right"):
+        m.tokenizer.padding_side = side
+        x = encode(m.tokenizer, m.kind, d, max_length=40)
+        assert (x["attention_mask"] == 0).any()
+        with torch.no_grad():
+            outs[side] = a(**x)
+    assert torch.allclose(outs["left"], outs["right"], atol=1e-5)
+    assert m.num_layers == 2 and m.truncate(1).num_layers == 1
+
+
+def test_readout_init_scale():
+    m = load_model("tiny-bert")
+    r = Readout.from_loaded(m, out_dim=200, sigma=2.0, seed=0)
+    assert r.head.weight.std().item() == pytest.approx(2.0 / 32 ** 0.5, rel=0.1)
+    assert r.head.bias.std().item() == pytest.approx(2.0, rel=0.2)
+    with pytest.raises(ModelError, match="layers must be in 1..2"):
+        m.truncate(3)
+
+
+@pytest.mark.slow
+def test_smollm2_offline_greedy_paris(smollm2, data_dir):
+    assert smollm2.kind == "decoder" and smollm2.hidden_size == 576 and smollm2.num_layers == 30
+    assert sum(p.numel() for p in smollm2.backbone.parameters()) == 134_515_008
+    lm, tok = load_causal_lm("smollm2-135m")
+    ids = tok("The capital of France is", return_tensors="pt")
+    out = lm.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])
+    d = subsample(load_task("rte", "train", data_dir), 4, seed=0)
+    r = Readout.from_loaded(smollm2)
+    outs = {}
+    for side in ("left", "right"):
+        smollm2.tokenizer.padding_side = side
+        with torch.no_grad():
+            outs[side] = r(**encode(smollm2.tokenizer, "decoder", d, max_length=48))
+    smollm2.tokenizer.padding_side = "left"
+    assert torch.allclose(outs["left"], outs["right"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_minilm_paraphrase_similarity(minilm):
+    r = Readout.from_loaded(minilm)
+    sents = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
+    x = encode(minilm.tokenizer, "encoder", sents, max_length=32)
+    with torch.no_grad():
+        h = torch.nn.functional.normalize(r.features(**x), dim=-1)
+    assert (h[0] @ h[1]).item() > (h[0] @ h[2]).item() + 0.2
