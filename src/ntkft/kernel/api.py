@@ -117,7 +117,12 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
            "P": num_params(sel), "batch_size": batch_size, "max_memory": max_memory}
     ckpt = _Checkpoint(Path(checkpoint_dir) if checkpoint_dir else None, key)
     was_training = model.training
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.eval()
+    for p in model.parameters():  # the kernel of the chosen parameters, whatever a trainer froze
+        p.requires_grad_(False)
+    for p in sel.values():
+        p.requires_grad_(True)
     try:
         if meth == Method.FACTORED:
             k = _factored(model, sel, ids1, m1, ids2, m2, sym, c, max_memory, batch_size, ckpt, progress)
@@ -127,6 +132,8 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
         return k.detach()
     finally:
         model.train(was_training)
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
 
 
 def _expand(order: torch.Tensor, c: int) -> torch.Tensor:

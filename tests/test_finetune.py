@@ -1,0 +1,160 @@
+"""Fine-tuning: the four settings on real data and a real pretrained model, early stopping, resume,
+closed-form probe, the linearised model against the eNTK engine, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ntkft.errors import ConfigError
+from ntkft.finetune import EarlyStopping, FinetuneConfig, Trainer, TrainingError, finetune, probe_closed_form
+from ntkft.kernel import kernel_matrix
+
+
+def cfg(**kw):
+    base = dict(model="tiny-bert", task="stsb", n_train=48, n_test=24, max_length=32, batch_size=8, max_steps=12,
+                lr=1e-3, eval_every=3, patience=50)
+    return FinetuneConfig.make(**{**base, **kw})
+
+
+def test_early_stopping_semantics():
+    es = EarlyStopping(patience=2, min_delta=0.1, mode="min")
+    assert es.update(1.0, 1) == (True, False)
+    assert es.update(0.95, 2) == (False, False)  # not better by min_delta
+    assert es.update(0.5, 3) == (True, False)
+    assert es.update(0.6, 4) == (False, False)
+    assert es.update(0.7, 5) == (False, True) and "best at step 3" in es.reason
+    mx = EarlyStopping(patience=3, mode="max")
+    assert mx.update(0.2, 1)[0] and mx.update(0.3, 2)[0] and not mx.update(0.1, 3)[0]
+    assert EarlyStopping().update(float("nan"), 7) == (False, True)
+    with pytest.raises(ConfigError):
+        EarlyStopping(mode="sideways")
+
+
+@pytest.mark.parametrize("setting", ["full", "head", "probe", "linearized"])
+def test_settings_run_and_write_outputs(setting, tmp_path, data_dir):
+    layers = 1 if setting in ("head", "probe") else None
+    res = finetune(cfg(setting=setting, layers=layers, lr=1e-2 if setting == "probe" else 1e-3), tmp_path,
+                   progress=False)
+    assert res.stopped_step == 12 and res.best_step in (3, 6, 9, 12)
+    assert set(res.test_best) == {"loss", "mse", "pearson", "spearman"}
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and "val_mse" in json.loads(lines[0])
+    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "head.safetensors").exists()
+    from transformers import AutoModel
+
+    back = AutoModel.from_pretrained(tmp_path / "model")  # a plain Hugging Face directory
+    assert back.config.num_hidden_layers == (1 if layers else 2)
+
+
+def test_classification_uses_c_output_head(tmp_path, data_dir):
+    res = finetune(cfg(task="rte", n_train=40, n_test=20), tmp_path, progress=False)
+    assert set(res.test_best) == {"loss", "accuracy", "f1"}
+    assert json.loads((tmp_path / "model" / "ntkft.json").read_text())["out_dim"] == 2
+
+
+def test_resume_equals_uninterrupted(tmp_path, data_dir, monkeypatch):
+    c = cfg(setting="full", max_steps=9, eval_every=3, save_every=1)
+    full = finetune(c, tmp_path / "a", progress=False)
+    real = Trainer._train_step
+    calls = {"n": 0}
+
+    def dying(self):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(c, tmp_path / "b", progress=False)
+    monkeypatch.setattr(Trainer, "_train_step", real)
+    assert json.loads((tmp_path / "b" / "state" / "trainer_state.json").read_text())["step"] == 5
+    resumed = finetune(c, tmp_path / "b", progress=False)
+    assert resumed.test_last == full.test_last and resumed.test_best == full.test_best
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, data_dir):
+    with pytest.raises(TrainingError, match="non-finite training loss at step"):
+        finetune(cfg(lr=1e30, optimizer="gd", max_steps=50, eval_every=5), tmp_path, progress=False)
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_bad_config(data_dir):
+    with pytest.raises(ConfigError, match="setting"):
+        cfg(setting="sideways")
+    with pytest.raises(ConfigError, match="layers applies"):
+        Trainer(cfg(setting="full", layers=1), progress=False)
+    with pytest.raises(Exception, match="hold-out split .* would be empty"):
+        Trainer(cfg(val=0.0), progress=False)
+
+
+def test_one_class_in_train(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("text,label\n" + "".join(f"sample {i},a\n" for i in range(20)))
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"name: t\ntype: classification\nfiles: {{train: {f.name}}}\ntext_columns: [text]\n"
+                    "label_column: label\nlabels: [a, b]\n")
+    with pytest.raises(Exception, match="only one class"):
+        Trainer(cfg(task=str(spec), n_train=None, n_test=None), progress=False)
+
+
+# ------------------------------------------------------------------ real pretrained model (MiniLM)
+
+
+@pytest.mark.slow
+def test_minilm_full_finetune_lowers_val_loss_and_restores_best(tmp_path, data_dir):
+    c = FinetuneConfig.make(model="minilm-l6", task="stsb", setting="full", n_train=160, n_test=100, max_length=48,
+                            batch_size=16, lr=5e-5, max_steps=60, eval_every=5, patience=3, drift_every=20,
+                            drift_n=6)
+    res = finetune(c, tmp_path, progress=False)
+    first = res.history[0]["val_loss"]
+    assert res.best_val < first  # training lowers validation loss
+    assert res.best_val == min(h["val_loss"] for h in res.history)
+    assert res.val_best["loss"] == pytest.approx(res.best_val, rel=1e-5)  # best weights restored
+    if res.stopped_step < 60:
+        assert "no improvement for 3 evaluations" in res.stop_reason
+    assert res.drift[0]["kernel_drift"] == 0 and res.drift[-1]["param_distance"] > 0
+    assert res.drift[-1]["kernel_drift"] > 0 and res.drift[-1]["linearisation_gap"] >= 0
+
+
+@pytest.mark.slow
+def test_minilm_closed_form_probe_matches_trained_probe(data_dir):
+    ridge = 1e-2
+    t = Trainer(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="probe", n_train=120, n_test=60,
+                                    max_length=48, optimizer="adamw", lr=3e-2, ridge=ridge, max_steps=3000,
+                                    eval_every=100, patience=1000, batch_size=120), progress=False)
+    t.fit()
+    w, b = probe_closed_form(t.train.h, t.train.y, ridge)
+    closed = (t.test.h.double() @ w.T + b).reshape(-1)
+    trained = t.predict(t.test).double()
+    assert float((closed - trained).norm() / closed.norm()) < 1e-3
+
+
+@pytest.mark.slow
+def test_minilm_linearized_equals_f_pt_and_its_gradient_is_the_entk_feature_map(data_dir):
+    t = Trainer(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="linearized", n_train=40, n_test=10,
+                                    max_length=32), progress=False)
+    lin = t.model
+    idx = torch.arange(4)
+    x = {"input_ids": t.val.ids[idx], "attention_mask": t.val.mask[idx]}
+    with torch.no_grad():
+        f_pt = lin.base(**x)
+    f0 = lin(**x)
+    assert torch.allclose(f0, f_pt, atol=1e-5)
+    grads = []
+    for i in range(4):
+        g = torch.autograd.grad(f0[i], list(lin.delta.values()), retain_graph=True)
+        grads.append(torch.cat([v.reshape(-1) for v in g]).double())
+    jac = torch.stack(grads)
+    k = kernel_matrix(lin.base, x, progress=False)
+    assert float((jac @ jac.T - k).norm() / k.norm()) < 1e-4
+    assert np.isfinite(k.numpy()).all()
