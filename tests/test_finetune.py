@@ -158,3 +158,45 @@ def test_minilm_linearized_equals_f_pt_and_its_gradient_is_the_entk_feature_map(
     k = kernel_matrix(lin.base, x, progress=False)
     assert float((jac @ jac.T - k).norm() / k.norm()) < 1e-4
     assert np.isfinite(k.numpy()).all()
+
+
+def test_learning_curve_writes_csv_and_figures_and_resumes(tmp_path, data_dir, monkeypatch):
+    from ntkft.finetune import curve as curve_mod
+    from ntkft.finetune import learning_curve
+
+    base = cfg(max_steps=4, eval_every=2, n_test=16)
+    real, calls = curve_mod.finetune, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(curve_mod, "finetune", dying)
+    with pytest.raises(KeyboardInterrupt):
+        learning_curve(base, ["stsb", "rte"], [16, 24], 1, tmp_path, progress=False)
+    rows = (tmp_path / "curve.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 4  # header + two finished cells x (loss, mse, pearson, spearman)
+    monkeypatch.setattr(curve_mod, "finetune", real)
+    seen = []
+    monkeypatch.setattr(curve_mod, "finetune", lambda c, *a, **k: seen.append((c.task, c.n_train)) or real(c, *a, **k))
+    rows = learning_curve(base, ["stsb", "rte"], [16, 24], 1, tmp_path, progress=False)
+    assert seen == [("rte", 16), ("rte", 24)]  # finished cells were not trained again
+    assert {r["task"] for r in rows} == {"stsb", "rte"}
+    for name in ("curve_mse.png", "curve_accuracy.png", "curve_f1.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_curve_cli(tmp_path, data_dir):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "ntkft.cli", "curve", "--model", "tiny-bert", "--tasks", "stsb",
+                        "--sizes", "16,24", "--seeds", "2", "--max-steps", "2", "--eval-every", "1", "--n-test", "8",
+                        "--max-length", "24", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert len((tmp_path / "curve.csv").read_text().splitlines()) == 1 + 4 * 4
+    p = subprocess.run([sys.executable, "-m", "ntkft.cli", "curve", "--model", "tiny-bert", "--sizes", "a,b"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "--sizes must be comma-separated integers" in p.stderr

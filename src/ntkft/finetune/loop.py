@@ -122,7 +122,7 @@ class Trainer:
         if cfg.optimizer == "gd":
             self.opt = torch.optim.SGD(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            self.opt = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _schedule(cfg))
         self.monitor = cfg.monitor or "loss"
         mode = cfg.mode or ("min" if self.monitor in ("loss", "mse") else "max")
