@@ -32,7 +32,7 @@ def test_unknown_and_bad_specs(tmp_path, monkeypatch):
 
 def test_hub_id_offline_gives_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="could not load model 'EleutherAI/gpt-neo-125m'"):
+    with pytest.raises(ModelError, match=r"could not load model 'gpt-neo-125m' \('EleutherAI/gpt-neo-125m'\) from the Hugging"):
         load_model("gpt-neo-125m")
 
 
