@@ -150,8 +150,8 @@ def _from_dir(spec: str, path: str, kind: Kind | None, dtype: torch.dtype, local
                                           attn_implementation="eager", dtype=dtype)
     except OSError as e:
         where = "a local directory" if local_only else "the Hugging Face hub (is the network reachable?)"
-        name = spec if spec == str(path) else f"{spec}' ('{path}"
-        raise ModelError(f"could not load model '{name}' from {where}: {str(e).splitlines()[0]}") from e
+        name = f"'{spec}'" if spec == str(path) else f"'{spec}' ('{path}')"
+        raise ModelError(f"could not load model {name} from {where}: {str(e).splitlines()[0]}") from e
     except ValueError as e:
         raise ModelError(f"could not load model '{spec}': {str(e).splitlines()[0]}") from e
     kind = kind or _detect_kind(config)
