@@ -56,8 +56,9 @@ def test_classification_uses_c_output_head(tmp_path, data_dir):
     assert json.loads((tmp_path / "model" / "ntkft.json").read_text())["out_dim"] == 2
 
 
-def test_resume_equals_uninterrupted(tmp_path, data_dir, monkeypatch):
-    c = cfg(setting="full", max_steps=9, eval_every=3, save_every=1)
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_minilm(tmp_path, data_dir, monkeypatch):
+    c = cfg(model="minilm-l6", setting="head", layers=2, max_steps=9, eval_every=3, save_every=1)
     full = finetune(c, tmp_path / "a", progress=False)
     real = Trainer._train_step
     calls = {"n": 0}
@@ -202,3 +203,29 @@ def test_curve_cli(tmp_path, data_dir):
     p = subprocess.run([sys.executable, "-m", "ntkft.cli", "curve", "--model", "tiny-bert", "--sizes", "a,b"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "--sizes must be comma-separated integers" in p.stderr
+
+
+def test_grad_accumulation_matches_larger_batch(data_dir):
+    a = Trainer(cfg(setting="probe", batch_size=4, grad_accum=2, max_steps=6, lr=1e-2), progress=False).fit()
+    b = Trainer(cfg(setting="probe", batch_size=8, grad_accum=1, max_steps=6, lr=1e-2), progress=False).fit()
+    assert a.test_last["mse"] == pytest.approx(b.test_last["mse"], rel=1e-5)
+
+
+def test_schedules_and_full_batch_gd(data_dir):
+    t = Trainer(cfg(optimizer="gd", schedule="linear", warmup_steps=2, max_steps=6, lr=1e-2), progress=False)
+    lrs = []
+    for _ in range(6):
+        lrs.append(t.sched.get_last_lr()[0])
+        t._train_step()
+    assert lrs[0] == pytest.approx(5e-3) and lrs[1] == pytest.approx(1e-2) and lrs[5] < lrs[2]
+    assert t.per_step == len(t.train.y)  # gd: every step sees the whole training set
+
+
+@pytest.mark.slow
+def test_minilm_early_stopping_stops_on_rising_val_loss(tmp_path, data_dir):
+    res = finetune(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="head", layers=2, n_train=64, n_test=32,
+                                       max_length=32, batch_size=16, lr=3e-3, max_steps=200, eval_every=2,
+                                       patience=3), tmp_path, progress=False)
+    assert res.stopped_step < 200 and "no improvement for 3 evaluations" in res.stop_reason
+    assert res.stopped_step == res.best_step + 3 * 2
+    assert res.val_best["loss"] == pytest.approx(res.best_val, rel=1e-5)

