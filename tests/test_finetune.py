@@ -89,6 +89,14 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, data_dir):
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
+def test_gpu_options_without_gpu(data_dir):
+    with pytest.raises(ConfigError, match="bf16 is a CUDA autocast option"):
+        Trainer(cfg(bf16=True), progress=False)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        Trainer(cfg(device="cuda"), progress=False)
+
+
 def test_bad_config(data_dir):
     with pytest.raises(ConfigError, match="setting"):
         cfg(setting="sideways")

@@ -50,7 +50,7 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | Non
     """Atomically save a dict of tensors as safetensors."""
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 def peak_rss_mb() -> float:

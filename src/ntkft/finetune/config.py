@@ -41,7 +41,8 @@ class FinetuneConfig(BaseModel):
     min_delta: float = 0.0
     monitor: str | None = Field(None, description="val metric to monitor (default: loss)")
     mode: Literal["min", "max"] | None = None
-    bf16: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
     sigma: float = 1.0
     drift_every: int | None = Field(None, description="recompute the eNTK on a probe set every k steps")
     drift_n: int = 16

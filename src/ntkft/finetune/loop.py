@@ -105,7 +105,13 @@ class Trainer:
             raise ConfigError(f"task '{spec.name}': the training split has only one class")
         self.loaded = load_model(cfg.model)
         out_dim = 1 if self.task_type == "regression" else self.num_classes
-        self.model = build(self.loaded, cfg.setting, out_dim, cfg.layers, cfg.sigma, cfg.seed)
+        cuda = torch.cuda.is_available()
+        if cfg.device == "cuda" and not cuda:
+            raise ConfigError("device 'cuda' asked for, but no CUDA device is available")
+        if cfg.bf16 and not (cuda and cfg.device != "cpu"):
+            raise ConfigError("--bf16 is a CUDA autocast option; on CPU ntkft trains in fp32")
+        self.device = torch.device("cuda" if cuda and cfg.device != "cpu" else "cpu")
+        self.model = build(self.loaded, cfg.setting, out_dim, cfg.layers, cfg.sigma, cfg.seed).to(self.device)
         tok, kind = self.loaded.tokenizer, self.loaded.kind
         self.train = _split(tok, kind, train, cfg.max_length, self.task_type)
         self.val = _split(tok, kind, val, cfg.max_length, self.task_type)
@@ -113,7 +119,8 @@ class Trainer:
         if cfg.setting == "probe":  # frozen backbone: compute h(x) once (eval mode), train the head on it
             with torch.no_grad():
                 for sp in (self.train, self.val, self.test):
-                    sp.h = torch.cat([self.model.features(*trim(sp.ids[i:i + 64], sp.mask[i:i + 64]))
+                    sp.h = torch.cat([self.model.features(*(t.to(self.device) for t in
+                                                            trim(sp.ids[i:i + 64], sp.mask[i:i + 64])))
                                       for i in range(0, len(sp.y), 64)])
         self.params = trainable(self.model)
         if not self.params:
@@ -152,10 +159,11 @@ class Trainer:
 
     def _forward(self, split: Split, idx: torch.Tensor) -> torch.Tensor:
         if split.h is not None:
-            out = self.model.head(split.h[idx])
+            out = self.model.head(split.h[idx].to(self.device))
             return out.squeeze(-1) if self.model.out_dim == 1 else out
         ids, mask = trim(split.ids[idx], split.mask[idx])
-        if self.cfg.bf16 and torch.cuda.is_available():
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self.cfg.bf16:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return self.model(ids, mask).float()
         return self.model(ids, mask)
@@ -168,7 +176,7 @@ class Trainer:
         total = 0.0
         for ch in chunks:
             out = self._forward(self.train, ch)
-            loss = _loss(out, self.train.y[ch], self.task_type) * (len(ch) / len(idx))
+            loss = _loss(out, self.train.y[ch].to(self.device), self.task_type) * (len(ch) / len(idx))
             if self.cfg.ridge:
                 loss = loss + self.cfg.ridge * self.model.head.weight.pow(2).sum() * (len(ch) / len(idx))
             loss.backward()
@@ -185,7 +193,7 @@ class Trainer:
         self.model.eval()
         idx = torch.arange(len(split.y))
         outs = [self._forward(split, idx[i:i + 64]) for i in range(0, len(split.y), 64)]
-        return torch.cat(outs).float()
+        return torch.cat(outs).float().cpu()
 
     def evaluate(self, split: Split) -> dict:
         out = self.predict(split)
@@ -214,7 +222,7 @@ class Trainer:
         from torch.func import functional_call, jvp
 
         x = self.drift_x
-        ids, mask = trim(x["input_ids"], x["attention_mask"])
+        ids, mask = (t.to(self.device) for t in trim(x["input_ids"], x["attention_mask"]))
         self.model.eval()
         names = list(self.params)
         theta0 = {n: self.theta0[n] for n in names}
@@ -222,7 +230,7 @@ class Trainer:
         f = lambda p: functional_call(self.model, p, (ids, mask), strict=False)  # noqa: E731
         f0, df = jvp(f, (theta0,), (tangent,))
         ft = self.model(ids, mask)
-        return float((ft - (f0 + df)).abs().mean())
+        return float((ft - (f0 + df)).abs().mean().cpu())
 
     # ------------------------------------------------------------------ state on disk
 
@@ -238,8 +246,8 @@ class Trainer:
         save_tensors(st / "trainable.safetensors", {n: p.detach() for n, p in self.params.items()})
         save_tensors(st / "best.safetensors", self.best)
         tmp = st / "optimizer.pt.tmp"
-        torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    "rng": torch.get_rng_state()}, tmp)
+        torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}, tmp)
         tmp.replace(st / "optimizer.pt")
         write_json(st / "trainer_state.json", {"digest": self._digest(), "step": self.step,
                                                "stopper": self.stopper.state_dict(), "history": self.history,
@@ -260,10 +268,12 @@ class Trainer:
             for n, p in self.params.items():
                 p.copy_(cur[n])
         self.best = load_file(st / "best.safetensors")
-        blob = torch.load(st / "optimizer.pt", weights_only=True)
+        blob = torch.load(st / "optimizer.pt", weights_only=True, map_location="cpu")
         self.opt.load_state_dict(blob["opt"])
         self.sched.load_state_dict(blob["sched"])
         torch.set_rng_state(blob["rng"])
+        if blob.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
         self.step, self.history, self.drift = meta["step"], meta["history"], meta["drift"]
         self.stopper.load_state_dict(meta["stopper"])
         log.info("resumed from step %d", self.step)
@@ -323,7 +333,7 @@ class Trainer:
                     raise ConfigError("--tensorboard needs `pip install tensorboard`") from None
                 self.writer = SummaryWriter(str(self.out / "tb"))
         if self.step == 0:
-            torch.manual_seed(cfg.seed)  # dropout draws; a resumed run restores the saved RNG state instead
+            torch.manual_seed(cfg.seed)  # dropout draws (all devices); a resumed run restores the saved state
         if cfg.drift_every and not self.drift:
             self.drift.append(self._drift_point())
         t0, seen = time.time(), 0

@@ -113,7 +113,7 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
     key = {"method": meth.value, "params": str(params), "n1": ids1.shape[0], "n2": ids2.shape[0], "sym": sym,
            "x1": hashlib.sha256(ids1.numpy().tobytes() + m1.numpy().tobytes()).hexdigest(),
            "x2": hashlib.sha256(ids2.numpy().tobytes() + m2.numpy().tobytes()).hexdigest(),
-           "head": hashlib.sha256(model.head.weight.detach().double().numpy().tobytes()).hexdigest(),
+           "head": hashlib.sha256(model.head.weight.detach().double().cpu().numpy().tobytes()).hexdigest(),
            "P": num_params(sel), "batch_size": batch_size, "max_memory": max_memory}
     ckpt = _Checkpoint(Path(checkpoint_dir) if checkpoint_dir else None, key)
     was_training = model.training

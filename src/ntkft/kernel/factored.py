@@ -91,6 +91,8 @@ def capture(model: nn.Module, entries: list[Entry], fallback: dict, ids: torch.T
             outs[name] = out
         return fn
 
+    dev = next(model.parameters()).device
+    ids, mask = ids.to(dev), mask.to(dev)
     handles = [e.module.register_forward_hook(hook(e.name)) for e in entries]
     try:
         f = outputs(model, ids, mask)
@@ -197,7 +199,7 @@ class FeatureStore:
         from safetensors.torch import save_file
 
         tmp = self.path(k).with_suffix(".tmp")  # scratch features: rename for atomicity, no fsync
-        save_file({n: t.contiguous() for n, t in feats.items()}, str(tmp), metadata={"alias": json.dumps(alias)})
+        save_file({n: t.cpu().contiguous() for n, t in feats.items()}, str(tmp), metadata={"alias": json.dumps(alias)})
         os.replace(tmp, self.path(k))
 
     def get(self, k: int, names: list[str]) -> dict[str, torch.Tensor]:
@@ -274,7 +276,7 @@ def gram(store: FeatureStore, entries: list[Entry], rows: list[tuple[int, int]],
         if kind == "vec":
             gr = torch.cat([x[names[0]] for x in r])
             gc = gr if sym else torch.cat([x[names[0]] for x in c])
-            k += (gr @ gc.T).double()
+            k += (gr @ gc.T).double().cpu()
         elif kind == "embedding":
             _blockwise(k, r, c, off_r, off_c, sym, lambda x, y, nm=names: _ghost(x[nm[0]], x[nm[1]], y[nm[0]],
                                                                                   y[nm[1]], match=True))
@@ -289,7 +291,7 @@ def gram(store: FeatureStore, entries: list[Entry], rows: list[tuple[int, int]],
             else:
                 gr = torch.cat([_weight_grads(x[names[0]], x[names[1]]) for x in r])
                 gc = gr if sym else torch.cat([_weight_grads(x[names[0]], x[names[1]]) for x in c])
-                k += (gr @ gc.T).double()
+                k += (gr @ gc.T).double().cpu()
         if progress is not None:
             progress(1)
         if checkpoint is not None:

@@ -20,6 +20,8 @@ def per_sample_jacobian(model, params: dict, ids: torch.Tensor, mask: torch.Tens
         out = functional_call(model, p, (i[None], m[None]), strict=False)
         return out.reshape(-1)
 
+    dev = next(model.parameters()).device
+    ids, mask = ids.to(dev), mask.to(dev)
     rows = []
     for i in range(ids.shape[0]):
         jac = jacrev(f_one)(detached, ids[i], mask[i])
@@ -41,7 +43,7 @@ class JacobianMethod:
         a, b = fi.reshape(fi.shape[0] * fi.shape[1], -1), fj.reshape(fj.shape[0] * fj.shape[1], -1)
         out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64)
         for s in range(0, a.shape[1], 1 << 22):
-            out += a[:, s:s + (1 << 22)].double() @ b[:, s:s + (1 << 22)].double().T
+            out += (a[:, s:s + (1 << 22)].double() @ b[:, s:s + (1 << 22)].double().T).cpu()
         return out
 
     def bytes_per_sample(self, length: int, out_dim: int) -> int:

@@ -23,6 +23,8 @@ class JvpMethod:
         return lambda p: functional_call(self.model, p, (ids, mask), strict=False).reshape(ids.shape[0], -1)
 
     def features(self, ids: torch.Tensor, mask: torch.Tensor):
+        dev = next(iter(self.params.values())).device
+        ids, mask = ids.to(dev), mask.to(dev)
         f = self._f(ids, mask)
         out, pullback = vjp(f, self.params)
         b, c = out.shape
@@ -36,7 +38,7 @@ class JvpMethod:
         f = self._f(ids, mask)
         cols = vmap(lambda t: jvp(f, (self.params,), (t,))[1])(grads_j)  # (bj*c, bi, c)
         k = cols.permute(1, 2, 0).reshape(-1, cols.shape[0])
-        return check_finite(k, "a JVP kernel tile").double()
+        return check_finite(k, "a JVP kernel tile").double().cpu()
 
     def bytes_per_sample(self, length: int, out_dim: int) -> int:
         return 4 * out_dim * sum(p.numel() * p.element_size() for p in self.params.values())
