@@ -200,7 +200,7 @@ def _factored(model, sel, ids1, m1, ids2, m2, sym, c, max_memory, batch_size, ck
     if 3 * per > max_memory:
         raise KernelError(f"max_memory {max_memory / 2**20:.0f} MiB is too small for even one tile "
                           f"(one sample needs ~{3 * per / 2**20:.0f} MiB)")
-    size = int(min(batch_size or 8, max(1, max_memory // (3 * per))))
+    size = int(min(batch_size or 16, max(1, max_memory // (3 * per))))
     o1, b1 = _batches(m1, size)
     o2, b2 = (None, []) if sym else _batches(m2, size)
     total = per * (ids1.shape[0] + (0 if sym else ids2.shape[0]))

@@ -215,9 +215,9 @@ class FeatureStore:
             return {n: fh.get_tensor(alias.get(n, n)) for n in names if alias.get(n, n) in keys}
 
 
-def _linear_cost(n_r, n_c, s_r, s_c, din, dout) -> tuple[float, float]:
-    ghost = 2.0 * s_r * s_c * (din + dout)
-    mat = 2.0 * (s_r + s_c) * din * dout + 2.0 * n_r * n_c * din * dout
+def _linear_cost(n_r, n_c, s_r, s_c, din, dout, sym: bool) -> tuple[float, float]:
+    ghost = 2.0 * s_r * s_c * (din + dout) / (2 if sym else 1)
+    mat = 2.0 * (s_r + (0 if sym else s_c)) * din * dout + 2.0 * n_r * n_c * din * dout
     return ghost, mat
 
 
@@ -238,8 +238,17 @@ def _ghost(ai, di, aj, dj, match: bool = False) -> torch.Tensor:
     return out
 
 
-def _weight_grads(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ntd,nte->ned", a, d).reshape(a.shape[0], -1)
+def _stack_weight_grads(batches: list[dict], a_name: str, d_name: str) -> torch.Tensor:
+    """Per-sample weight gradients D_i^T A_i of all batches, written straight into one (N, dout*din) matrix."""
+    n = sum(b[d_name].shape[0] for b in batches)
+    dout, din = batches[0][d_name].shape[-1], batches[0][a_name].shape[-1]
+    g = torch.empty(n, dout * din, dtype=batches[0][d_name].dtype, device=batches[0][d_name].device)
+    off = 0
+    for b in batches:
+        a, d = b[a_name], b[d_name]
+        torch.bmm(d.transpose(1, 2), a, out=g[off:off + a.shape[0]].view(a.shape[0], dout, din))
+        off += a.shape[0]
+    return g
 
 
 def gram(store: FeatureStore, entries: list[Entry], rows: list[tuple[int, int]], cols: list[tuple[int, int]] | None,
@@ -284,13 +293,13 @@ def gram(store: FeatureStore, entries: list[Entry], rows: list[tuple[int, int]],
             din, dout = r[0][names[0]].shape[-1], r[0][names[1]].shape[-1]
             s_r = sum(x[names[1]].shape[0] * x[names[1]].shape[1] for x in r)
             s_c = sum(x[names[1]].shape[0] * x[names[1]].shape[1] for x in c)
-            ghost, mat = _linear_cost(n_r, n_c, s_r, s_c, din, dout)
+            ghost, mat = _linear_cost(n_r, n_c, s_r, s_c, din, dout, sym)
             if ghost < mat or (n_r + n_c) * din * dout * 4 > budget_bytes:
                 _blockwise(k, r, c, off_r, off_c, sym, lambda x, y, nm=names: _ghost(x[nm[0]], x[nm[1]], y[nm[0]],
                                                                                       y[nm[1]]))
             else:
-                gr = torch.cat([_weight_grads(x[names[0]], x[names[1]]) for x in r])
-                gc = gr if sym else torch.cat([_weight_grads(x[names[0]], x[names[1]]) for x in c])
+                gr = _stack_weight_grads(r, names[0], names[1])
+                gc = gr if sym else _stack_weight_grads(c, names[0], names[1])
                 k += (gr @ gc.T).double().cpu()
         if progress is not None:
             progress(1)
