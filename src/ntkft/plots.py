@@ -62,6 +62,9 @@ def curve_plot(xs, series: dict[str, tuple], path: str | Path, xlabel: str, ylab
             ax.fill_between(xs, s[1], s[2], color=f"C{i % 10}", alpha=0.2)
     if logx:
         ax.set_xscale("log")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([str(x) for x in xs])
+        ax.minorticks_off()
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
