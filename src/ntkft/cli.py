@@ -137,8 +137,6 @@ def spectrum(kernels: list[str] = typer.Argument(None, help="kernel files or run
              model: str | None = None, task: str | None = None, n: int = 100, draws: int = 1,
              max_length: int = 64, out: str = "runs/spectrum", data_dir: str | None = DataDir) -> None:
     """Decay rate beta (both estimators, CI, sensitivity), predicted rate and a log-log figure."""
-    import numpy as np
-
     from .kernel import load_kernel_file
     from .pipeline import compute_kernel_file
     from .plots import spectrum_plot
@@ -178,7 +176,6 @@ def spectrum(kernels: list[str] = typer.Argument(None, help="kernel files or run
     _write_json(Path(out) / "spectrum.json", result)
     spectrum_plot(curves, Path(out) / "spectrum.png")
     typer.echo(f"wrote {out}/spectrum.json and {out}/spectrum.png")
-    del np
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -55,8 +56,6 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
                     readout.head.bias.detach().clone(), f, labels, torch.as_tensor(data.indices), meta)
     if out:
         kf.save(out)
-        import shutil
-
         shutil.rmtree(Path(out) / "work", ignore_errors=True)
         log.info("wrote %s", Path(out) / "kernel.safetensors")
     return kf

@@ -363,8 +363,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", val=f"{value:.4f}")
                 if cfg.drift_every and self.step % cfg.drift_every == 0:
                     self.drift.append(self._drift_point())
-                if cfg.save_every or self.out is not None:
-                    self.save_state()
+                self.save_state()
             elif cfg.save_every and self.step % cfg.save_every == 0:
                 self.save_state()
         bar.close()

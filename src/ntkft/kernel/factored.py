@@ -12,7 +12,6 @@ the Gram matrix is accumulated entry by entry in float64 with bounded memory.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,7 +325,3 @@ def feature_bytes(feats: dict[str, torch.Tensor]) -> int:
 def count_groups(entries: list[Entry], has_fallback: bool) -> int:
     n = sum((2 if (e.kind in ("linear", "conv1d") and e.weight and e.bias) else 1) for e in entries)
     return n + int(has_fallback)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

@@ -91,10 +91,8 @@ def _delimited(path: Path, fs: FileSpec, delimiter: str):
                 raise DataError(f"{path}: missing column '{col}' (columns: {', '.join(header)})")
         for row in reader:
             line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                if delimiter == "\t" and not row:
-                    continue
-                raise DataError(f"{path}:{line}: empty row")
+            if not row:  # a blank line holds no row; anything else must have every field
+                continue
             if len(row) != len(header) and not (fs.min_fields and len(row) >= len(header)):
                 raise DataError(f"{path}:{line}: expected {len(header)} fields, found {len(row)}")
             yield line, dict(zip(header, row))
