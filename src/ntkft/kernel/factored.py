@@ -298,8 +298,11 @@ def gram(store: FeatureStore, entries: list[Entry], rows: list[tuple[int, int]],
                                                                                       y[nm[1]]))
             else:
                 gr = _stack_weight_grads(r, names[0], names[1])
-                gc = gr if sym else _stack_weight_grads(c, names[0], names[1])
-                k += (gr @ gc.T).double().cpu()
+                if sym:  # upper-triangle tiles only: batch i against batches i, i+1, ... in one GEMM
+                    for (_, n), off in zip(rows, off_r):
+                        k[off:off + n, off:] += (gr[off:off + n] @ gr[off:].T).double().cpu()
+                else:
+                    k += (gr @ _stack_weight_grads(c, names[0], names[1]).T).double().cpu()
         if progress is not None:
             progress(1)
         if checkpoint is not None:
