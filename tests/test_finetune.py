@@ -237,3 +237,10 @@ def test_minilm_early_stopping_stops_on_rising_val_loss(tmp_path, data_dir):
     assert res.stopped_step < 200 and "no improvement for 3 evaluations" in res.stop_reason
     assert res.stopped_step == res.best_step + 3 * 2
     assert res.val_best["loss"] == pytest.approx(res.best_val, rel=1e-5)
+
+
+def test_tensorboard_logging(tmp_path, data_dir):
+    pytest.importorskip("tensorboard")
+    finetune(cfg(max_steps=4, eval_every=2, tensorboard=True), tmp_path, progress=False)
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
