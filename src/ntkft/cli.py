@@ -210,9 +210,6 @@ def _ft_config(config: Optional[str], overrides: dict):
     return FinetuneConfig.from_file(config, **given) if config else FinetuneConfig.make(**given)
 
 
-FT_HELP = "fields of FinetuneConfig (see `ntkft finetune --help`); a --config YAML file gives defaults"
-
-
 @app.command()
 def finetune(config: Optional[str] = typer.Option(None, help="YAML file with FinetuneConfig fields"),
              model: Optional[str] = None, task: Optional[str] = None,
