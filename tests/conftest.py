@@ -33,3 +33,16 @@ def minilm():
     from ntkft.models import load_model
 
     return load_model("minilm-l6")
+
+
+def killed_on_call(fn, n: int):
+    """`fn` wrapped to raise KeyboardInterrupt on its n-th call: a run killed part-way, for resume tests."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import killed_on_call
 from ntkft.errors import ConfigError
 from ntkft.finetune import EarlyStopping, FinetuneConfig, Trainer, TrainingError, finetune, probe_closed_form
 from ntkft.kernel import kernel_matrix
@@ -61,15 +62,7 @@ def test_resume_equals_uninterrupted_minilm(tmp_path, data_dir, monkeypatch):
     c = cfg(model="minilm-l6", setting="head", layers=2, max_steps=9, eval_every=3, save_every=1)
     full = finetune(c, tmp_path / "a", progress=False)
     real = Trainer._train_step
-    calls = {"n": 0}
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(Trainer, "_train_step", dying)
+    monkeypatch.setattr(Trainer, "_train_step", killed_on_call(real, 6))
     with pytest.raises(KeyboardInterrupt):
         finetune(c, tmp_path / "b", progress=False)
     monkeypatch.setattr(Trainer, "_train_step", real)
@@ -176,15 +169,8 @@ def test_learning_curve_writes_csv_and_figures_and_resumes(tmp_path, data_dir, m
     from ntkft.finetune import learning_curve
 
     base = cfg(max_steps=4, eval_every=2, n_test=16)
-    real, calls = curve_mod.finetune, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(curve_mod, "finetune", dying)
+    real = curve_mod.finetune
+    monkeypatch.setattr(curve_mod, "finetune", killed_on_call(real, 3))
     with pytest.raises(KeyboardInterrupt):
         learning_curve(base, ["stsb", "rte"], [16, 24], 1, tmp_path, progress=False)
     rows = (tmp_path / "curve.csv").read_text().splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import killed_on_call
 from ntkft.errors import ConfigError, KernelError
 from ntkft.kernel import kernel_matrix, load_kernel_file, trace_outputs
 from ntkft.models import Readout, load_model
@@ -124,16 +125,8 @@ def test_deterministic_and_resume_equals_uninterrupted(pairs, tmp_path, monkeypa
     assert torch.equal(ref, kernel_matrix(r, x, progress=False, batch_size=2))
     # a run killed after its second feature batch (features spill to disk at a tiny budget) ...
     per = 2 ** 20
-    calls = {"n": 0}
     real = factored.capture
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # probe + 2 batches done
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(factored, "capture", dying)
+    monkeypatch.setattr(factored, "capture", killed_on_call(real, 4))  # probe + 2 batches done
     with pytest.raises(KeyboardInterrupt):
         kernel_matrix(r, x, progress=False, batch_size=2, checkpoint_dir=tmp_path, max_memory=per * 64)
     assert len(list(tmp_path.glob("feat_*.safetensors"))) == 2
@@ -149,15 +142,8 @@ def test_jacobian_rows_resume(pairs, tmp_path, monkeypatch):
     m, r = _tiny("tiny-gpt2")
     x = encode(m.tokenizer, m.kind, pairs, max_length=16)
     ref = kernel_matrix(r, x, method="jacobian", progress=False, batch_size=2)
-    real, calls = jacobian.per_sample_jacobian, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(jacobian, "per_sample_jacobian", dying)
+    real = jacobian.per_sample_jacobian
+    monkeypatch.setattr(jacobian, "per_sample_jacobian", killed_on_call(real, 3))
     with pytest.raises(KeyboardInterrupt):
         kernel_matrix(r, x, method="jacobian", progress=False, batch_size=2, checkpoint_dir=tmp_path)
     monkeypatch.setattr(jacobian, "per_sample_jacobian", real)

@@ -205,14 +205,13 @@ class Trainer:
 
     def _drift_point(self) -> dict:
         """||K_0 - K_t||_F / ||K_0||_F on the probe set, ||theta_t - theta_PT||, and the linearisation gap."""
-        cur = {n: p.detach() for n, p in self.params.items()}
-        dist = math.sqrt(sum(float((cur[n] - self.theta0[n]).pow(2).sum()) for n in cur))
+        dist = math.sqrt(sum(float((p.detach() - self.theta0[n]).pow(2).sum()) for n, p in self.params.items()))
         point = {"step": self.step, "param_distance": dist}
         if isinstance(self.model, Linearized):
             return point
         if self.k0 is None:
             self.k0 = self._kernel_at(self.theta0)
-        k = self._kernel_at({n: p.detach() for n, p in self.params.items()})
+        k = self._kernel_at()
         point["kernel_drift"] = float((k - self.k0).norm() / self.k0.norm())
         point["linearisation_gap"] = self._lin_gap()
         return point
@@ -263,10 +262,7 @@ class Trainer:
             return False
         from safetensors.torch import load_file
 
-        cur = load_file(st / "trainable.safetensors")
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(cur[n])
+        self._set_params(load_file(st / "trainable.safetensors"))
         self.best = load_file(st / "best.safetensors")
         blob = torch.load(st / "optimizer.pt", weights_only=True, map_location="cpu")
         self.opt.load_state_dict(blob["opt"])
@@ -387,20 +383,24 @@ class Trainer:
             self.writer.close()
         return res
 
-    def _restore_best(self) -> None:
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(self.best[n])
-
-    def _kernel_at(self, theta: dict) -> torch.Tensor:
-        cur = {n: p.detach().clone() for n, p in self.params.items()}
+    def _set_params(self, theta: dict) -> None:
+        """Copy `theta` (name -> tensor) into the trainable parameters."""
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(theta[n])
+
+    def _restore_best(self) -> None:
+        self._set_params(self.best)
+
+    def _kernel_at(self, theta: dict | None = None) -> torch.Tensor:
+        """eNTK on the drift probe set at `theta` (default: the current parameters, left untouched)."""
+        cur = None
+        if theta is not None:
+            cur = {n: p.detach().clone() for n, p in self.params.items()}
+            self._set_params(theta)
         k = kernel_matrix(self.model, self.drift_x, params="all", progress=False)
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(cur[n])
+        if cur is not None:
+            self._set_params(cur)
         c = getattr(self.model, "out_dim", 1)
         return trace_outputs(k, c) if c > 1 else k
 

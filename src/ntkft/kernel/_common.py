@@ -15,6 +15,12 @@ def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return ids[:, keep], mask[:, keep]
 
 
+def on_model_device(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs moved to the device the model's parameters live on (a no-op on CPU)."""
+    dev = next(model.parameters()).device
+    return ids.to(dev), mask.to(dev)
+
+
 def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise KernelError(f"{what} contains NaN or inf (the model produced non-finite values)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._common import check_finite, outputs
+from ._common import check_finite, on_model_device, outputs
 
 
 @dataclass
@@ -90,8 +90,7 @@ def capture(model: nn.Module, entries: list[Entry], fallback: dict, ids: torch.T
             outs[name] = out
         return fn
 
-    dev = next(model.parameters()).device
-    ids, mask = ids.to(dev), mask.to(dev)
+    ids, mask = on_model_device(model, ids, mask)
     handles = [e.module.register_forward_hook(hook(e.name)) for e in entries]
     try:
         f = outputs(model, ids, mask)

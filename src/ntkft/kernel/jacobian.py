@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jacrev
 
-from ._common import check_finite
+from ._common import check_finite, on_model_device
 
 
 def per_sample_jacobian(model, params: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -20,8 +20,7 @@ def per_sample_jacobian(model, params: dict, ids: torch.Tensor, mask: torch.Tens
         out = functional_call(model, p, (i[None], m[None]), strict=False)
         return out.reshape(-1)
 
-    dev = next(model.parameters()).device
-    ids, mask = ids.to(dev), mask.to(dev)
+    ids, mask = on_model_device(model, ids, mask)
     rows = []
     for i in range(ids.shape[0]):
         jac = jacrev(f_one)(detached, ids[i], mask[i])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
-from ._common import check_finite
+from ._common import check_finite, on_model_device
 
 
 class JvpMethod:
@@ -23,8 +23,7 @@ class JvpMethod:
         return lambda p: functional_call(self.model, p, (ids, mask), strict=False).reshape(ids.shape[0], -1)
 
     def features(self, ids: torch.Tensor, mask: torch.Tensor):
-        dev = next(iter(self.params.values())).device
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = on_model_device(self.model, ids, mask)
         f = self._f(ids, mask)
         out, pullback = vjp(f, self.params)
         b, c = out.shape
