@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 class NtkftError(Exception):
-    """Base class of every error ntkft raises on purpose; the message is one line for the user."""
+    """Base class of every error ntkft raises on purpose; the message is one line for the user.
+
+    `param` names the Python parameter or config field at fault, if any; the CLI shows it as a flag."""
+
+    param: str | None = None
 
 
 class DataError(NtkftError):
@@ -21,3 +25,7 @@ class KernelError(NtkftError):
 
 class ConfigError(NtkftError):
     """An argument or config value is invalid."""
+
+
+class TrainingError(NtkftError):
+    """Training hit a non-finite loss; the last good checkpoint was kept."""

@@ -1,7 +1,17 @@
 """Model zoo: load a backbone by alias, hub id, directory or GGUF file; the theory's readout."""
 
 from .readout import Readout, last_token_index, pool, position_ids_from_mask
-from .zoo import ALIASES, LoadedModel, block_list, cache_dir, load_causal_lm, load_model, model_names, truncate_backbone
+from .zoo import (
+           ALIASES,
+           LoadedModel,
+           block_list,
+           cache_dir,
+           fingerprint,
+           load_causal_lm,
+           load_model,
+           model_names,
+           truncate_backbone,
+)
 
-__all__ = ["ALIASES", "LoadedModel", "Readout", "block_list", "cache_dir", "last_token_index", "load_causal_lm",
+__all__ = ["ALIASES", "LoadedModel", "Readout", "block_list", "cache_dir", "fingerprint", "last_token_index", "load_causal_lm",
            "load_model", "model_names", "pool", "position_ids_from_mask", "truncate_backbone"]

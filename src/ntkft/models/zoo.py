@@ -287,6 +287,26 @@ def truncate_backbone(model: nn.Module, k: int) -> nn.Module:
     return out
 
 
+def fingerprint(module: nn.Module, sample: int = 1 << 16) -> str:
+    """A fingerprint of a module's weights: names, shapes, dtypes, the first and last `sample` values and
+    the float64 sum of every tensor. Any fine-tuning or another checkpoint changes it; cheap at 10^9 weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            flat = t.detach().reshape(-1).cpu()
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            if flat.numel() == 0:
+                continue
+            if flat.is_floating_point():
+                h.update(repr(float(flat.double().sum())).encode())
+            ends = flat if flat.numel() <= 2 * sample else torch.cat([flat[:sample], flat[-sample:]])
+            h.update(ends.contiguous().view(torch.uint8).numpy().tobytes() if ends.dtype != torch.bool
+                     else ends.numpy().tobytes())
+    return h.hexdigest()
+
+
 def model_names() -> list[Alias]:
     """The aliases, for `ntkft models`."""
     return list(ALIASES.values())

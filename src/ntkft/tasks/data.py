@@ -42,6 +42,18 @@ class TaskData:
     def num_classes(self) -> int:
         return len(self.task.labels) if self.task.type == "classification" else 0
 
+    def fingerprint(self) -> str:
+        """sha256 of the rows' contents (texts, labels, split indices): the data part of a resume key."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.task.name}|{self.task.type}|{self.split}|{len(self)}".encode())
+        for i, a in enumerate(self.text_a):
+            h.update(a.encode() + b"\x00" + (self.text_b[i].encode() if self.text_b is not None else b"") + b"\x01")
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update(np.ascontiguousarray(self.indices, dtype=np.int64).tobytes())
+        h.update(",".join(map(str, self.task.labels or [])).encode())
+        return h.hexdigest()
+
     def take(self, idx) -> TaskData:
         """The rows at positions `idx` (keeps their original split indices)."""
         idx = np.asarray(idx, dtype=np.int64)

@@ -1,0 +1,5 @@
+"""`python -m ntkft.cli`."""
+
+from . import main
+
+main()

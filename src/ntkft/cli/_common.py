@@ -1,0 +1,139 @@
+"""Command-line pieces shared by every command module: the app, task arguments, JSON output."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Optional, Union, get_args, get_origin
+
+import typer
+import yaml
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from ..errors import NtkftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="eNTK, spectra and early stopping for fine-tuning.")
+
+DataDir = typer.Option(None, "--data-dir", help="task data directory (default: $NTKFT_DATA_DIR, then ./data)")
+
+
+def flag_message(e: NtkftError) -> str:
+    """The error's message with its Python parameter name shown as the CLI flag (`lr` -> `--lr`)."""
+    param = getattr(e, "param", None)
+    msg = str(e)
+    if param and msg.startswith(f"{param}:"):
+        return f"--{param.replace('_', '-')}" + msg[len(param):]
+    return msg
+
+
+def task_arg(task: str, text_columns: str | None, label_column: str | None, task_type: str | None):
+    """A built-in name, a spec file, or a CSV/TSV/JSONL file described by flags."""
+    from ..tasks import get_spec, user_task
+
+    if Path(task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
+        if not (text_columns and label_column and task_type):
+            raise typer.BadParameter("a data file as --task needs --text-columns, --label-column and --task-type")
+        return user_task(name=Path(task).stem, type=task_type, files={"train": str(Path(task).resolve())},
+                         text_columns=text_columns, label_column=label_column, origin=task)
+    return get_spec(task)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write (numpy arrays and paths allowed)."""
+    from .._io import write_json as _w
+
+    _w(path, obj)
+
+
+# ---------------------------------------------------------------- options generated from pydantic configs
+
+
+def _option_type(annotation: Any) -> type:
+    """The click type for a config field: plain scalars keep theirs; unions, literals and lists are
+    parsed from a string as YAML (so `--val 100` is an int and `--val 0.2` a float) and validated by pydantic."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if annotation in (int, float, str, bool):
+        return annotation
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1 and args[0] in (int, float, str, bool):
+        return args[0]
+    return str
+
+
+def _parse(value: Any, annotation: Any) -> Any:
+    if isinstance(value, str) and _option_type(annotation) is str and annotation is not str:
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) is Literal or (len(args) == 1 and args[0] is str):
+            return value
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if get_origin(annotation) is list and isinstance(parsed, str):
+            return [yaml.safe_load(x) for x in parsed.split(",") if x.strip()]
+        return parsed
+    return value
+
+
+def config_options(cls: type[BaseModel], skip: set[str] = frozenset()) -> list[inspect.Parameter]:
+    """One keyword-only `--field-name` option per field of `cls` (help = the field's description), plus `--config`."""
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                                default=typer.Option(None, "--config", help=f"YAML file with {cls.__name__} fields"))]
+    for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
+        typ = _option_type(field.annotation)
+        default = field.default if field.default is not PydanticUndefined else None
+        hint = f" [default: {default}]" if default is not None else ""
+        kinds = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+        choices = f" ({' | '.join(map(str, kinds))})" if kinds else ""
+        if typ is bool:
+            opt = typer.Option(None, f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",
+                               help=(field.description or "") + hint, show_default=False)
+        else:
+            opt = typer.Option(None, f"--{name.replace('_', '-')}", help=(field.description or name) + choices + hint,
+                               show_default=False)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[typ], default=opt))
+    return params
+
+
+def load_config(cls: type[BaseModel], config: str | None, given: dict[str, Any]) -> Any:
+    """A validated `cls` from an optional YAML file overridden by the flags that were given."""
+    from ..config import load_config as _load
+
+    flags = {k: _parse(v, cls.model_fields[k].annotation) for k, v in given.items()
+             if v is not None and k in cls.model_fields}
+    return _load(cls, config, flags)
+
+
+def config_command(cls: type[BaseModel], name: str | None = None, skip: set[str] = frozenset(),
+                   extra: list[inspect.Parameter] | None = None, target: typer.Typer | None = None):
+    """Register `fn(cfg, **extra)` as a command whose options are generated from the pydantic model `cls`.
+
+    `extra` are further typer parameters (e.g. `--out`, `--overwrite`) passed to `fn` by name; `target` is a
+    sub-app (`ntkft taskvec add`) instead of the top-level app."""
+    extra = list(extra or [])
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        params = extra + config_options(cls, skip)
+
+        def command(**kw: Any) -> Any:
+            config = kw.pop("config", None)
+            extras = {p.name: kw.pop(p.name) for p in extra}
+            return fn(load_config(cls, config, kw), **extras)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__doc__ = fn.__doc__
+        command.__name__ = fn.__name__
+        (target or app).command(name or fn.__name__.replace("_", "-"))(command)
+        return fn
+
+    return decorate
+
+
+def option(name: str, default: Any, help: str, annotation: Any = str, flag: str | None = None) -> inspect.Parameter:
+    """A plain extra typer option for `config_command(extra=...)`."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, flag or f"--{name.replace('_', '-')}", help=help))
