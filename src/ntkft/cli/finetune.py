@@ -10,7 +10,7 @@ from ._common import DataDir, app
 
 
 def _ft_config(config: Optional[str], overrides: dict):
-    from .finetune import FinetuneConfig
+    from ..finetune import FinetuneConfig
 
     given = {k: v for k, v in overrides.items() if v is not None}
     return FinetuneConfig.from_file(config, **given) if config else FinetuneConfig.make(**given)
@@ -30,7 +30,7 @@ def finetune(config: Optional[str] = typer.Option(None, help="YAML file with Fin
              tensorboard: Optional[bool] = None, bf16: Optional[bool] = None,
              out: str = typer.Option("runs/finetune"), data_dir: Optional[str] = DataDir) -> None:
     """Fine-tune with hold-out early stopping; writes metrics.jsonl, result.json and model/ (HF, safetensors)."""
-    from .finetune import finetune as run_ft
+    from ..finetune import finetune as run_ft
 
     kw = {k: v for k, v in locals().items() if k not in {"config", "out", "data_dir", "run_ft"}}
     if kw.get("val") is not None and float(kw["val"]).is_integer() and kw["val"] >= 1:
@@ -53,7 +53,7 @@ def curve(config: Optional[str] = typer.Option(None, help="YAML file with Finetu
           max_length: Optional[int] = None, out: str = typer.Option("runs/curves"),
           data_dir: Optional[str] = DataDir) -> None:
     """Learning curves over training sizes and seeds: curve.csv and curve_*.png; resumes a half-done sweep."""
-    from .finetune import learning_curve
+    from ..finetune import learning_curve
 
     kw = {k: v for k, v in locals().items()
           if k not in {"config", "out", "data_dir", "tasks", "sizes", "seeds", "learning_curve"}}

@@ -19,7 +19,7 @@ def kernel(model: str = typer.Option("smollm2-135m"), task: str = typer.Option("
            text_columns: str | None = None, label_column: str | None = None,
            task_type: str | None = None, data_dir: str | None = DataDir) -> None:
     """Compute the eNTK of a model's scalar readout on task samples; write kernel.safetensors + meta.json."""
-    from .pipeline import compute_kernel_file
+    from ..pipeline import compute_kernel_file
 
     spec = _task_arg(task, text_columns, label_column, task_type)
     kf = compute_kernel_file(model, spec, n=n, max_length=max_length, seed=seed, params=params, method=method,

@@ -16,7 +16,7 @@ from .spectrum import _print_spectrum
 @app.command()
 def models() -> None:
     """List the model aliases."""
-    from .models import model_names
+    from ..models import model_names
 
     for a in model_names():
         typer.echo(f"{a.name:14s} {a.kind:8s} {a.where:48s} {a.about}")
@@ -24,7 +24,7 @@ def models() -> None:
 @app.command()
 def tasks(data_dir: str | None = DataDir) -> None:
     """List the tasks with type, metrics, splits and row counts."""
-    from .tasks import BUILTIN, load_task
+    from ..tasks import BUILTIN, load_task
 
     for name, spec in BUILTIN.items():
         counts = []
@@ -43,11 +43,11 @@ def demo(out: str = typer.Option("runs/demo", help="output folder"), model: str 
     """The main job on offline defaults: encode real pairs, eNTK of a real model, spectrum and stopping rule."""
     import torch
 
-    from .pipeline import build_readout, compute_kernel_file
-    from .plots import spectrum_plot
-    from .spectrum import analyse
-    from .stopping import stop_report
-    from .tasks import encode, load_task, subsample
+    from ..pipeline import build_readout, compute_kernel_file
+    from ..plots import spectrum_plot
+    from ..spectrum import analyse
+    from ..stopping import stop_report
+    from ..tasks import encode, load_task, subsample
 
     t0 = time.time()
     loaded, readout = build_readout(model)

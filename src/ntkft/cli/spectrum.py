@@ -22,10 +22,10 @@ def spectrum(kernels: list[str] = typer.Argument(None, help="kernel files or run
              model: str | None = None, task: str | None = None, n: int = 100, draws: int = 1,
              max_length: int = 64, out: str = "runs/spectrum", data_dir: str | None = DataDir) -> None:
     """Decay rate beta (both estimators, CI, sensitivity), predicted rate and a log-log figure."""
-    from .kernel import load_kernel_file
-    from .pipeline import compute_kernel_file
-    from .plots import spectrum_plot
-    from .spectrum import analyse, equivalent_n, over_draws
+    from ..kernel import load_kernel_file
+    from ..pipeline import compute_kernel_file
+    from ..plots import spectrum_plot
+    from ..spectrum import analyse, equivalent_n, over_draws
 
     if not kernels and not (model and task):
         raise typer.BadParameter("give kernel files, or --model and --task")
@@ -70,8 +70,8 @@ def stop(kernel_file: str = typer.Argument(..., help="kernel file or run folder"
          batch_size: int | None = typer.Option(None, help="express T_hat in epochs of this batch size"),
          out: str | None = None) -> None:
     """The RWY early-stopping rule on a kernel file: eta*, critical radius, T_hat (steps and epochs)."""
-    from .kernel import load_kernel_file
-    from .stopping import stop_report
+    from ..kernel import load_kernel_file
+    from ..stopping import stop_report
 
     kf = load_kernel_file(kernel_file)
     y = kf.labels.double().numpy()
