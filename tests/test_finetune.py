@@ -66,7 +66,8 @@ def test_resume_equals_uninterrupted_minilm(tmp_path, data_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         finetune(c, tmp_path / "b", progress=False)
     monkeypatch.setattr(Trainer, "_train_step", real)
-    assert json.loads((tmp_path / "b" / "state" / "trainer_state.json").read_text())["step"] == 5
+    (ck,) = (tmp_path / "b" / "state").glob("step-*")
+    assert json.loads((ck / "trainer_state.json").read_text())["step"] == 5
     resumed = finetune(c, tmp_path / "b", progress=False)
     assert resumed.test_last == full.test_last and resumed.test_best == full.test_best
     from safetensors.torch import load_file
@@ -93,10 +94,12 @@ def test_gpu_options_without_gpu(data_dir):
 def test_bad_config(data_dir):
     with pytest.raises(ConfigError, match="setting"):
         cfg(setting="sideways")
-    with pytest.raises(ConfigError, match="layers applies"):
+    with pytest.raises(ConfigError, match="layers: applies"):
         Trainer(cfg(setting="full", layers=1), progress=False)
+    with pytest.raises(ConfigError, match=r"val: a fraction must be in \(0, 1\)"):
+        cfg(val=0.0)
     with pytest.raises(Exception, match="hold-out split .* would be empty"):
-        Trainer(cfg(val=0.0), progress=False)
+        Trainer(cfg(val=0.01, n_train=20), progress=False)
 
 
 def test_one_class_in_train(tmp_path):

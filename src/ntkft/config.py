@@ -23,14 +23,18 @@ class StrictModel(BaseModel):
 def config_error(e: ValidationError, where: str = "") -> ConfigError:
     """The first pydantic error as a ConfigError whose message starts with the field name."""
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "config"
-    msg = err["msg"]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:  # a check across fields: its message starts with the field it blames
+        head, sep, rest = msg.partition(": ")
+        loc, msg = (head, rest) if sep and head.isidentifier() else ("config", msg)
     if err.get("type") == "extra_forbidden":
         msg = "unknown field"
-    if "input" in err and err.get("type") != "missing" and not isinstance(err["input"], (dict, list)):
+    if err["loc"] and "input" in err and err.get("type") != "missing" and not isinstance(err["input"], (dict, list)) \
+            and str(err["input"]) not in msg:
         msg += f" (got {err['input']!r})"
     out = ConfigError(f"{loc}: {msg}" + (f" [{where}]" if where else ""))
-    out.param = str(err["loc"][0]) if err["loc"] else None  # type: ignore[attr-defined]
+    out.param = loc.split(".")[0] if loc != "config" else None
     return out
 
 

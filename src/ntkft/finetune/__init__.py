@@ -1,10 +1,12 @@
 """Fine-tuning with hold-out early stopping in four settings, drift tracking and learning curves."""
 
-from .config import FinetuneConfig
+from ..errors import TrainingError
+from .config import DEFAULT_LR, FinetuneConfig
 from .curve import learning_curve
 from .early_stopping import EarlyStopping
-from .loop import FinetuneResult, Trainer, TrainingError, finetune
-from .models import Linearized, build, probe_closed_form
+from .loop import FinetuneResult, Trainer, finetune
+from .models import Linearized, probe_closed_form
+from .settings import SETTINGS, Setting, build, get_setting
 
-__all__ = ["EarlyStopping", "FinetuneConfig", "FinetuneResult", "Linearized", "Trainer", "TrainingError", "build",
-           "finetune", "learning_curve", "probe_closed_form"]
+__all__ = ["DEFAULT_LR", "SETTINGS", "EarlyStopping", "FinetuneConfig", "FinetuneResult", "Linearized", "Setting",
+           "Trainer", "TrainingError", "build", "finetune", "get_setting", "learning_curve", "probe_closed_form"]

@@ -9,14 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._runs import RunFolder
+from ..config import finite_positive
+from ..errors import ConfigError
+from ..models import fingerprint, load_model
 from ..tasks import get_spec
 from .config import FinetuneConfig
 from .loop import finetune
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "size", "seed", "setting", "best_step", "stopped_step", "stop_reason", "metric", "best", "last"]
+COLUMNS = ["model", "task", "size", "seed", "setting", "lr", "best_step", "stopped_step", "stop_reason", "metric",
+           "best", "last"]
 
 
 def _read(path: Path) -> list[dict]:
@@ -25,21 +29,42 @@ def _read(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
-def _write(path: Path, rows: list[dict]) -> None:
+def _table(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS)
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _spec(base: FinetuneConfig, task: str):
+    return base.model_copy(update={"task": task}).task_spec()
+
+
+def _check(base: FinetuneConfig, tasks: list[str], sizes: list[int], seeds: int) -> None:
+    if not tasks:
+        raise ConfigError("tasks: give at least one task")
+    if not sizes or any(s < 2 for s in sizes):
+        err = ConfigError(f"sizes: every training size must be >= 2, got {sizes}")
+        err.param = "sizes"
+        raise err
+    finite_positive("seeds", seeds, allow_none=False)
+    for t in tasks:
+        _spec(base, t)
 
 
 def learning_curve(base: FinetuneConfig, tasks: list[str], sizes: list[int], seeds: int, out: str | Path,
-                   data_dir: str | None = None, progress: bool = True) -> list[dict]:
+                   data_dir: str | None = None, progress: bool = True, overwrite: bool = False) -> list[dict]:
     """Train every (task, size, seed), early-stopped on a hold-out split, test on the task's test split.
-    Finished cells are read back from curve.csv, so a half-finished sweep resumes."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "curve.csv"
+    Finished cells are read back from curve.csv, so a half-finished sweep with the same key resumes."""
+    _check(base, tasks, sizes, seeds)
+    weights = fingerprint(load_model(base.model, pooling=base.pooling).backbone)
+    key = {"config": base.model_dump(exclude={"task", "n_train", "seed", "save_model", "save_every", "tensorboard",
+                                              "device"}),
+           "weights": weights, "tasks": tasks, "sizes": sizes, "seeds": seeds}
+    rf = RunFolder(out, "curve", key, overwrite)
+    rf.open()
+    path = rf.path("curve.csv")
     rows = _read(path)
     done = {(r["task"], int(r["size"]), int(r["seed"])) for r in rows}
     for task in tasks:
@@ -48,19 +73,23 @@ def learning_curve(base: FinetuneConfig, tasks: list[str], sizes: list[int], see
                 if (task, size, seed) in done:
                     continue
                 cfg = base.model_copy(update={"task": task, "n_train": size, "seed": seed, "save_model": False})
-                res = finetune(cfg, out / f"{task}-n{size}-s{seed}", data_dir=data_dir, progress=progress)
+                cell = rf.path(f"{_spec(base, task).name}-n{size}-s{seed}")
+                res = finetune(cfg, cell, data_dir=data_dir, progress=progress, overwrite=True)
                 for metric in res.test_best:
-                    rows.append({"task": task, "size": size, "seed": seed, "setting": cfg.setting,
-                                 "best_step": res.best_step, "stopped_step": res.stopped_step,
+                    rows.append({"model": cfg.model, "task": task, "size": size, "seed": seed, "setting": cfg.setting,
+                                 "lr": cfg.lr, "best_step": res.best_step, "stopped_step": res.stopped_step,
                                  "stop_reason": res.stop_reason, "metric": metric, "best": res.test_best[metric],
                                  "last": res.test_last.get(metric, float("nan"))})
-                _write(path, rows)
+                rf.write_text("curve.csv", _table(rows))
                 log.info("%s n=%d seed=%d: %s", task, size, seed, res.test_best)
-    plot_curves(rows, out)
+    for metric in ("mse", "accuracy", "f1"):
+        rf.path(f"curve_{metric}.png")
+    plot_curves(rows, rf.root, base)
+    rf.finish(model=base.model, setting=base.setting, tasks=tasks, sizes=sizes, seeds=seeds)
     return rows
 
 
-def plot_curves(rows: list[dict], out: Path) -> list[Path]:
+def plot_curves(rows: list[dict], out: Path, base: FinetuneConfig | None = None) -> list[Path]:
     """One PNG per metric (mse for regression; accuracy and f1 for classification), tasks as lines."""
     from ..plots import curve_plot
 
@@ -69,7 +98,8 @@ def plot_curves(rows: list[dict], out: Path) -> list[Path]:
         series, xs_all = {}, set()
         for task in sorted({r["task"] for r in rows}):
             sel = [r for r in rows if r["task"] == task and r["metric"] == metric]
-            if not sel or get_spec(task).type == ("classification" if metric == "mse" else "regression"):
+            spec = _spec(base, task) if base is not None else get_spec(task)
+            if not sel or spec.type == ("classification" if metric == "mse" else "regression"):
                 continue
             sizes = sorted({int(r["size"]) for r in sel})
             vals = [[float(r["best"]) for r in sel if int(r["size"]) == s] for s in sizes]

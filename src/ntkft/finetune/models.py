@@ -7,8 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from ..errors import ConfigError
-from ..models import LoadedModel, Readout
+from ..models import Readout
 
 
 class Linearized(nn.Module):
@@ -24,7 +23,7 @@ class Linearized(nn.Module):
                                        for n, p in base.named_parameters()})
         self.out_dim = base.out_dim
         self.kind = base.kind
-        self.head = base.head  # the kernel code reads model.head
+        self.head = base.head  # the kernel's model protocol: `head` and `out_dim`
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         primal = {n: p for n, p in self.base.named_parameters()}
@@ -37,22 +36,16 @@ class Linearized(nn.Module):
         """theta_PT + delta, the parameters the linearised model stands for."""
         return {n: p.detach() + self.delta[n.replace(".", "__")].detach() for n, p in self.base.named_parameters()}
 
+    def merged(self) -> Readout:
+        """A Readout holding theta_PT + delta: the weights f_lin stands for (to save or evaluate)."""
+        import copy
 
-def build(loaded: LoadedModel, setting: str, out_dim: int, layers: int | None, sigma: float, seed: int) -> nn.Module:
-    """The trainable module for a setting; frozen parts have requires_grad False."""
-    if setting not in ("full", "head", "probe", "linearized"):
-        raise ConfigError(f"unknown setting '{setting}': use full, head, probe or linearized")
-    if layers is not None:
-        if setting in ("full", "linearized"):
-            raise ConfigError(f"--layers applies to settings head and probe, not '{setting}'")
-        loaded = loaded.truncate(layers)
-    model = Readout.from_loaded(loaded, out_dim=out_dim, sigma=sigma, seed=seed)
-    if setting == "probe":
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-    if setting == "linearized":
-        return Linearized(model)
-    return model
+        out = copy.deepcopy(self.base)
+        theta = self.theta()
+        with torch.no_grad():
+            for n, p in out.named_parameters():
+                p.copy_(theta[n])
+        return out
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -72,6 +72,27 @@ class LoadedModel:
     path: str | None = None  # local HF directory the weights came from (None for tiny configs)
     extra: dict = field(default_factory=dict)
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input the model's position embeddings allow (None when unbounded, e.g. rotary)."""
+        cfg = self.backbone.config
+        if getattr(cfg, "rope_theta", None) is not None or getattr(cfg, "rotary_pct", None) is not None:
+            return None
+        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        return int(n) if n else None
+
+    def check_length(self, max_length: int) -> int:
+        """`max_length` checked against the position limit (ConfigError naming max_length)."""
+        from ..errors import ConfigError
+
+        limit = self.max_positions
+        if max_length < 2 or (limit is not None and max_length > limit):
+            err = ConfigError(f"max_length: {max_length} is outside 2..{limit or 'inf'} for {self.spec} "
+                              f"(its position embeddings hold {limit} positions)")
+            err.param = "max_length"
+            raise err
+        return max_length
+
     def truncate(self, k: int) -> LoadedModel:
         """Backbone cut after block k (the paper's Setting 2); final norm kept, weights copied."""
         return LoadedModel(self.spec + f"@{k}", truncate_backbone(self.backbone, k), self.tokenizer,
@@ -100,8 +121,10 @@ def _need(module: str, pip_name: str) -> None:
 
 
 def gguf_to_hf_dir(gguf: Path, name: str) -> Path:
-    """De-quantise a GGUF file once into a cached safetensors HF directory; return that directory."""
-    out = cache_dir() / "models" / name
+    """De-quantise a GGUF file once into a cached safetensors HF directory keyed by the file's content hash."""
+    from .._runs import file_digest
+
+    out = cache_dir() / "models" / f"{name}-{file_digest(gguf)[:16]}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     _need("gguf", "gguf")
@@ -118,7 +141,7 @@ def gguf_to_hf_dir(gguf: Path, name: str) -> Path:
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}."))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         lm.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -131,13 +154,37 @@ def gguf_to_hf_dir(gguf: Path, name: str) -> Path:
 
 
 def _detect_kind(config) -> Kind:
-    archs = " ".join(getattr(config, "architectures", None) or [])
+    """Decoder or encoder from transformers' own model mappings and the config; refuse when unsure."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
     if getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"encoder-decoder models ({config.model_type}) are not supported; use a decoder or an encoder")
-    decoders = {"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "phi", "gemma"}
-    if "CausalLM" in archs or "LMHead" in archs or config.model_type in decoders:
+    archs = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) and not any("MaskedLM" in a for a in archs):
         return "decoder"
-    return "encoder"
+    mt = config.model_type
+    causal, masked = mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if causal and not masked:
+        return "decoder"
+    if masked and not causal:
+        return "encoder"
+    if masked and causal:  # BERT-like: an encoder unless the config says it was trained as a decoder
+        return "decoder" if getattr(config, "is_decoder", False) else "encoder"
+    raise ModelError(f"cannot tell whether model type '{mt}' is a decoder or an encoder; "
+                     "pass pooling='last' (decoder) or pooling='mean' (encoder)")
+
+
+POOLING_KIND: dict[str, Kind] = {"last": "decoder", "mean": "encoder"}
+
+
+def _kind_for(pooling: str | None) -> Kind | None:
+    if pooling is None:
+        return None
+    if pooling not in POOLING_KIND:
+        err = ModelError(f"pooling: must be 'last' (decoder) or 'mean' (encoder), got {pooling!r}")
+        err.param = "pooling"
+        raise err
+    return POOLING_KIND[pooling]
 
 
 def _from_dir(spec: str, path: str, kind: Kind | None, dtype: torch.dtype, local_only: bool) -> LoadedModel:
@@ -204,10 +251,20 @@ def load_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> L
     return _finish(name, model, copy.deepcopy(tok), alias.kind, None)
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedModel:
-    """Load a backbone from an alias, a hub id, a local HF directory or a .gguf file (eager attention)."""
+def load_model(spec: str, dtype: torch.dtype = torch.float32, seed: int = 0, pooling: str | None = None) -> LoadedModel:
+    """Load a backbone from an alias, a hub id, a local HF directory or a .gguf file (eager attention).
+
+    `pooling` ('last' = decoder, 'mean' = encoder) overrides the detected kind."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError("model spec must be a non-empty string (an alias, hub id, directory or .gguf file)")
+    kind = _kind_for(pooling)
+    loaded = _load(spec, dtype, seed, kind)
+    if kind is not None and loaded.kind != kind:
+        loaded = _finish(loaded.spec, loaded.backbone, loaded.tokenizer, kind, loaded.path)
+    return loaded
+
+
+def _load(spec: str, dtype: torch.dtype, seed: int, kind: Kind | None) -> LoadedModel:
     alias = ALIASES.get(spec)
     if alias is not None:
         if alias.source == "tiny":
@@ -223,13 +280,13 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> 
         if not p.is_file():
             raise ModelError(f"{p}: no such GGUF file")
         path = gguf_to_hf_dir(p.resolve(), "gguf-" + p.stem)
-        return _from_dir(spec, str(path), None, dtype, local_only=True)
+        return _from_dir(spec, str(path), kind, dtype, local_only=True)
     if p.is_dir():
         if not (p / "config.json").exists():
             raise ModelError(f"{p}: not a Hugging Face model directory (no config.json)")
-        return _from_dir(spec, str(p), None, dtype, local_only=True)
+        return _from_dir(spec, str(p), kind, dtype, local_only=True)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _from_dir(spec, spec, None, dtype, local_only=False)
+        return _from_dir(spec, spec, kind, dtype, local_only=False)
     known = ", ".join(ALIASES)
     raise ModelError(f"unknown model '{spec}': not an alias ({known}), a hub id (owner/name), a directory or a .gguf file")
 

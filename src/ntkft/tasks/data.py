@@ -81,10 +81,14 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
 
 
 def _open_text(path: Path) -> str:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a data file")
     try:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
 
@@ -98,9 +102,12 @@ def _delimited(path: Path, fs: FileSpec, delimiter: str):
                         delimiter=delimiter, quoting=quoting, strict=True)
     try:
         header = fs.columns if not fs.header else [h.strip() for h in next(reader)]
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise DataError(f"{path}:1: duplicate column name '{dup[0][:40]}'")
         for col in fs.text_columns + [fs.label_column]:
             if col not in header:
-                raise DataError(f"{path}: missing column '{col}' (columns: {', '.join(header)})")
+                raise DataError(f"{path}: missing column '{col}' ({_describe_header(header)})")
         for row in reader:
             line = reader.line_num
             if not row:  # a blank line holds no row; anything else must have every field
@@ -110,6 +117,13 @@ def _delimited(path: Path, fs: FileSpec, delimiter: str):
             yield line, dict(zip(header, row))
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
+
+
+def _describe_header(header: list[str]) -> str:
+    """The columns found, named only when they look like column names (never echo a foreign file's line)."""
+    plausible = len(header) >= 2 and all(0 < len(h) <= 40 and h.replace("_", "").replace("-", "").replace(" ", "").isalnum()
+                                         for h in header)
+    return f"columns: {', '.join(header[:20])}" if plausible else f"found {len(header)} unnamed or unusual column(s)"
 
 
 def _csv_lines(text: str):
@@ -134,6 +148,8 @@ def _jsonl(path: Path, fs: FileSpec):
         for col in fs.text_columns + [fs.label_column]:
             if col not in obj:
                 raise DataError(f"{path}:{i}: missing field '{col}'")
+            if isinstance(obj[col], (list, dict)):
+                raise DataError(f"{path}:{i}: field '{col}' is a JSON {type(obj[col]).__name__}, expected a string or number")
         yield i, {k: ("" if v is None else str(v)) for k, v in obj.items()}
 
 
@@ -163,7 +179,10 @@ def _rows(base: Path, fs: FileSpec):
                 raise DataError(f"{path}:{i}: expected 2 tab-separated sentences, found {len(parts)} fields")
             yield f"{path}:{i}", parts[0], parts[1], g, fs.source
     elif fs.format == "lines":
-        for i, line in enumerate(_open_text(path).splitlines(), 1):
+        lines = _open_text(path).splitlines()
+        if not any(line.strip() for line in lines):
+            raise DataError(f"{path}: file holds no sentences (every line of class '{fs.label}' is missing)")
+        for i, line in enumerate(lines, 1):
             if line.strip():  # blank lines separate nothing and hold no sentence
                 yield f"{path}:{i}", line.strip(), None, fs.label, None
     elif fs.format == "fasttext":
@@ -209,7 +228,21 @@ def _infer_labels(spec: TaskSpec, base: Path) -> TaskSpec:
     if spec.type != "classification" or spec.labels:
         return spec
     first = next(iter(spec.splits))
-    seen = sorted({r[3].strip() for fs in spec.splits[first] for r in _rows(base, fs)})
+    where: dict[str, str] = {}
+    for fs in spec.splits[first]:
+        for r in _rows(base, fs):
+            where.setdefault(r[3].strip(), r[0])
+    seen = sorted(where)
+    as_num: dict[float, str] = {}
+    for lab in seen:
+        try:
+            v = float(lab)
+        except ValueError:
+            continue
+        if v in as_num:
+            raise DataError(f"{where[lab]}: label '{lab}' and label '{as_num[v]}' ({where[as_num[v]]}) are the same "
+                            "number written two ways; write each class one way")
+        as_num[v] = lab
     if len(seen) < 2:
         raise DataError(f"task '{spec.name}': split '{first}' has only the label(s) {seen}; need at least 2 classes")
     return spec.model_copy(update={"labels": seen})

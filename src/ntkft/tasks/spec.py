@@ -142,12 +142,31 @@ def load_spec_file(path: str | Path) -> TaskSpec:
     if not path.is_file():
         raise DataError(f"{path}: task spec file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) if path.suffix in {".yaml", ".yml"} else json.loads(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {e}") from e
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise DataError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or 'syntax error'})") from None
+    except (UnicodeDecodeError, OSError):
+        raise DataError(f"{path}: not a readable UTF-8 text file") from None
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: a task spec must be a mapping")
+        raise DataError(f"{path}: a task spec must be a mapping of keys ({', '.join(SPEC_KEYS)})")
+    unknown = sorted(set(map(str, raw)) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' in task spec (keys: {', '.join(SPEC_KEYS)})")
+    missing = [k for k in ("name", "type", "files", "text_columns", "label_column") if k not in raw]
+    if missing:
+        raise ConfigError(f"{path}: task spec lacks the key '{missing[0]}'")
+    if not isinstance(raw["files"], dict):
+        raise ConfigError(f"{path}: key 'files' must map split names to files (e.g. train: train.csv), "
+                          f"not a {type(raw['files']).__name__}")
     return user_task(base_dir=str(path.parent.resolve()), origin=str(path), **raw)
+
+
+SPEC_KEYS = ("name", "type", "files", "text_columns", "label_column", "labels", "test_split", "format")
 
 
 def user_task(name: str, type: str, files: dict[str, str], text_columns: list[str], label_column: str,
