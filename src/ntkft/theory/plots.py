@@ -1,0 +1,71 @@
+"""Figures of the theory lab (PNG via ntkft.plots' helpers): log-log panels with fitted and predicted slopes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..plots import _fig, _save
+
+
+def scaling_panels(panels: list[dict], path: str | Path, xlabel: str = "width n", title: str = "",
+                   ncols: int = 3) -> Path:
+    """One log-log panel per quantity. panel = {'title', 'x': [...], 'y': [...] (every seed a point),
+    'fit': SlopeFit dict or None, 'predicted': slope of the reference line (or None), 'ylabel'}."""
+    plt = _fig()
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, p in zip(axes.flat, panels):
+        x, y = np.asarray(p["x"], dtype=float), np.asarray(p["y"], dtype=float)
+        ok = y > 0
+        ax.loglog(x[ok], y[ok], "o", ms=3.5, alpha=0.6, color="C0", label="per seed")
+        xs = np.unique(x[ok])
+        means = [np.exp(np.mean(np.log(y[ok][x[ok] == v]))) for v in xs]
+        ax.loglog(xs, means, "-", color="C0", lw=1)
+        f = p.get("fit")
+        if f:
+            xx = np.array([f["x_min"], f["x_max"]])
+            ax.loglog(xx, np.exp(f["intercept"]) * xx ** f["slope"], "--", color="C3",
+                      label=f"fit {f['slope']:.2f} [{f['low']:.2f}, {f['high']:.2f}]")
+        if p.get("predicted") is not None and len(xs):
+            x0, y0 = xs[0], means[0]
+            ax.loglog(xs, y0 * (xs / x0) ** p["predicted"], ":", color="k", label=f"slope {p['predicted']:g}")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([f"{v:g}" for v in xs], fontsize=7)
+        ax.minorticks_off()
+        ax.set_title(p["title"], fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(p.get("ylabel", ""), fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6.5)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def lines(xs, series: dict[str, tuple], path: str | Path, xlabel: str, ylabel: str, title: str = "",
+          logx: bool = True, logy: bool = False) -> Path:
+    """Mean lines with +-1 sd bands: series[name] = (mean, sd) over seeds."""
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (name, (mean, sd)) in enumerate(series.items()):
+        mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
+        ax.plot(xs, mean, "o-", ms=3, color=f"C{i % 10}", label=name)
+        ax.fill_between(xs, mean - sd, mean + sd, color=f"C{i % 10}", alpha=0.15)
+    if logx:
+        ax.set_xscale("log")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([f"{v:g}" for v in xs])
+        ax.minorticks_off()
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
