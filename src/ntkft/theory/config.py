@@ -61,6 +61,11 @@ class LabConfig(StrictModel):
         return self.eta0 / width if self.parameterisation == "standard" else self.eta0
 
 
+def _listify(v):
+    """A single number given on the command line (`--widths 64`) is a one-element list."""
+    return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def _widths(v: list[int]) -> list[int]:
     if not v or any(w < 1 or w > 16384 for w in v):
         raise ValueError("must list widths in [1, 16384]")
@@ -73,6 +78,8 @@ class WidthSweepConfig(LabConfig):
     widths: list[int] = Field([16, 32, 64, 128, 256, 512], description="widths n (comma separated)")
     seeds: int = Field(3, ge=1, le=1000, description="init seeds per width (data fixed by data_seed)")
     fit_min_width: int = Field(64, ge=1, description="slopes are also fitted on widths >= this")
+
+    _one_w = field_validator("widths", mode="before")(_listify)
 
     @field_validator("widths")
     @classmethod
@@ -93,6 +100,8 @@ class SampleSweepConfig(LabConfig):
     sizes: list[int] = Field([16, 32, 64, 128, 256], description="target training sizes N_2 (comma separated)")
     seeds: int = Field(3, ge=1, le=1000, description="draws of the training set per size")
 
+    _one_s = field_validator("sizes", mode="before")(_listify)
+
     @field_validator("sizes")
     @classmethod
     def _sizes(cls, v: list[int]) -> list[int]:
@@ -106,6 +115,8 @@ class ArithmeticConfig(LabConfig):
 
     widths: list[int] = Field([16, 64, 256], description="widths n (comma separated)")
     seeds: int = Field(2, ge=1, le=1000, description="init seeds per width")
+
+    _one_w = field_validator("widths", mode="before")(_listify)
 
     @field_validator("widths")
     @classmethod

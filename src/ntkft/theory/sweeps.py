@@ -17,11 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .._runs import RunFolder
-from .config import UNIT_FREE, LabConfig, WidthSweepConfig
+from ..plots import spectrum_plot
+from ..spectrum import fit_beta, paper_beta, rate_exponent
+from .arithmetic import arithmetic_tasks, arithmetic_unit
+from .config import UNIT_FREE, ArithmeticConfig, LabConfig, SampleSweepConfig, WidthSweepConfig
 from .fits import loglog_slope
-from .lab import LabData, build_data, width_unit
+from .lab import LabData, build_data, finetune, pretrain, student, width_unit
 from .plots import lines, scaling_panels
-from .tasks import fingerprint
+from .tasks import TargetData, fingerprint, labelled, sequences
 
 LAB_VERSION = 1  # bump when a unit's computation changes, so old units are not resumed
 
@@ -177,3 +180,169 @@ def _csv(rows: list[dict], cols: list[str]) -> str:
     for r in rows:
         lines_.append(",".join(f"{_get(r, c):.6g}" if isinstance(_get(r, c), float) else str(_get(r, c)) for c in cols))
     return "\n".join(lines_) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- sample-size sweep
+
+
+def _pretrain_unit(cfg: LabConfig, data: LabData, width: int, seed: int) -> tuple[dict, dict]:
+    model, info, _ = pretrain(cfg, data, width, seed)
+    return info, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def sample_unit(cfg: SampleSweepConfig, data: LabData, theta_pt: dict, size: int, draw: int) -> tuple[dict, dict]:
+    """Fine-tune the pretrained model on `size` fresh target samples (draw `draw`); errors at the three stops."""
+    gen = torch.Generator().manual_seed(1_000_003 * (cfg.data_seed + 1) + 7919 * size + draw)
+    ids = sequences(size, cfg.seq_len, cfg.vocab, "all", gen)
+    train = labelled(data.target_teacher, ids, cfg.noise, gen)
+    model = student(cfg, cfg.width, 0, data.embedding)
+    model.load_state_dict(theta_pt, strict=False)
+    info, tensors = finetune(cfg, model, TargetData(train, data.target.val, data.target.test))
+    lams = tensors["eigenvalues"].numpy()
+    info.update(size=size, draw=draw, beta_window=fit_beta(lams).to_dict(), beta_paper=paper_beta(lams).to_dict())
+    return info, {"eigenvalues": tensors["eigenvalues"]}
+
+
+SAMPLE_RULES = {"t_hat": "T_hat (RWY)", "holdout": "hold-out", "oracle": "oracle"}
+
+
+def summarise_sample(cfg: SampleSweepConfig, results: dict[str, tuple[dict, dict]]) -> dict:
+    """Error against N_2 per stopping rule, slopes with CIs, and the slope predicted from beta (eq 30)."""
+    infos = [r[0] for name, r in results.items() if name != "pretrain"]
+    sizes = sorted({i["size"] for i in infos})
+    top = [i for i in infos if i["size"] == sizes[-1]]
+    betas = np.array([i["beta_window"]["beta"] for i in top])
+    beta = float(betas.mean())
+    pred = -rate_exponent(beta) if beta > 0 else None
+    per_size = {}
+    for n in sizes:
+        rows = [i for i in infos if i["size"] == n]
+        per_size[str(n)] = {f"err_{r}.{k}": _ms([_get(i, f"err_{r}.{k}") for i in rows])
+                            for r in SAMPLE_RULES for k in ("net", "lin")}
+        per_size[str(n)]["times"] = {r: _ms([i["times"][r] for i in rows]) for r in SAMPLE_RULES}
+        per_size[str(n)]["t_hat_capped"] = sum(i["t_hat_capped"] for i in rows)
+        per_size[str(n)]["beta_window"] = _ms([i["beta_window"]["beta"] for i in rows])
+    fits = {}
+    for r in SAMPLE_RULES:
+        for k in ("net", "lin"):
+            x, y = [i["size"] for i in infos], [_get(i, f"err_{r}.{k}") for i in infos]
+            fit = loglog_slope(x, y, predicted=pred)
+            fits[f"{r}.{k}"] = _fd(fit)
+            if fit is not None:
+                fits[f"{r}.{k}"]["vs_minus_half"] = loglog_slope(x, y, predicted=-0.5).verdict
+    return {"width": cfg.width, "sizes": sizes, "beta": {"window_mean": beta, "window_sd": float(betas.std(ddof=1))
+            if len(betas) > 1 else 0.0, "paper_mean": float(np.mean([i["beta_paper"]["beta"] for i in top])),
+            "n": sizes[-1]}, "predicted_slope": pred, "per_size": per_size, "fits": fits}
+
+
+def _ms(v) -> dict:
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)] if np.isfinite(v).any() else v
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def sample_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, dict]]) -> None:
+    infos = [r[0] for name, r in results.items() if name != "pretrain"]
+    panels = []
+    for r, label in SAMPLE_RULES.items():
+        for k in ("net", "lin"):
+            panels.append({"title": f"test MSE at {label} ({'network' if k == 'net' else 'linearised'})",
+                           "x": [i["size"] for i in infos], "y": [_get(i, f"err_{r}.{k}") for i in infos],
+                           "fit": summary["fits"][f"{r}.{k}"], "predicted": summary["predicted_slope"]})
+    scaling_panels(panels, rf.path("learning_curves.png"), xlabel="target samples N_2", ncols=2,
+                   title=f"Width {summary['width']}: error vs N_2 (dotted: -2beta/(2beta+1), beta = "
+                         f"{summary['beta']['window_mean']:.3f})")
+    big = [r for name, r in results.items() if name != "pretrain" and r[0]["size"] == summary["sizes"][-1]][0]
+    spectrum_plot({f"K_PT, N={summary['sizes'][-1]}": {"lams": big[1]["eigenvalues"].tolist(),
+                                                         "fits": [dict(big[0]["beta_window"], label="window")]}},
+                  rf.path("spectrum.png"), title="eNTK spectrum of the pretrained reference model")
+
+
+def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Pretrain once at `width`, then per (size, draw) fine-tune and record the early-stopped errors."""
+    data = build_data(cfg)
+    rf = RunFolder(out, "theory-sample-sweep", run_key(cfg, data, "sample"), overwrite)
+    rf.open()
+    rf.write_json("config.json", cfg.model_dump())
+    pre = run_units(rf, [("pretrain", lambda: _pretrain_unit(cfg, data, cfg.width, 0))], progress, "pretrain")
+    theta_pt = pre["pretrain"][1]
+    units = [(f"n{n:05d}_d{d:03d}", (lambda n=n, d=d: sample_unit(cfg, data, theta_pt, n, d)))
+             for n in cfg.sizes for d in range(cfg.seeds)]
+    results = dict(pre, **run_units(rf, units, progress, "sample sweep"))
+    summary = summarise_sample(cfg, results)
+    rf.write_json("summary.json", summary)
+    sample_figures(rf, summary, results)
+    rf.finish(command="theory sample-sweep")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- task arithmetic
+
+ARITH_LAWS = {  # (design, quantity) -> (label, predicted slope in n)
+    ("orthogonal", "cross_kernel_ratio"): ("orthogonal: ||K_12|| / sqrt(||K_11|| ||K_22||)", -0.5),
+    ("orthogonal", "disentanglement"): ("orthogonal: disentanglement error xi", -1.0),
+    ("orthogonal", "mt_lin_rms"): ("orthogonal: RMS(f_MT - linearised f_MT)", -0.5),
+    ("orthogonal", "neg_rel_dev"): ("negation: |gap - 4E[u(f - f_PT)]| / |4E[...]|", -0.5),
+    ("overlapping", "cross_kernel_ratio"): ("overlapping: cross-kernel ratio", 0.0),
+    ("overlapping", "disentanglement"): ("overlapping: disentanglement error xi", 0.0),
+}
+
+
+def _design_value(info: dict, design: str, q: str) -> float:
+    d = info["designs"][design]
+    if q in d:
+        return d[q]
+    vals = [t[q] for t in d["tasks"].values() if t[q] is not None]  # None: a task vector was zero
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def summarise_arithmetic(results: dict[str, tuple[dict, dict]]) -> dict:
+    infos = [r[0] for r in results.values()]
+    widths = sorted({i["width"] for i in infos})
+    qs = ["cross_kernel_ratio", "disentanglement", "normalised_mse_mean", "tau_cosine", "mt_lin_rms", "neg_gap",
+          "neg_gap_lin", "neg_rel_dev", "mse_ft", "mse_mt", "mse_pt", "mse_neg"]
+    per_width = {}
+    for w in widths:
+        rows = [i for i in infos if i["width"] == w]
+        per_width[str(w)] = {d: {q: _ms([_design_value(i, d, q) for i in rows]) for q in qs}
+                             for d in ("orthogonal", "overlapping")}
+        for d in ("orthogonal", "overlapping"):
+            gaps = [t["neg_gap"] for i in rows for t in i["designs"][d]["tasks"].values()]
+            per_width[str(w)][d]["negation_positive"] = f"{sum(g > 0 for g in gaps)}/{len(gaps)}"
+    fits = {}
+    for (d, q), (label, pred) in ARITH_LAWS.items():
+        fit = loglog_slope([i["width"] for i in infos], [_design_value(i, d, q) for i in infos], predicted=pred)
+        fits[f"{d}.{q}"] = {"label": label, "fit": _fd(fit)}
+    return {"widths": widths, "per_width": per_width, "fits": fits}
+
+
+def arithmetic_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, dict]]) -> None:
+    infos = [r[0] for r in results.values()]
+    panels = [{"title": f["label"], "x": [i["width"] for i in infos], "y": [_design_value(i, *k.split(".")) for i in infos],
+               "fit": f["fit"], "predicted": ARITH_LAWS[tuple(k.split("."))][1]} for k, f in summary["fits"].items()]
+    scaling_panels(panels, rf.path("arithmetic_scaling.png"), title="Task arithmetic vs width")
+    ws, pw = summary["widths"], summary["per_width"]
+    series = {f"{d}: MSE(theta_PT + tau_1 + tau_2) / MSE(theta_FT,t)": (
+        [pw[str(w)][d]["normalised_mse_mean"]["mean"] for w in ws], [pw[str(w)][d]["normalised_mse_mean"]["sd"] for w in ws])
+        for d in ("orthogonal", "overlapping")}
+    lines(ws, series, rf.path("arithmetic_addition.png"), "width n", "normalised MSE (1 = no interference)",
+          "Task addition (Corollary 2)")
+
+
+def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Per (width, seed): pretrain, fine-tune three tasks, measure addition and negation for both designs."""
+    data = build_data(cfg)
+    tasks = arithmetic_tasks(cfg, data)
+    key = run_key(cfg, data, "arithmetic")
+    key["tasks"] = fingerprint(*[s for t in tasks.values() for s in (t.train, t.val, t.test)])
+    rf = RunFolder(out, "theory-arithmetic", key, overwrite)
+    rf.open()
+    rf.write_json("config.json", cfg.model_dump())
+    units = [(f"w{w:05d}_s{s:03d}", (lambda w=w, s=s: arithmetic_unit(cfg, data, tasks, w, s)))
+             for w in cfg.widths for s in range(cfg.seeds)]
+    results = run_units(rf, units, progress, "arithmetic")
+    summary = summarise_arithmetic(results)
+    rf.write_json("summary.json", summary)
+    arithmetic_figures(rf, summary, results)
+    rf.finish(command="theory arithmetic")
+    return summary

@@ -1,0 +1,121 @@
+"""Task arithmetic in the lab (Section 5.2, Appendix C; THEORY.md sec. 7).
+
+Task 1: sequences of A tokens, target = a shifted teacher. Task 2 comes in two designs:
+  orthogonal  - sequences of B tokens (embeddings orthogonal to A's), another shifted teacher: the cross-task eNTK
+                block vanishes as n -> infinity (Assumption 5.1 by construction);
+  overlapping - sequences of A tokens too, the other shifted teacher: the kernels overlap.
+Each task is fine-tuned from theta_PT with hold-out early stopping; tau = theta_FT - theta_PT (eq 22). Measured:
+addition theta_PT + tau_1 + tau_2 (eq 25) - MSE relative to each single-task model, the disentanglement error xi,
+the cross-kernel ratio, the cosine of the task vectors - and negation theta_PT - tau (eq 23 corrected): the MSE
+increase against its linearised value 4 mean(u (f_tgt - f_PT)), u = <tau, grad f_PT> (Corollary 1, eq 104).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch.func import functional_call, jvp
+
+from .config import ArithmeticConfig
+from .lab import LabData, gd_step, load, mse, predict, pretrain, snapshot
+from .ntk import entk, kernel_scale
+from .tasks import Split, TargetData, labelled, sequences
+
+
+def arithmetic_tasks(cfg: ArithmeticConfig, data: LabData) -> dict[str, TargetData]:
+    """task1 (A tokens), task2_orthogonal (B tokens), task2_overlapping (A tokens); two shifted teachers."""
+    ref = sequences(4096, cfg.seq_len, cfg.vocab, "all", torch.Generator().manual_seed(cfg.data_seed + 3))
+    t1 = data.teacher.shifted(cfg.shift, cfg.data_seed + 11, ref)
+    t2 = data.teacher.shifted(cfg.shift, cfg.data_seed + 12, ref)
+    gen = torch.Generator().manual_seed(cfg.data_seed + 13)
+
+    def task(fn, which: str) -> TargetData:
+        draw = lambda n: labelled(fn, sequences(n, cfg.seq_len, cfg.vocab, which, gen), cfg.noise, gen)  # noqa: E731
+        return TargetData(draw(cfg.n_target), draw(cfg.n_val), draw(cfg.n_test))
+
+    return {"task1": task(t1, "A"), "task2_orthogonal": task(t2, "B"), "task2_overlapping": task(t2, "A")}
+
+
+def finetune_holdout(cfg: ArithmeticConfig, model, task: TargetData) -> tuple[list[torch.Tensor], int]:
+    """GD from the current weights with hold-out early stopping (stop after `patience` steps without a better
+    validation loss); returns the best-validation weights and their step."""
+    lr, y = cfg.lr(model.spec.width), task.train.y.float()
+    best, best_t, best_theta = math.inf, 0, snapshot(model)
+    for t in range(cfg.finetune_steps + 1):
+        if t > 0:
+            gd_step(model, task.train.ids, y, lr)
+        val = mse(predict(model, task.val.ids), task.val.y)
+        if val < best:
+            best, best_t, best_theta = val, t, snapshot(model)
+        elif t - best_t >= cfg.patience:
+            break
+    return best_theta, best_t
+
+
+def _tangent(model, theta, tau, ids) -> torch.Tensor:
+    """u = <tau, grad f(theta)> on ids (a JVP in float64)."""
+    m = copy.deepcopy(model).double()
+    names = [n for n, _ in m.named_parameters()]
+    f = lambda *ps: functional_call(m, dict(zip(names, ps)), (ids,)).squeeze(-1)  # noqa: E731
+    _, u = jvp(f, tuple(t.double() for t in theta), tuple(t.double() for t in tau))
+    return u.detach()
+
+
+def _at(model, theta, ids) -> torch.Tensor:
+    load(model, theta)
+    return predict(model, ids)
+
+
+def cross_kernel_ratio(model, a: Split, b: Split) -> float:
+    """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) on the two training sets (Assumption 5.1: 0)."""
+    k = entk(model, torch.cat([a.ids, b.ids])) * kernel_scale(model)
+    n = len(a)
+    k11, k22, k12 = k[:n, :n], k[n:, n:], k[:n, n:]
+    return float(torch.linalg.norm(k12) / torch.sqrt(torch.linalg.norm(k11) * torch.linalg.norm(k22)))
+
+
+def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, TargetData], width: int,
+                    seed: int) -> tuple[dict, dict]:
+    """Pretrain, fine-tune the three tasks, and measure addition and negation for both designs."""
+    model, info, _ = pretrain(cfg, data, width, seed)
+    theta_pt = snapshot(model)
+    taus, stops = {}, {}
+    for name, task in tasks.items():
+        load(model, theta_pt)
+        best, stops[name] = finetune_holdout(cfg, model, task)
+        taus[name] = [b - p for b, p in zip(best, theta_pt)]
+    add = lambda *ts: [p + sum(x) for p, *x in zip(theta_pt, *ts)]  # noqa: E731
+    out = {"width": width, "seed": seed, "theta_dist": info["theta_dist"], "stops": stops, "designs": {}}
+    for design in ("orthogonal", "overlapping"):
+        names = ["task1", f"task2_{design}"]
+        tau1, tau2 = taus[names[0]], taus[names[1]]
+        flat1, flat2 = torch.cat([t.reshape(-1) for t in tau1]), torch.cat([t.reshape(-1) for t in tau2])
+        load(model, theta_pt)
+        d = {"cross_kernel_ratio": cross_kernel_ratio(model, tasks[names[0]].train, tasks[names[1]].train),
+             "tau_cosine": float(flat1 @ flat2 / (flat1.norm() * flat2.norm())), "tasks": {}}
+        xi, mt_nonlin = 0.0, []
+        for i, (name, tau) in enumerate(zip(names, (tau1, tau2))):
+            te = tasks[name].test
+            f_pt = _at(model, theta_pt, te.ids)
+            f_ft = _at(model, add(tau), te.ids)
+            f_mt = _at(model, add(tau1, tau2), te.ids)
+            f_neg = _at(model, [p - t for p, t in zip(theta_pt, tau)], te.ids)
+            load(model, theta_pt)
+            u1, u2 = _tangent(model, theta_pt, tau1, te.ids), _tangent(model, theta_pt, tau2, te.ids)
+            u = (u1, u2)[i]
+            m_ft, m_neg = mse(f_ft, te.f), mse(f_neg, te.f)
+            gap_lin = float(4 * (u * (te.f - f_pt)).mean())
+            d["tasks"][name] = {"mse_pt": mse(f_pt, te.f), "mse_ft": m_ft, "mse_mt": mse(f_mt, te.f),
+                                "mse_mt_lin": mse(f_pt + u1 + u2, te.f), "mse_neg": m_neg,
+                                "normalised_mse": mse(f_mt, te.f) / m_ft, "neg_gap": m_neg - m_ft, "neg_gap_lin": gap_lin,
+                                "neg_rel_dev": abs(m_neg - m_ft - gap_lin) / abs(gap_lin) if gap_lin else None}
+            xi += mse(f_ft, f_mt)
+            mt_nonlin.append(mse(f_mt, f_pt + u1 + u2))
+        d["disentanglement"] = xi
+        d["mt_lin_rms"] = math.sqrt(sum(mt_nonlin) / len(mt_nonlin))
+        d["normalised_mse_mean"] = sum(t["normalised_mse"] for t in d["tasks"].values()) / 2
+        out["designs"][design] = d
+    load(model, theta_pt)
+    return out, {}
