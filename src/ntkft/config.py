@@ -33,7 +33,9 @@ def config_error(e: ValidationError, where: str = "") -> ConfigError:
     if err["loc"] and "input" in err and err.get("type") != "missing" and not isinstance(err["input"], (dict, list)) \
             and str(err["input"]) not in msg:
         msg += f" (got {err['input']!r})"
-    out = ConfigError(f"{loc}: {msg}" + (f" [{where}]" if where else ""))
+    if where:  # a config file: name the file and its key (the value may have come from the file)
+        return ConfigError(f"{where}: {loc}: {msg}")
+    out = ConfigError(f"{loc}: {msg}")
     out.param = loc.split(".")[0] if loc != "config" else None
     return out
 

@@ -31,8 +31,24 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     _register()
     try:
-        app(standalone_mode=True)
-    except NtkftError as e:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except Exception as e:  # click (or typer's vendored click) usage errors: one line, exit 2
+        names = {c.__name__ for c in type(e).__mro__}
+        if "NoArgsIsHelpError" in names:
+            ctx = getattr(e, "ctx", None)
+            print(ctx.get_help() if ctx else "see ntkft --help")
+            sys.exit(0)
+        if "UsageError" in names:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx else ""
+            print(f"ntkft: error: {e.format_message()}{where}".replace("\n", " "), file=sys.stderr)  # type: ignore[attr-defined]
+            sys.exit(2)
+        if "Abort" in names:
+            print("ntkft: interrupted", file=sys.stderr)
+            sys.exit(130)
+        if not isinstance(e, NtkftError):
+            raise
         print(f"ntkft: error: {flag_message(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -63,18 +63,21 @@ def _option_type(annotation: Any) -> type:
 
 
 def _parse(value: Any, annotation: Any) -> Any:
-    if isinstance(value, str) and _option_type(annotation) is str and annotation is not str:
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if get_origin(annotation) is Literal or (len(args) == 1 and args[0] is str):
-            return value
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            return value
-        if get_origin(annotation) is list and isinstance(parsed, str):
-            return [yaml.safe_load(x) for x in parsed.split(",") if x.strip()]
-        return parsed
-    return value
+    """A string flag as the field wants it: lists split on commas, literals and strings as given, the rest as YAML."""
+    if not isinstance(value, str) or _option_type(annotation) is not str or annotation is str:
+        return value
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    inner = args[0] if get_origin(annotation) in (Union, UnionType) and len(args) == 1 else annotation
+    if get_origin(inner) is list:
+        if value.strip().startswith("["):
+            return yaml.safe_load(value)
+        return [x.strip() for x in value.split(",") if x.strip()]
+    if get_origin(inner) is Literal or inner is str:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def config_options(cls: type[BaseModel], skip: set[str] = frozenset()) -> list[inspect.Parameter]:
