@@ -272,9 +272,10 @@ def run_cosine(cfg: CosineConfig, out: str | Path | None = None, overwrite: bool
 # ---------------------------------------------------------------- addition
 
 
-def _finetuned_metrics(s: Session, vectors: list[TaskVector], tasks: list[TaskEval], cache: _Cache,
-                       prefix: str = "evals") -> dict[str, dict[str, dict[str, float]]]:
-    name = f"{prefix}/finetuned.json"
+def _finetuned_metrics(s: Session, vectors: list[TaskVector], tasks: list[TaskEval],
+                       cache: _Cache) -> dict[str, dict[str, dict[str, float]]]:
+    """Each fine-tuned model's own metrics on its task (validation and test), computed once per run folder."""
+    name = "evals/finetuned.json"
     got = cache.get(name) or {}
     for v, t in zip(vectors, tasks):
         if t.name not in got:
@@ -296,7 +297,7 @@ def _eval_at(s: Session, tv: TaskVector | None, lam: float, tasks: list[TaskEval
 def _addition_search(s: Session, vectors: list[TaskVector], tasks: list[TaskEval], lambdas: list[float],
                      cache: _Cache, prefix: str, progress: bool) -> tuple[list[dict], float, dict, dict]:
     """(validation rows, best lambda, test metrics per task, fine-tuned metrics) of theta_PT + lam sum tau."""
-    ft = _finetuned_metrics(s, vectors, tasks, cache, prefix)
+    ft = _finetuned_metrics(s, vectors, tasks, cache)
     tv = sum(vectors)  # type: ignore[assignment]
     rows = []
     for lam in tqdm(lambdas, desc="lambda grid (validation)", disable=not progress):
@@ -515,8 +516,8 @@ def run_disentangle(cfg: DisentangleConfig, out: str | Path | None = None, overw
 
 def _spearman(xs: list[float], ys: list[float]) -> float:
     pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
-    if len(pts) < 3:
-        return float("nan")
+    if len(pts) < 3 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
+        return float("nan")  # fewer than three pairs, or a constant column: no rank correlation
     from scipy.stats import spearmanr
 
     return float(spearmanr([p[0] for p in pts], [p[1] for p in pts])[0])
