@@ -233,3 +233,101 @@ def test_tensorboard_logging(tmp_path, data_dir):
     finetune(cfg(max_steps=4, eval_every=2, tensorboard=True), tmp_path, progress=False)
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+# ------------------------------------------------------------------ run folders: atomic checkpoints, keys, reruns
+
+
+@pytest.mark.parametrize("victim,nth", [("save_tensors", 5), ("save_tensors", 6), ("torch_save", 3), ("write_json", 3)])
+def test_kill_inside_a_checkpoint_resumes_to_the_uninterrupted_result(victim, nth, tmp_path, data_dir, monkeypatch):
+    """A kill between any two files of the third checkpoint leaves the second one whole; the rerun resumes from it."""
+    from ntkft.finetune import state
+
+    c = cfg(max_steps=6, eval_every=2, save_every=1)
+    ref = finetune(c, tmp_path / "a", progress=False)
+    if victim == "torch_save":
+        monkeypatch.setattr(state.torch, "save", killed_on_call(torch.save, nth))
+    else:
+        monkeypatch.setattr(state, victim, killed_on_call(getattr(state, victim), nth))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(c, tmp_path / "b", progress=False)
+    monkeypatch.undo()
+    steps = sorted(p.name for p in (tmp_path / "b" / "state").glob("step-*"))
+    assert steps == ["step-0000002"]  # the interrupted step-3 checkpoint never became visible
+    res = finetune(c, tmp_path / "b", progress=False)
+    assert res.test_last == ref.test_last and res.test_best == ref.test_best and res.history == ref.history
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "a/model/model.safetensors"), load_file(tmp_path / "b/model/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finished_run_is_returned_without_rewriting_anything(tmp_path, data_dir):
+    c = cfg(max_steps=4, eval_every=2)
+    first = finetune(c, tmp_path, progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    again = finetune(c, tmp_path, progress=False)
+    assert again.test_last == first.test_last and again.test_best == first.test_best
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_rerun_with_other_data_or_model_is_refused_and_overwrite_replaces_only_when_done(tmp_path, data_dir):
+    from ntkft.models.zoo import load_tiny
+
+    model_dir = tmp_path / "m"
+    for seed in (0, 1):
+        m = load_tiny("tiny-bert", seed=seed)
+        m.backbone.save_pretrained(model_dir)
+        m.tokenizer.save_pretrained(model_dir)
+        if seed == 0:
+            c = cfg(max_steps=2, eval_every=1, model=str(model_dir))
+            finetune(c, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="different weights"):  # same path and architecture, other weights
+        finetune(c, tmp_path / "run", progress=False)
+    c = cfg(max_steps=2, eval_every=1)
+    tmp_path = tmp_path / "run2"
+    finetune(c, tmp_path, progress=False)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["kind"] == "finetune" and meta["status"] == "complete" and "weights" in meta["key"]
+    with pytest.raises(ConfigError, match="different config"):
+        finetune(cfg(max_steps=2, eval_every=1, lr=2e-3), tmp_path, progress=False)
+    (tmp_path / "notes.txt").write_text("mine")  # a user's file in the run folder survives an overwrite
+    res = finetune(cfg(max_steps=2, eval_every=1, lr=2e-3), tmp_path, progress=False, overwrite=True)
+    assert res.config["lr"] == 2e-3 and (tmp_path / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".ntkft-previous-*"))  # the old run's files went once the new one was complete
+
+
+def test_edited_data_file_is_a_different_run(tmp_path, data_dir):
+    f = tmp_path / "t.csv"
+    f.write_text("a,y\n" + "".join(f"sentence {i},{i % 5}\n" for i in range(40)))
+    c = cfg(task=str(f), text_columns=["a"], label_column="y", task_type="regression", n_train=None, n_test=None,
+            max_steps=2, eval_every=1)
+    finetune(c, tmp_path / "run", progress=False)
+    f.write_text("a,y\n" + "".join(f"sentence {i},{(i + 1) % 5}\n" for i in range(40)))  # labels edited
+    with pytest.raises(ConfigError, match="different data"):
+        finetune(c, tmp_path / "run", progress=False)
+
+
+def test_per_setting_default_learning_rates():
+    from ntkft.finetune import DEFAULT_LR
+
+    assert FinetuneConfig.make(setting="probe").lr == DEFAULT_LR[("probe", "adamw")] > 100 * FinetuneConfig.make().lr
+    assert FinetuneConfig.make(setting="full", optimizer="gd").lr == DEFAULT_LR[("full", "gd")]
+    assert FinetuneConfig.make(setting="probe", lr=1e-3).lr == 1e-3
+
+
+def test_warning_when_max_steps_ends_a_run_that_still_improves(data_dir):
+    res = Trainer(cfg(setting="probe", layers=1, max_steps=6, eval_every=2, lr=1e-3), progress=False).fit()
+    assert res.stop_reason == "reached max_steps=6"
+    assert (res.best_step == 6) == bool(res.warnings)
+
+
+@pytest.mark.slow
+def test_minilm_probe_with_default_settings_beats_predicting_the_mean(tmp_path, data_dir):
+    """The shipped defaults must give a sane probe: better than the constant predictor (R^2 > 0)."""
+    res = finetune(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="probe", n_train=600, n_test=300),
+                   tmp_path, progress=False)
+    from ntkft.tasks import load_task, subsample
+
+    y = subsample(load_task("stsb", "test"), 300, seed=0).labels
+    assert res.test_best["mse"] < 0.9 * float(np.var(y)) and res.test_best["pearson"] > 0.3
