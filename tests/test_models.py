@@ -105,3 +105,84 @@ def test_missing_packages_name_the_pip_command(tmp_path, monkeypatch):
     fake.write_bytes(b"GGUF")
     with pytest.raises(ModelError, match=r"needs the package 'gguf': run `pip install gguf`"):
         load_model(str(fake))
+
+
+def _save_base(tmp_path, config, arch: str | None):
+    """A tiny random base model saved like a hub checkpoint (architectures as given, possibly none)."""
+    from transformers import AutoModel
+
+    from ntkft.models.zoo import load_tiny
+
+    tok = load_tiny("tiny-bert").tokenizer
+    config.architectures = [arch] if arch else None
+    m = AutoModel.from_config(config)
+    d = tmp_path / f"{config.model_type}-{arch or 'none'}"
+    m.save_pretrained(d)
+    if arch is None:  # save_pretrained fills in the class name; remove it as some hub uploads do
+        import json
+
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("architectures", None)
+        (d / "config.json").write_text(json.dumps(cfg))
+    tok.save_pretrained(d)
+    return d
+
+
+def test_decoder_or_encoder_from_transformers_mappings_and_pooling_override(tmp_path):
+    from transformers import BertConfig, GPTNeoXConfig
+
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=30522)
+    neox = _save_base(tmp_path, GPTNeoXConfig(**small), None)  # a decoder saved without *ForCausalLM
+    assert load_model(str(neox)).kind == "decoder"
+    bert = _save_base(tmp_path, BertConfig(**small), None)
+    assert load_model(str(bert)).kind == "encoder"
+    forced = load_model(str(neox), pooling="mean")
+    assert forced.kind == "encoder" and forced.tokenizer.padding_side == "right"
+    with pytest.raises(ModelError, match="pooling"):
+        load_model(str(neox), pooling="max")
+
+
+def test_kind_refused_when_transformers_cannot_tell():
+    from types import SimpleNamespace
+
+    from ntkft.models.zoo import _detect_kind
+
+    with pytest.raises(ModelError, match="pooling='last'"):
+        _detect_kind(SimpleNamespace(model_type="mystery", architectures=None, is_encoder_decoder=False))
+
+
+def test_gguf_cache_is_keyed_by_content(tmp_path, monkeypatch):
+    """100 random bytes named like a cached model must not load as that model."""
+    monkeypatch.setenv("NTKFT_CACHE", str(tmp_path / "cache"))
+    from ntkft.models.zoo import gguf_to_hf_dir
+
+    fake_cached = tmp_path / "cache" / "models" / "gguf-model-0000000000000000"
+    fake_cached.mkdir(parents=True)
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for p, data in ((a, b"\x01" * 100), (b, b"\x02" * 100)):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    for p in (a, b):
+        with pytest.raises(ModelError, match="not a GGUF model"):
+            gguf_to_hf_dir(p, "gguf-model")
+
+
+def test_max_length_checked_against_position_limit():
+    from ntkft.errors import ConfigError
+
+    m = load_model("tiny-bert")
+    assert m.max_positions == 128 and m.check_length(128) == 128
+    with pytest.raises(ConfigError, match="max_length: 1000"):
+        m.check_length(1000)
+    assert load_model("tiny-llama").max_positions is None  # rotary: no table to run past
+
+
+def test_weights_fingerprint_tells_checkpoints_apart():
+    from ntkft.models import fingerprint
+    from ntkft.models.zoo import load_tiny
+
+    a, b = load_tiny("tiny-bert", seed=0).backbone, load_tiny("tiny-bert", seed=1).backbone
+    assert fingerprint(a) == fingerprint(load_tiny("tiny-bert", seed=0).backbone) != fingerprint(b)
+    with torch.no_grad():
+        next(a.parameters()).view(-1)[-1] += 1e-3  # one weight changed deep inside a tensor
+    assert fingerprint(a) != fingerprint(load_tiny("tiny-bert", seed=0).backbone)

@@ -76,10 +76,10 @@ class LoadedModel:
     def max_positions(self) -> int | None:
         """The longest input the model's position embeddings allow (None when unbounded, e.g. rotary)."""
         cfg = self.backbone.config
-        if getattr(cfg, "rope_theta", None) is not None or getattr(cfg, "rotary_pct", None) is not None:
-            return None
+        learned = any(isinstance(m, nn.Embedding) and ("pos" in name or name.endswith("wpe"))
+                      for name, m in self.backbone.named_modules())
         n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-        return int(n) if n else None
+        return int(n) if n and learned else None
 
     def check_length(self, max_length: int) -> int:
         """`max_length` checked against the position limit (ConfigError naming max_length)."""
