@@ -50,6 +50,7 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
     meta = run_meta(model=model, task=data.task.name, split=split, n=len(data), max_length=max_length, seed=seed,
                     params=params, num_params=num_params(sel), method=meth.value, layers=layers,
                     kind=loaded.kind, hidden_size=loaded.hidden_size, task_type=data.task.type, sigma=1.0,
+                    label_map=list(data.task.labels) if data.task.type == "classification" else None,
                     dtype="float64 (accumulated from float32 model)", seconds=round(seconds, 2),
                     peak_rss_mb=round(peak_rss_mb(), 1), normalisation="unnormalised: K = J J^T")
     kf = KernelFile(k, enc["input_ids"], enc["attention_mask"], readout.head.weight.detach().clone(),
