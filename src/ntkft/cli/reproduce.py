@@ -1,0 +1,65 @@
+"""`ntkft reproduce` (the paper's Section 7 end to end) and `ntkft report RUN_DIR` (rebuild its report)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import typer
+
+from ..reproduce.config import ReproConfig, quick_config_path
+from ._common import app, config_options, load_config, option
+
+FLAGS = [option("out", "runs/repro", "output run folder (stages cache here; a rerun resumes)"),
+         option("quick", False, "the reduced run of configs/quick.yaml (one model, few tasks and sizes; `make demo`)",
+                bool),
+         option("overwrite", False, "replace a stage folder whose settings differ (its files are removed only once "
+                                    "the new one is complete)", bool),
+         option("data_dir", None, "task data directory (default: $NTKFT_DATA_DIR, then ./data)", str | None)]
+
+
+def _reproduce(cfg: ReproConfig, out: str, overwrite: bool, data_dir: str | None) -> None:
+    from ..reproduce import reproduce
+
+    res = reproduce(cfg, out, data_dir=data_dir, overwrite=overwrite)
+    for name, sec in res.seconds.items():
+        typer.echo(f"stage {name}: {sec:.0f}s")
+    sp = res.stages.get("spectra")
+    if sp is not None:
+        for s in sp.spectra:  # type: ignore[attr-defined]
+            typer.echo(f"{s.model} {s.task}: beta (paper est.) {s.beta_paper_mean:.3f} +- {s.beta_paper_sd:.3f}, "
+                       f"beta (window) {s.beta_window_mean:.3f}")
+    rk = res.stages.get("rankings")
+    if rk is not None:
+        for c in rk.correlations:  # type: ignore[attr-defined]
+            if c.measure == "auc" and c.estimator == "paper":
+                typer.echo(f"{c.model} {c.group}: Spearman rho(beta, efficiency) {c.rho:+.2f}, p {c.p_one_sided:.3f}")
+    tv = res.stages.get("taskvec")
+    if tv is not None and getattr(tv, "skipped", None):
+        typer.echo(f"stage taskvec: {tv.skipped}", err=True)  # type: ignore[attr-defined]
+    typer.echo(f"report: {res.report}\nsummary: {res.summary}")
+
+
+def _command(**kw: Any) -> None:
+    config, quick = kw.pop("config", None), kw.pop("quick", False)
+    extras = {p.name: kw.pop(p.name) for p in FLAGS if p.name != "quick"}
+    if quick:
+        if config:
+            raise typer.BadParameter("--quick is a config of its own; give --quick or --config, not both")
+        config = str(quick_config_path())
+    _reproduce(load_config(ReproConfig, config, kw), **extras)
+
+
+_command.__signature__ = inspect.Signature(FLAGS + config_options(ReproConfig))  # type: ignore[attr-defined]
+_command.__doc__ = ("Reproduce the paper's Section 7: eNTK spectra, learning curves with kernel GD beside them, "
+                    "rankings, stopping, task vectors; writes report.html and summary.md under --out.")
+app.command("reproduce")(_command)
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="a folder written by `ntkft reproduce`")) -> None:
+    """Rebuild report.html, summary.md and figures/ of a reproduction run folder from its JSON files."""
+    from ..reproduce import rebuild
+
+    page, md = rebuild(run_dir)
+    typer.echo(f"report: {page}\nsummary: {md}")

@@ -1,0 +1,168 @@
+"""The reproduction's one config: which models, tasks, sizes and stages (YAML, Python and CLI alike)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import StrictModel
+
+SPECTRUM_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte", "cr", "sst2"]
+CURVE_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte"]
+TASKVEC_TASKS = ["cr", "sst2", "rte", "mrpc"]
+
+
+class ModelPlan(StrictModel):
+    """One model and the fine-tuning setting its learning curves use (Section 5.1)."""
+
+    name: str = Field(description="model alias, hub id, directory or .gguf file")
+    setting: Literal["full", "head", "probe"] = Field("full", description="full fine-tuning, truncated backbone "
+                                                      "+ new head (all trained), or a frozen-backbone probe")
+    layers: int | None = Field(None, ge=1, description="truncate the backbone after this block (head/probe)")
+    lrs: list[float] = Field([2e-5, 5e-5, 1e-4], min_length=1, description="learning-rate grid, chosen per task "
+                             "on the validation split")
+    max_steps: int = Field(150, ge=1, description="fine-tuning steps at most (hold-out early stopping ends sooner)")
+    batch_size: int = Field(16, ge=1, description="fine-tuning batch size")
+    eval_every: int | None = Field(None, ge=1, description="evaluate every k steps (default: each epoch)")
+    patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
+    kernel_params: Literal["all", "backbone", "head", "no-embeddings"] = Field(
+        "all", description="parameters the eNTK differentiates")
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("learning rates must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _layers_need_truncating_setting(self) -> ModelPlan:
+        if self.layers is not None and self.setting == "full":
+            raise ValueError("layers applies to settings head and probe, not full")
+        return self
+
+
+class ReproConfig(StrictModel):
+    """The paper's Section 7 as five stages: spectra, learning curves, rankings, stopping, task vectors."""
+
+    models: list[ModelPlan] = Field(default_factory=lambda: [ModelPlan(name="minilm-l6"),
+                                                             ModelPlan(name="smollm2-135m", setting="head", layers=6)],
+                                    min_length=1, description="models and their settings (a list of names or "
+                                    "mappings with name, setting, layers, lrs, ...)")
+    stages: list[int] = Field([1, 2, 3, 4, 5], min_length=1, description="stages to run (1 spectra, 2 curves, "
+                              "3 rankings, 4 stopping, 5 task vectors)")
+    max_length: int = Field(64, ge=4, description="tokens per example after truncation")
+    # stage 1
+    spectrum_tasks: list[str] = Field(default_factory=lambda: list(SPECTRUM_TASKS), min_length=1,
+                                      description="tasks whose eNTK spectrum is measured")
+    kernel_n: int = Field(100, ge=8, description="random training samples per spectrum kernel (paper: 100)")
+    draws: int = Field(3, ge=1, description="independent draws per task (paper: 3)")
+    ci_draws: int = Field(200, ge=10, description="subsamples for the beta confidence interval")
+    # stage 2
+    curve_tasks: list[str] = Field(default_factory=lambda: list(CURVE_TASKS), min_length=1,
+                                   description="tasks with learning curves")
+    sizes: list[int] = Field([32, 64, 128, 256, 512], min_length=2, description="training sizes (before the "
+                             "hold-out split is carved off)")
+    seeds: int = Field(3, ge=1, description="seeds per training size (paper: 3)")
+    val: float = Field(0.2, gt=0, lt=1, description="hold-out fraction carved from each training sample")
+    n_test: int = Field(500, ge=10, description="test examples per task (seeded subsample)")
+    tune_size: int | None = Field(None, description="training size for the learning-rate choice (default: the "
+                                  "middle size)")
+    track_test: bool = Field(True, description="score the test split at every evaluation too, for the oracle "
+                             "stopping step (one extra test pass per evaluation)")
+    kgd: bool = Field(True, description="kernel gradient descent on the eNTK beside each measured curve")
+    kgd_max_n: int = Field(256, ge=8, description="largest training size of the kernel-GD curve")
+    kgd_n_test: int = Field(200, ge=10, description="test examples of the kernel-GD curve")
+    kgd_seeds: int = Field(1, ge=1, description="seeds of the kernel-GD curve")
+    kgd_t_max: int = Field(100000, ge=10, description="kernel-GD steps at most (step 1/lambda_1)")
+    # stage 3
+    efficiency_fraction: float = Field(0.9, gt=0, lt=1, description="sample efficiency: the training size "
+                                       "needed to reach this fraction of the task's best score")
+    permutations: int = Field(10000, ge=100, description="permutations for the rank-correlation p-value")
+    # stage 5
+    taskvec_tasks: list[str] = Field(default_factory=lambda: list(TASKVEC_TASKS), min_length=2,
+                                     description="tasks of the task-vector experiment (paper Figure 3)")
+    taskvec_model: str | None = Field(None, description="model for task vectors (default: the first model)")
+    taskvec_n_train: int = Field(256, ge=8, description="training samples per task for the task vectors")
+    taskvec_steps: int = Field(100, ge=1, description="fine-tuning steps per task vector")
+    taskvec_lr: float = Field(5e-5, gt=0, description="learning rate of the task-vector fine-tunes")
+    taskvec_n_test: int = Field(300, ge=10, description="test examples per task for the merged model")
+    taskvec_n_val: int = Field(100, ge=4, description="validation rows per task for the lambda choice")
+    taskvec_lambdas: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=1, description="lambda grid of the "
+                                         "task addition (one lambda for all tasks, chosen on validation)")
+    taskvec_kernel_n: int = Field(24, ge=4, description="samples per task for the kernel-orthogonality scores")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names(cls, v):
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("spectrum_tasks", "curve_tasks", "taskvec_tasks", mode="before")
+    @classmethod
+    def _task_list(cls, v):
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("spectrum_tasks", "curve_tasks", "taskvec_tasks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from ..tasks import get_spec
+
+        out = []
+        for t in v:
+            try:
+                out.append(get_spec(t).name)
+            except Exception as e:  # ConfigError / DataError: re-raised as a field error
+                raise ValueError(str(e)) from None
+        if len(set(out)) != len(out):
+            raise ValueError(f"tasks listed twice: {out}")
+        return out
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s not in (1, 2, 3, 4, 5)]
+        if bad:
+            raise ValueError(f"stages are 1..5, got {bad}")
+        return sorted(set(v))
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(s < 8 for s in v):
+            raise ValueError("training sizes must be >= 8 (the hold-out split needs rows)")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _tune(self) -> ReproConfig:
+        if self.tune_size is not None and self.tune_size not in self.sizes:
+            raise ValueError(f"tune_size {self.tune_size} is not one of the sizes {self.sizes}")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a model is listed twice: {names}")
+        return self
+
+    @property
+    def tuning_size(self) -> int:
+        """The training size the learning rate is chosen at."""
+        return self.tune_size or self.sizes[len(self.sizes) // 2]
+
+    @property
+    def kgd_sizes(self) -> list[int]:
+        """Training sizes of the kernel-GD curve."""
+        return [s for s in self.sizes if s <= self.kgd_max_n]
+
+
+def quick_config_path() -> Path:
+    """configs/quick.yaml of the source checkout (`ntkft reproduce --quick`, `make demo`)."""
+    path = Path(__file__).resolve().parents[3] / "configs" / "quick.yaml"
+    if not path.is_file():
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{path}: the quick config ships with the source checkout; use --config FILE instead")
+    return path

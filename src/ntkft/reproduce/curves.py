@@ -1,0 +1,357 @@
+"""Stage 2: learning curves (paper Figure 2 and 10) with the learning rate chosen on validation data, the
+kernel-GD curve on the eNTK beside each, scale-free measures, and log-log slopes against eq (30)'s rate.
+
+Units, each cached as one file: a fine-tuning cell (model, task, size, seed, lr) and a kernel-GD kernel
+(model, task, seed). The learning rate of each (model, task) is the grid value with the best validation
+loss at the tuning size and seed 0; that run is reused as the curve's cell."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import NtkftError
+from ..tasks import get_spec
+from .config import ModelPlan
+from .context import Context, load_tensors, read_json, read_unit, slug
+from .kgd import curve as kgd_curve
+from .kgd import kgd_kernels
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- one fine-tuning cell
+
+
+def finetune_config(ctx: Context, plan: ModelPlan, task: str, size: int, seed: int, lr: float):
+    """The FinetuneConfig of one cell (hold-out early stopping on the validation loss, no checkpoint)."""
+    from ..config import make
+    from ..finetune import FinetuneConfig
+
+    return make(FinetuneConfig, model=plan.name, task=task, setting=plan.setting, layers=plan.layers, n_train=size,
+                val=ctx.cfg.val, n_test=ctx.cfg.n_test, max_length=ctx.cfg.max_length, seed=seed, optimizer="adamw",
+                lr=lr, batch_size=plan.batch_size, max_steps=plan.max_steps, eval_every=plan.eval_every,
+                patience=plan.patience, save_model=False)
+
+
+def _fit(ft_cfg, data_dir: str | None, track_test: bool):
+    """Fine-tune one config; with `track_test`, the test split is also scored at every evaluation (for the
+    oracle stopping step). Falls back to plain `finetune` if the trainer does not offer the hooks."""
+    from ..finetune import Trainer, finetune
+
+    if not track_test or not all(hasattr(Trainer, a) for a in ("_log", "evaluate", "test")):
+        return finetune(ft_cfg, None, data_dir=data_dir, progress=False)
+
+    class OracleTrainer(Trainer):
+        def _log(self, rec: dict) -> None:
+            rec = {**rec, **{f"test_{k}": v for k, v in self.evaluate(self.test).items()}}
+            super()._log(rec)
+
+    return OracleTrainer(ft_cfg, None, data_dir, False).fit()
+
+
+def baseline(task_type: str, y_train: np.ndarray, y_test: np.ndarray) -> dict:
+    """What a model that ignores the input scores: the training mean (regression) or majority class."""
+    y_train, y_test = np.asarray(y_train, dtype=np.float64), np.asarray(y_test, dtype=np.float64)
+    if task_type == "regression":
+        return {"var_test": float(np.var(y_test)), "mse_mean": float(np.mean((y_test - y_train.mean()) ** 2))}
+    major = int(np.bincount(y_train.astype(np.int64)).argmax())
+    acc = float(np.mean(y_test == major))
+    f1 = 0.0 if major == 0 else float(2 * acc / (1 + acc))  # binary F1 of always predicting class 1
+    return {"accuracy_majority": acc, "f1_majority": f1, "majority": major}
+
+
+def skill(task_type: str, test: dict, base: dict) -> float:
+    """Scale-free score: R^2 = 1 - MSE/Var(y_test) (regression); (acc - majority)/(1 - majority) (classification)."""
+    if task_type == "regression":
+        return 1.0 - test["mse"] / base["var_test"] if base["var_test"] > 0 else float("nan")
+    m = base["accuracy_majority"]
+    return (test["accuracy"] - m) / (1 - m) if m < 1 else float("nan")
+
+
+def oracle(history: list[dict], task_type: str) -> tuple[int | None, float | None]:
+    """(step, value) of the best test score seen during training: min MSE or max accuracy."""
+    key = "test_mse" if task_type == "regression" else "test_accuracy"
+    pts = [(r["step"], r[key]) for r in history if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    if not pts:
+        return None, None
+    best = min(pts, key=lambda p: p[1]) if task_type == "regression" else max(pts, key=lambda p: p[1])
+    return int(best[0]), float(best[1])
+
+
+def finetune_cell(ctx: Context, plan: ModelPlan, task: str, size: int, seed: int, lr: float) -> dict:
+    """Fine-tune one cell and summarise it: stops, validation/test metrics, the baseline and the scale-free score."""
+    from ..finetune.data import load_splits
+
+    spec = get_spec(task)
+    ft_cfg = finetune_config(ctx, plan, task, size, seed, lr)
+    _, train, val, test = load_splits(ft_cfg, ctx.data_dir)
+    base = baseline(spec.type, train.labels, test.labels)
+    cell = {"model": plan.name, "task": spec.name, "type": spec.type, "setting": plan.setting, "layers": plan.layers,
+            "size": size, "seed": seed, "lr": lr, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+            "batch_size": plan.batch_size, "baseline": base}
+    try:
+        res = _fit(ft_cfg, ctx.data_dir, ctx.cfg.track_test)
+    except NtkftError as e:  # e.g. a non-finite loss at a too-large learning rate: a failed grid point
+        return {**cell, "failed": str(e)}
+    hist = [{k: v for k, v in r.items() if k == "step" or k.startswith(("val_", "test_"))} for r in res.history]
+    o_step, o_val = oracle(res.history, spec.type)
+    steps_per_epoch = max(1, math.ceil(len(train) / plan.batch_size))
+    return {**cell, "best_step": res.best_step, "stopped_step": res.stopped_step, "stop_reason": res.stop_reason,
+            "best_val": res.best_val, "monitor": res.monitor, "val_best": res.val_best, "test_best": res.test_best,
+            "test_last": res.test_last, "seconds": res.seconds, "steps_per_epoch": steps_per_epoch,
+            "oracle_step": o_step, "oracle_value": o_val, "warnings": list(getattr(res, "warnings", [])),
+            "skill": skill(spec.type, res.test_best, base), "history": hist}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class TaskCurve:
+    """One (model, task) learning curve: per size the mean and sd over seeds, and the kernel-GD curve."""
+
+    model: str
+    task: str
+    type: str
+    setting: str
+    lr: float | None
+    sizes: list[int]
+    metrics: dict[str, list[float]]  # metric -> mean over seeds per size (mse, nmse, pearson, ..., skill)
+    sd: dict[str, list[float]]
+    kgd_sizes: list[int] = field(default_factory=list)
+    kgd: dict[str, list[float]] = field(default_factory=dict)  # metric -> mean over kgd seeds per size
+    slope: dict | None = None  # measured log-log slope of the error with an interval
+    kgd_slope: dict | None = None
+    kgd_slope_target: dict | None = None  # slope of the kernel-GD MSE on the regression targets
+    worse_than_baseline: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CurvesResult:
+    """Stage 2's result: the learning-rate choice, every cell, the curves and the kernel-GD points."""
+
+    lr_choice: dict[str, dict[str, dict]]
+    curves: list[TaskCurve]
+    cells: list[dict]
+    kgd_points: list[dict]
+
+    def to_dict(self) -> dict:
+        return {"lr_choice": self.lr_choice, "curves": [c.to_dict() for c in self.curves], "cells": self.cells,
+                "kgd_points": self.kgd_points}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CurvesResult:
+        """Read back `to_dict()`'s output."""
+        return cls(d["lr_choice"], [TaskCurve(**c) for c in d["curves"]], d["cells"], d["kgd_points"])
+
+    def get(self, model: str, task: str) -> TaskCurve | None:
+        return next((c for c in self.curves if c.model == model and c.task == task), None)
+
+
+def _fields(ctx: Context) -> dict:
+    """The config fields every unit of the stage shares (the stage folder's key)."""
+    c = ctx.cfg
+    return {"val": c.val, "n_test": c.n_test, "track_test": c.track_test, "kgd_max_n": c.kgd_max_n,
+            "kgd_n_test": c.kgd_n_test}
+
+
+def _inputs(ctx: Context) -> str:
+    """Digest of everything the stage's aggregated result depends on (the lists included)."""
+    from .._runs import digest
+
+    c = ctx.cfg
+    return digest({"units": ctx.stage_keys.get("curves"), "models": [m.model_dump() for m in c.models],
+                   "tasks": c.curve_tasks, "sizes": c.sizes, "seeds": c.seeds, "tune_size": c.tuning_size,
+                   "kgd": c.kgd, "kgd_seeds": c.kgd_seeds, "kgd_t_max": c.kgd_t_max,
+                   "fps": {m.name: ctx.model_fingerprint(m.name) for m in c.models},
+                   "data": {t: ctx.data_fp(t) for t in c.curve_tasks}})
+
+
+def cell_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
+    """Key of a fine-tuning cell beyond its name: weights, data and the plan's training settings."""
+    return ctx.unit_fp(plan.name, task, setting=plan.setting, layers=plan.layers, batch_size=plan.batch_size,
+                       max_steps=plan.max_steps, eval_every=plan.eval_every, patience=plan.patience)
+
+
+def kgd_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
+    """Key of a kernel-GD unit beyond its name: weights, data and the kernel's model and parameters."""
+    from .spectra import kernel_params
+
+    return ctx.unit_fp(plan.name, task, layers=plan.layers, params=kernel_params(plan))
+
+
+def cell_name(plan: ModelPlan, task: str, size: int, seed: int, lr: float) -> str:
+    """File of one fine-tuning cell inside the stage folder."""
+    return f"cells/{slug(plan.name)}/{task}/lr{lr:g}-n{size}-s{seed}.json"
+
+
+def kgd_name(plan: ModelPlan, task: str, seed: int) -> str:
+    """File of one kernel-GD unit (kernels, f_PT and labels) inside the stage folder."""
+    return f"kgd/{slug(plan.name)}/{task}-s{seed}.safetensors"
+
+
+def run(ctx: Context) -> CurvesResult:
+    """Tune the learning rate, fill every cell, compute the kernel-GD units, then aggregate."""
+    cfg = ctx.cfg
+    key = ctx.stage_key("curves", _fields(ctx))
+    rf = ctx.open_stage("curves", key)
+    inputs = _inputs(ctx)
+    got = read_json(rf.root / "curves.json")
+    if rf.complete and got is not None and got.get("inputs") == inputs:
+        return CurvesResult.from_dict(got)
+    n_tune = sum(len(m.lrs) for m in cfg.models) * len(cfg.curve_tasks)
+    n_cells = len(cfg.models) * len(cfg.curve_tasks) * len(cfg.sizes) * cfg.seeds
+    n_kgd = len(cfg.models) * len(cfg.curve_tasks) * cfg.kgd_seeds if cfg.kgd and cfg.kgd_sizes else 0
+    bar = tqdm(total=n_tune + n_cells + n_kgd, desc="stage 2: learning curves", disable=not ctx.progress, unit="run")
+
+    def cell(plan: ModelPlan, task: str, size: int, seed: int, lr: float) -> dict:
+        name, fp = cell_name(plan, task, size, seed, lr), cell_fp(ctx, plan, task)
+        got = read_unit(rf.root / name, fp)
+        if got is None:
+            bar.set_postfix_str(f"{plan.name} {task} n={size} seed={seed} lr={lr:g}")
+            got = finetune_cell(ctx, plan, task, size, seed, lr) | {"data_fp": fp}
+            rf.write_json(name, got)
+        bar.update(1)
+        return got
+
+    cells, lr_choice, kgd_points = [], {}, []
+    for plan in cfg.models:
+        lr_choice[plan.name] = {}
+        for task in cfg.curve_tasks:
+            grid = [cell(plan, task, cfg.tuning_size, 0, lr) for lr in plan.lrs]
+            ok = [g for g in grid if "failed" not in g and g.get("best_val") is not None and math.isfinite(g["best_val"])]
+            best = min(ok, key=lambda g: g["best_val"]) if ok else None
+            lr = best["lr"] if best else None
+            lr_choice[plan.name][task] = {
+                "lr": lr, "size": cfg.tuning_size, "criterion": "validation loss (best over the run), seed 0",
+                "grid": [{"lr": g["lr"], "best_val": g.get("best_val"), "skill": g.get("skill"),
+                          "failed": g.get("failed")} for g in grid]}
+            cells += [g | {"tuning": True} for g in grid if g["lr"] != lr]
+            if lr is None:
+                log.warning("%s %s: every learning rate failed; no curve", plan.name, task)
+                continue
+            for size in cfg.sizes:
+                for seed in range(cfg.seeds):
+                    cells.append(cell(plan, task, size, seed, lr) | {"tuning": False})
+            if n_kgd:
+                for seed in range(cfg.kgd_seeds):
+                    name, fp = kgd_name(plan, task, seed), kgd_fp(ctx, plan, task)
+                    unit = load_tensors(rf.root / name, fp)
+                    if unit is None:
+                        bar.set_postfix_str(f"{plan.name} {task} kernel-GD seed={seed}")
+                        unit = kgd_kernels(ctx, plan, task, seed)
+                        rf.save_tensors(name, unit, {"data": fp})
+                    bar.update(1)
+                    pts = kgd_curve(unit, cfg.kgd_sizes, cfg.val, get_spec(task).type, seed, cfg.kgd_t_max)
+                    kgd_points += [p.to_dict() | {"model": plan.name, "task": task} for p in pts]
+    bar.close()
+    res = aggregate(ctx, lr_choice, cells, kgd_points)
+    rf.write_json("curves.json", res.to_dict() | {"inputs": inputs})
+    rf.write_text("curves.csv", curves_csv(res))
+    rf.finish(stage="curves")
+    return res
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def loglog_slope(sizes: list[int], errors: list[float], level: float = 0.9) -> dict | None:
+    """OLS slope of log(error) on log(size) over every point, with a t interval (None if < 3 points)."""
+    from scipy import stats
+
+    pts = [(s, e) for s, e in zip(sizes, errors, strict=True) if e is not None and math.isfinite(e) and e > 0]
+    if len(pts) < 3 or len({s for s, _ in pts}) < 2:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    fit = stats.linregress(x, y)
+    q = stats.t.ppf((1 + level) / 2, len(pts) - 2)
+    return {"slope": float(fit.slope), "low": float(fit.slope - q * fit.stderr), "high": float(fit.slope + q * fit.stderr),
+            "level": level, "points": len(pts), "r2": float(fit.rvalue ** 2)}
+
+
+def aggregate(ctx: Context, lr_choice: dict, cells: list[dict], kgd_points: list[dict]) -> CurvesResult:
+    """Mean and sd over seeds per size, scale-free measures, slopes, and the kernel-GD curve per (model, task)."""
+    cfg = ctx.cfg
+    curves = []
+    for plan in cfg.models:
+        for task in cfg.curve_tasks:
+            ttype = get_spec(task).type
+            mine = [c for c in cells if c["model"] == plan.name and c["task"] == task and not c.get("tuning")
+                    and "failed" not in c]
+            names = ["mse", "nmse", "pearson", "spearman", "skill"] if ttype == "regression" else \
+                ["accuracy", "f1", "skill"]
+            mean, sd = {k: [] for k in names}, {k: [] for k in names}
+            sizes, errs_x, errs_y = [], [], []
+            for size in cfg.sizes:
+                at = [c for c in mine if c["size"] == size]
+                if not at:
+                    continue
+                sizes.append(size)
+                for k in names:
+                    vals = [_metric(c, k) for c in at]
+                    mean[k].append(float(np.nanmean(vals)) if not all(math.isnan(v) for v in vals) else float("nan"))
+                    sd[k].append(float(np.nanstd(vals)) if len(vals) > 1 else 0.0)
+                for c in at:
+                    errs_x.append(size)
+                    # the error whose slope is fitted: MSE/Var(y_test) or 1 - accuracy
+                    errs_y.append(_metric(c, "nmse") if ttype == "regression" else 1.0 - c["test_best"]["accuracy"])
+            pts = [p for p in kgd_points if p["model"] == plan.name and p["task"] == task]
+            ksizes = sorted({p["size"] for p in pts})
+            kg: dict[str, list[float]] = {}
+            knames = ["mse", "nmse", "pearson", "spearman", "mse_target"] if ttype == "regression" else \
+                ["accuracy", "f1", "mse_target"]
+            for k in knames + ["t_holdout", "t_oracle"]:
+                kg[k] = []
+                for s in ksizes:
+                    vals = [_kgd_metric(p, k) for p in pts if p["size"] == s]
+                    kg[k].append(float(np.mean(vals)))
+            kx = [p["size"] for p in pts]
+            curves.append(TaskCurve(
+                plan.name, task, ttype, plan.setting, lr_choice.get(plan.name, {}).get(task, {}).get("lr"), sizes,
+                mean, sd, ksizes, kg, loglog_slope(errs_x, errs_y),
+                loglog_slope(kx, [_kgd_metric(p, "nmse") if ttype == "regression"
+                                  else 1.0 - p["test_holdout"]["accuracy"] for p in pts]),
+                loglog_slope(kx, [p["test_holdout"]["mse_target"] for p in pts]),
+                sum(1 for c in mine if c["skill"] < 0)))
+    return CurvesResult(lr_choice, curves, cells, kgd_points)
+
+
+def _metric(cell: dict, k: str) -> float:
+    if k == "skill":
+        return float(cell["skill"])
+    if k == "nmse":
+        v = cell["baseline"]["var_test"]
+        return cell["test_best"]["mse"] / v if v > 0 else float("nan")
+    x = cell["test_best"].get(k)
+    return float(x) if x is not None else float("nan")
+
+
+def _kgd_metric(p: dict, k: str) -> float:
+    if k in ("t_holdout", "t_oracle"):
+        return float(p[k])
+    if k == "nmse":
+        return p["test_holdout"]["mse"] / p["var_test"] if p["var_test"] > 0 else float("nan")
+    x = p["test_holdout"].get(k)
+    return float(x) if x is not None else float("nan")
+
+
+def curves_csv(res: CurvesResult) -> str:
+    """One row per fine-tuning cell: where it stopped, its test metrics and its scale-free score."""
+    cols = ["model", "task", "setting", "size", "seed", "lr", "tuning", "n_train", "best_step", "stopped_step",
+            "oracle_step", "skill", "mse", "pearson", "spearman", "accuracy", "f1", "failed"]
+    lines = [",".join(cols)]
+    for c in res.cells:
+        row = []
+        for k in cols:
+            v = c.get(k, c.get("test_best", {}).get(k, ""))
+            row.append(f"{v:.6g}" if isinstance(v, float) else ("" if v is None else str(v).replace(",", ";")))
+        lines.append(",".join(row))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,132 @@
+"""Kernel gradient descent on the eNTK: the linearised model's exact learning curve (THEORY.md sec. 4-5).
+
+One kernel per (model, task, seed) on a nested pool of training rows plus a test sample; a training size n
+uses the pool's first n rows, split like fine-tuning into train and hold-out. The path is evaluated in
+closed form on a log-spaced grid of steps; t is chosen on the hold-out rows (as fine-tuning stops), and the
+oracle t (best test MSE) and the RWY rule's T_hat are read off the same path."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..kernel import kernel_matrix
+from ..spectrum.eig import eigh_desc
+from ..tasks import encode, subsample, task_metrics
+from .config import ModelPlan
+from .context import Context
+from .spectra import kernel_params
+
+
+def targets(labels: np.ndarray, task_type: str) -> np.ndarray:
+    """Regression scores as they are; binary classes as -1/+1 (kernel regression on the labels)."""
+    y = np.asarray(labels, dtype=np.float64)
+    return y if task_type == "regression" else 2.0 * y - 1.0
+
+
+def kgd_kernels(ctx: Context, plan: ModelPlan, task: str, seed: int) -> dict[str, torch.Tensor]:
+    """K(pool, pool), K(test, pool), f_PT on both, and the labels: the whole kernel-GD unit of one seed."""
+    cfg = ctx.cfg
+    pool = subsample(ctx.task_data(task, "train"), cfg.kgd_max_n, seed=seed)
+    test_all = ctx.task_data(task)
+    test = subsample(test_all, min(cfg.kgd_n_test, len(test_all)), seed=seed)
+    loaded, f = ctx.readout(plan)
+    xp = encode(loaded.tokenizer, loaded.kind, pool, max_length=cfg.max_length)
+    xt = encode(loaded.tokenizer, loaded.kind, test, max_length=cfg.max_length)
+    params = kernel_params(plan)
+    k_pool = kernel_matrix(f, xp, params=params, progress=False)
+    k_test = kernel_matrix(f, xt, xp, params=params, progress=False)
+    with torch.no_grad():
+        f_pool = torch.cat([f(xp["input_ids"][i:i + 32], xp["attention_mask"][i:i + 32])
+                            for i in range(0, len(pool), 32)])
+        f_test = torch.cat([f(xt["input_ids"][i:i + 32], xt["attention_mask"][i:i + 32])
+                            for i in range(0, len(test), 32)])
+    return {"K_pool": k_pool.double(), "K_test_pool": k_test.double(), "f_pool": f_pool.double(),
+            "f_test": f_test.double(), "y_pool": torch.as_tensor(np.asarray(pool.labels, dtype=np.float64)),
+            "y_test": torch.as_tensor(np.asarray(test.labels, dtype=np.float64))}
+
+
+def t_grid(t_max: int, points: int = 90) -> np.ndarray:
+    """0 and a log-spaced grid of step counts up to t_max."""
+    return np.unique(np.concatenate([[0], np.round(np.logspace(0, np.log10(t_max), points)).astype(np.int64)]))
+
+
+@dataclass
+class KgdPoint:
+    """Kernel GD at one training size: where hold-out, the oracle and RWY stop, and the test metrics there."""
+
+    size: int
+    seed: int
+    n_train: int
+    n_val: int
+    step: float  # alpha on K/N (1/lambda_1)
+    t_holdout: int
+    t_oracle: int
+    test_holdout: dict  # task metrics + 'mse_target' (MSE on the regression targets) at t_holdout
+    test_oracle: dict
+    test_init: dict  # at t = 0: f_PT itself
+    var_test: float  # variance of the test targets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_pool(n: int, val: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the pool prefix of size n: (train, hold-out), hold-out = the last round(val * n) rows."""
+    n_val = max(1, int(round(val * n)))
+    return np.arange(n - n_val), np.arange(n - n_val, n)
+
+
+class KgdPath:
+    """Closed-form kernel GD from f_PT on one training set, evaluated on any rows of the cross kernel."""
+
+    def __init__(self, k_train: np.ndarray, y: np.ndarray, f0: np.ndarray) -> None:
+        self.n = len(y)
+        self.lams, self.u = eigh_desc(k_train)
+        self.alpha = 1.0 / self.lams[0] if self.lams[0] > 1 else 1.0
+        self.proj = self.u.T @ (y - f0)
+
+    def coefs(self, ts: np.ndarray) -> np.ndarray:
+        """(N, T): c_t with f^t(x) = f0(x) + K(x, X) c_t."""
+        q = 1.0 - (1.0 - self.alpha * self.lams[None, :]) ** ts[:, None].astype(np.float64)
+        ratio = np.divide(q, self.lams[None, :], out=np.zeros_like(q), where=self.lams[None, :] > 0)
+        return self.u @ (ratio * self.proj[None, :]).T / self.n
+
+    def predict(self, k_cross: np.ndarray, f0: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(M, T) predictions along the path."""
+        return f0[:, None] + k_cross @ self.coefs(ts)
+
+
+def metrics(pred: np.ndarray, y_target: np.ndarray, labels: np.ndarray, task_type: str) -> dict:
+    """Task metrics of one prediction vector (classes by sign), plus the MSE on the regression targets."""
+    out = {"mse_target": float(np.mean((pred - y_target) ** 2))}
+    if task_type == "regression":
+        out.update(task_metrics("regression", pred, labels))
+    else:
+        out.update(task_metrics("classification", (pred > 0).astype(np.int64), labels.astype(np.int64), 2))
+    return out
+
+
+def curve(unit: dict[str, torch.Tensor], sizes: list[int], val: float, task_type: str, seed: int,
+          t_max: int) -> list[KgdPoint]:
+    """The kernel-GD learning curve of one unit over `sizes` (nested prefixes of the pool)."""
+    kp, kt = unit["K_pool"].numpy(), unit["K_test_pool"].numpy()
+    fp, ft = unit["f_pool"].numpy(), unit["f_test"].numpy()
+    lab_p, lab_t = unit["y_pool"].numpy(), unit["y_test"].numpy()
+    yp, yt = targets(lab_p, task_type), targets(lab_t, task_type)
+    ts = t_grid(t_max)
+    out = []
+    for n in sizes:
+        tr, va = split_pool(n, val)
+        path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr])
+        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
+        test_pred = path.predict(kt[:, tr], ft, ts)
+        test_mse = ((test_pred - yt[:, None]) ** 2).mean(0)
+        i_val, i_or = int(np.argmin(val_mse)), int(np.argmin(test_mse))
+        out.append(KgdPoint(n, seed, len(tr), len(va), float(path.alpha), int(ts[i_val]), int(ts[i_or]),
+                            metrics(test_pred[:, i_val], yt, lab_t, task_type),
+                            metrics(test_pred[:, i_or], yt, lab_t, task_type),
+                            metrics(test_pred[:, 0], yt, lab_t, task_type), float(np.var(yt))))
+    return out

@@ -1,0 +1,239 @@
+"""Stage 3: does the beta ranking predict the measured sample-efficiency ranking? (paper Section 6.3, 7.1)
+
+Sample efficiency of a (model, task), from its learning curve of the scale-free score s(n) (R^2 for
+regression, (accuracy - majority) / (1 - majority) for classification), mean over seeds:
+- `auc`: the mean of s over the training sizes on a log2 axis (trapezoid; larger = more efficient);
+- `n_frac`: the training size (log-interpolated) at which s first reaches `efficiency_fraction` of the
+  task's best s (smaller = more efficient; a task never above the baseline ranks last).
+Spearman's rho between beta (paper estimator, mean over draws) and each measure, per family and over all
+tasks with both, with a one-sided permutation p-value (H1: larger beta, more efficient), exact for <= 8 tasks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .context import Context
+from .curves import CurvesResult, TaskCurve
+from .paper import FAMILIES, PAPER_BETA, PAPER_MEASURED_ORDER
+from .spectra import SpectraResult
+
+
+def auc(sizes: list[int], scores: list[float]) -> float:
+    """Mean of the score over log2(size) (trapezoid rule)."""
+    x, y = np.log2(np.asarray(sizes, dtype=np.float64)), np.asarray(scores, dtype=np.float64)
+    if len(x) == 1:
+        return float(y[0])
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def n_to_fraction(sizes: list[int], scores: list[float], fraction: float) -> float:
+    """Smallest size (log-linear interpolation) where the score reaches `fraction` of its best; inf if best <= 0."""
+    s = np.asarray(scores, dtype=np.float64)
+    best = float(np.nanmax(s))
+    if not math.isfinite(best) or best <= 0:
+        return math.inf
+    goal = fraction * best
+    for i, v in enumerate(s):
+        if v >= goal:
+            if i == 0:
+                return float(sizes[0])
+            lo, hi = s[i - 1], v
+            w = (goal - lo) / (hi - lo) if hi > lo else 1.0
+            return float(2 ** (np.log2(sizes[i - 1]) + w * (np.log2(sizes[i]) - np.log2(sizes[i - 1]))))
+    return math.inf
+
+
+def ranks(x: list[float]) -> np.ndarray:
+    """Average ranks (1 = smallest), ties shared; inf allowed."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(x, dtype=np.float64))
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the ranks."""
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def permutation_p(x: list[float], y: list[float], permutations: int = 10000, seed: int = 0) -> dict:
+    """One- (rho >= observed) and two-sided (|rho| >= |observed|) permutation p-values of Spearman's rho."""
+    rho = spearman(x, y)
+    n = len(x)
+    if n < 3 or not math.isfinite(rho):
+        return {"rho": rho, "p_one_sided": float("nan"), "p_two_sided": float("nan"), "exact": False, "n": n}
+    rx, ry = ranks(x), ranks(y)
+    exact = math.factorial(n) <= 40320
+    perms = itertools.permutations(range(n)) if exact else \
+        (np.random.default_rng(seed).permutation(n) for _ in range(permutations))
+    ge = abs_ge = total = 0
+    for p in perms:
+        r = float(np.corrcoef(rx, ry[list(p)])[0, 1])
+        ge += r >= rho - 1e-12
+        abs_ge += abs(r) >= abs(rho) - 1e-12
+        total += 1
+    if not exact:  # the observed ordering counts once (Phipson & Smyth 2010)
+        ge, abs_ge, total = ge + 1, abs_ge + 1, total + 1
+    return {"rho": rho, "p_one_sided": ge / total, "p_two_sided": abs_ge / total, "exact": exact, "n": n}
+
+
+@dataclass
+class Efficiency:
+    """Sample efficiency of one (model, task) curve, fine-tuning and kernel GD."""
+
+    model: str
+    task: str
+    beta: float
+    beta_window: float
+    auc: float
+    n_frac: float
+    best_skill: float
+    kgd_auc: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Correlation:
+    """Spearman's rho between beta and one efficiency measure over one group of tasks."""
+
+    model: str
+    group: str
+    measure: str
+    estimator: str
+    tasks: list[str]
+    rho: float
+    p_one_sided: float
+    p_two_sided: float
+    exact: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RankingsResult:
+    """Stage 3's result."""
+
+    definition: str
+    efficiency: list[Efficiency]
+    correlations: list[Correlation]
+    orders: dict[str, dict[str, list[str]]]  # model -> {"beta": [...], "measured_auc": [...], ...}
+    paper_agreement: list[dict]
+
+    def to_dict(self) -> dict:
+        return {"definition": self.definition, "efficiency": [e.to_dict() for e in self.efficiency],
+                "correlations": [c.to_dict() for c in self.correlations], "orders": self.orders,
+                "paper_agreement": self.paper_agreement}
+
+
+DEFINITION = ("score s(n) = R^2 = 1 - MSE/Var(y_test) for regression, (accuracy - majority)/(1 - majority) for "
+              "classification, mean over seeds; auc = mean of s over log2(n) (larger = more sample-efficient); "
+              "n_frac = training size at which s first reaches {f:g} x its best (smaller = more efficient)")
+
+
+def _skill_curve(c: TaskCurve) -> tuple[list[int], list[float]]:
+    return c.sizes, c.metrics["skill"]
+
+
+def _kgd_skill(c: TaskCurve, var_or_major: float | None) -> list[float] | None:
+    if not c.kgd_sizes:
+        return None
+    if c.type == "regression":
+        return [1 - v for v in c.kgd["nmse"]]
+    return None if var_or_major is None else [(a - var_or_major) / (1 - var_or_major) for a in c.kgd["accuracy"]]
+
+
+def run(ctx: Context, spectra: SpectraResult, curves: CurvesResult) -> RankingsResult:
+    """Efficiency per (model, task), the correlations, and the comparison with the paper's rankings."""
+    cfg = ctx.cfg
+    key = ctx.stage_key("rankings", {"efficiency_fraction": cfg.efficiency_fraction,
+                                     "permutations": cfg.permutations}, upstream=["spectra", "curves"])
+    rf = ctx.open_stage("rankings", key, derived=True)
+    res = compute(cfg.models, spectra, curves, cfg.efficiency_fraction, cfg.permutations)
+    rf.write_json("rankings.json", res.to_dict())
+    rf.write_text("correlations.csv", correlations_csv(res))
+    rf.finish(stage="rankings")
+    return res
+
+
+def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: float, permutations: int) -> RankingsResult:
+    """The stage's arithmetic, separated from the run folder (cheap: recomputed on every run)."""
+    effs: list[Efficiency] = []
+    for plan in models:
+        for c in curves.curves:
+            s = spectra.get(plan.name, c.task)
+            if c.model != plan.name or s is None or len(c.sizes) < 2:
+                continue
+            sizes, sk = _skill_curve(c)
+            major = None
+            if c.type == "classification":
+                cs = [x for x in curves.cells if x["model"] == plan.name and x["task"] == c.task and "baseline" in x]
+                major = float(np.mean([x["baseline"]["accuracy_majority"] for x in cs])) if cs else None
+            kg = _kgd_skill(c, major)
+            effs.append(Efficiency(plan.name, c.task, s.beta_paper_mean, s.beta_window_mean, auc(sizes, sk),
+                                   n_to_fraction(sizes, sk, fraction), float(np.nanmax(sk)),
+                                   auc(c.kgd_sizes, kg) if kg else None))
+    corrs: list[Correlation] = []
+    orders: dict[str, dict[str, list[str]]] = {}
+    agreement = []
+    for plan in models:
+        mine = {e.task: e for e in effs if e.model == plan.name}
+        groups = {fam: [t for t in ts if t in mine] for fam, ts in FAMILIES.items()}
+        groups["all"] = [t for t in mine]
+        for group, tasks in groups.items():
+            if len(tasks) < 2:
+                continue
+            for estimator, bkey in (("paper", "beta"), ("window", "beta_window")):
+                b = [getattr(mine[t], bkey) for t in tasks]
+                for measure, vals in (("auc", [mine[t].auc for t in tasks]),
+                                      ("n_frac", [-mine[t].n_frac for t in tasks]),
+                                      ("kgd_auc", [mine[t].kgd_auc for t in tasks])):
+                    if any(v is None for v in vals):
+                        continue
+                    p = permutation_p(b, vals, permutations)
+                    corrs.append(Correlation(plan.name, group, measure, estimator, tasks, p["rho"], p["p_one_sided"],
+                                             p["p_two_sided"], p["exact"]))
+        orders[plan.name] = {
+            "beta": sorted(mine, key=lambda t: -mine[t].beta),
+            "measured_auc": sorted(mine, key=lambda t: -mine[t].auc),
+            "measured_n_frac": sorted(mine, key=lambda t: mine[t].n_frac),
+        }
+        for fam, paper_order in PAPER_MEASURED_ORDER.items():
+            tasks = [t for t in paper_order if t in mine]
+            if len(tasks) < 2:
+                continue
+            paper_rank = [-paper_order.index(t) for t in tasks]
+            agreement.append({
+                "model": plan.name, "family": fam, "tasks": tasks,
+                "rho_beta_vs_paper_beta": spearman([mine[t].beta for t in tasks], [PAPER_BETA[t][0] for t in tasks]),
+                "rho_measured_vs_paper_measured": spearman([mine[t].auc for t in tasks], paper_rank),
+                "beta_order": sorted(tasks, key=lambda t: -mine[t].beta),
+                "measured_order": sorted(tasks, key=lambda t: -mine[t].auc), "paper_order": tasks})
+        six = [t for t in PAPER_BETA if t in mine]
+        if len(six) >= 3:
+            agreement.append({"model": plan.name, "family": "all", "tasks": six,
+                              "rho_beta_vs_paper_beta": spearman([mine[t].beta for t in six],
+                                                                 [PAPER_BETA[t][0] for t in six]),
+                              "rho_measured_vs_paper_measured": None,
+                              "beta_order": sorted(six, key=lambda t: -mine[t].beta),
+                              "measured_order": sorted(six, key=lambda t: -mine[t].auc),
+                              "paper_order": sorted(six, key=lambda t: -PAPER_BETA[t][0])})
+    return RankingsResult(DEFINITION.format(f=fraction), effs, corrs, orders, agreement)
+
+
+def correlations_csv(res: RankingsResult) -> str:
+    cols = ["model", "group", "measure", "estimator", "rho", "p_one_sided", "p_two_sided", "exact", "tasks"]
+    lines = [",".join(cols)]
+    for c in res.correlations:
+        d = c.to_dict()
+        d["tasks"] = " ".join(d["tasks"])
+        lines.append(",".join(f"{d[k]:.6g}" if isinstance(d[k], float) else str(d[k]) for k in cols))
+    return "\n".join(lines) + "\n"

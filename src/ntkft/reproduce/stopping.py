@@ -1,0 +1,147 @@
+"""Stage 4: the RWY stopping rule's T_hat next to hold-out early stopping and the oracle (THEORY.md sec. 5).
+
+On each kernel-GD unit of stage 2 (seed s, training size n): T_hat from `stop_report` (R and sigma estimated,
+step alpha = 1/lambda_1 of K/N; full-batch kernel GD takes one step per epoch), the hold-out step and the
+oracle step on the same closed-form path, and the test error at each. Beside them, the fine-tuning cell of
+the same (size, seed): where hold-out early stopping stopped and the step with the best test score
+(optimiser steps and epochs; AdamW steps are not kernel-GD steps, so only the epochs and the order compare)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import NtkftError
+from ..stopping import stop_report
+from ..tasks import get_spec
+from .context import Context, load_tensors
+from .curves import CurvesResult, kgd_fp, kgd_name
+from .kgd import KgdPath, split_pool, t_grid, targets
+
+
+@dataclass
+class StopRow:
+    """One (model, task, size, seed): the three kernel-GD stopping steps and the fine-tuning steps."""
+
+    model: str
+    task: str
+    size: int
+    seed: int
+    n_train: int
+    alpha: float
+    t_hat: int | None
+    eta_star: float | None
+    sigma: float | None
+    radius: float | None
+    eps_hat: float | None
+    t_holdout: int
+    t_oracle: int
+    mse_t_hat: float | None  # test MSE on the regression targets at each stop
+    mse_holdout: float
+    mse_oracle: float
+    ft_best_step: int | None
+    ft_stopped_step: int | None
+    ft_oracle_step: int | None
+    ft_steps_per_epoch: int | None
+    ft_best_epoch: float | None
+    ft_oracle_epoch: float | None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rows_for(unit: dict, model: str, task: str, seed: int, sizes: list[int], val: float, t_max: int,
+             cells: list[dict]) -> list[StopRow]:
+    """Every StopRow of one kernel-GD unit."""
+    ttype = get_spec(task).type
+    kp, kt = unit["K_pool"].numpy(), unit["K_test_pool"].numpy()
+    fp, ft = unit["f_pool"].numpy(), unit["f_test"].numpy()
+    yp, yt = targets(unit["y_pool"].numpy(), ttype), targets(unit["y_test"].numpy(), ttype)
+    ts = t_grid(t_max)
+    out = []
+    for n in sizes:
+        tr, va = split_pool(n, val)
+        path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr])
+        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
+        test_mse = ((path.predict(kt[:, tr], ft, ts) - yt[:, None]) ** 2).mean(0)
+        i_val, i_or = int(np.argmin(val_mse)), int(np.argmin(test_mse))
+        note, rep = "", None
+        try:
+            rep = stop_report(kp[np.ix_(tr, tr)], yp[tr], fp[tr], step=path.alpha)
+        except NtkftError as e:
+            note = f"RWY rule: {e}"
+        mse_hat = None
+        if rep is not None:
+            mse_hat = float(((path.predict(kt[:, tr], ft, np.array([rep.t_hat])) [:, 0] - yt) ** 2).mean())
+        cell = next((c for c in cells if c["model"] == model and c["task"] == task and c["size"] == n
+                     and c["seed"] == seed and not c.get("tuning") and "failed" not in c), None)
+        spe = cell["steps_per_epoch"] if cell else None
+        out.append(StopRow(
+            model, task, n, seed, len(tr), float(path.alpha), rep.t_hat if rep else None, rep.eta_star if rep else None,
+            rep.sigma if rep else None, rep.radius if rep else None, rep.eps_hat if rep else None,
+            int(ts[i_val]), int(ts[i_or]), mse_hat, float(test_mse[i_val]), float(test_mse[i_or]),
+            cell["best_step"] if cell else None, cell["stopped_step"] if cell else None,
+            cell.get("oracle_step") if cell else None, spe,
+            cell["best_step"] / spe if cell else None,
+            cell["oracle_step"] / spe if cell and cell.get("oracle_step") is not None else None, note))
+    return out
+
+
+@dataclass
+class StoppingResult:
+    """Stage 4's result, with a one-line reading per model."""
+
+    rows: list[StopRow]
+    summary: dict
+
+    def to_dict(self) -> dict:
+        return {"rows": [r.to_dict() for r in self.rows], "summary": self.summary}
+
+
+def summarise(rows: list[StopRow]) -> dict:
+    """Per model: how far T_hat is from the oracle (median log10 ratio) and how much test MSE it gives away."""
+    out = {}
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model and r.t_hat is not None]
+        if not mine:
+            continue
+        ratio = [math.log10(max(r.t_hat, 1) / max(r.t_oracle, 1)) for r in mine]
+        excess_hat = [r.mse_t_hat / r.mse_oracle - 1 for r in mine if r.mse_oracle > 0]
+        excess_ho = [r.mse_holdout / r.mse_oracle - 1 for r in mine if r.mse_oracle > 0]
+        out[model] = {"rows": len(mine), "median_log10_t_hat_over_oracle": float(np.median(ratio)),
+                      "t_hat_before_oracle": int(sum(r.t_hat < r.t_oracle for r in mine)),
+                      "median_excess_mse_t_hat": float(np.median(excess_hat)),
+                      "median_excess_mse_holdout": float(np.median(excess_ho))}
+    return out
+
+
+def run(ctx: Context, curves: CurvesResult) -> StoppingResult:
+    """Read stage 2's kernel-GD units and fine-tuning cells; apply the rule."""
+    cfg = ctx.cfg
+    key = ctx.stage_key("stopping", {}, upstream=["curves"])
+    rf = ctx.open_stage("stopping", key, derived=True)
+    rows: list[StopRow] = []
+    for plan in cfg.models:
+        for task in cfg.curve_tasks:
+            for seed in range(cfg.kgd_seeds):
+                unit = load_tensors(ctx.root / "curves" / kgd_name(plan, task, seed), kgd_fp(ctx, plan, task))
+                if unit is not None:
+                    rows += rows_for(unit, plan.name, task, seed, cfg.kgd_sizes, cfg.val, cfg.kgd_t_max, curves.cells)
+    res = StoppingResult(rows, summarise(rows))
+    rf.write_json("stopping.json", res.to_dict())
+    rf.write_text("stopping.csv", stopping_csv(res))
+    rf.finish(stage="stopping")
+    return res
+
+
+def stopping_csv(res: StoppingResult) -> str:
+    cols = list(StopRow.__dataclass_fields__)
+    lines = [",".join(cols)]
+    for r in res.rows:
+        d = r.to_dict()
+        lines.append(",".join(f"{d[c]:.6g}" if isinstance(d[c], float) else ("" if d[c] is None else
+                                                                             str(d[c]).replace(",", ";")) for c in cols))
+    return "\n".join(lines) + "\n"
