@@ -19,6 +19,9 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
     ("full", "gd"): 1e-2, ("head", "gd"): 1e-2, ("probe", "gd"): 0.5, ("linearized", "gd"): 1e-2,
 }
 
+# The probe trains a linear head on cached features: steps are cheap and it needs more of them.
+DEFAULT_MAX_STEPS: dict[str, int] = {"full": 200, "head": 200, "probe": 1000, "linearized": 200}
+
 
 class FinetuneConfig(StrictModel):
     """Fine-tuning run settings (Sections 4.2, 5.1 of the paper; Remark 5.1; Lemma 1)."""
@@ -47,10 +50,12 @@ class FinetuneConfig(StrictModel):
     ridge: float = Field(0.0, ge=0, description="L2 penalty on the head weights")
     batch_size: int = Field(16, ge=1, description="micro-batch size (adamw: samples per step / grad_accum)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    max_steps: int = Field(200, ge=1, description="optimiser steps at most")
+    max_steps: int = Field(None, ge=1, description="optimiser steps at most (default: probe 1000, "  # type: ignore[assignment]
+                                                   "other settings 200)")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
-    eval_every: int | None = Field(None, ge=1, description="evaluate every k optimiser steps (default: each epoch)")
+    eval_every: int | None = Field(None, ge=1, description="evaluate every k optimiser steps (default: each epoch, "
+                                                           "at least 10 times per run)")
     patience: int = Field(5, ge=1, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
     monitor: str | None = Field(None, description="validation metric to monitor: loss (default) or a task metric")
@@ -70,6 +75,8 @@ class FinetuneConfig(StrictModel):
         if isinstance(data, dict) and data.get("lr") is None:
             key = (data.get("setting", "full"), data.get("optimizer", "adamw"))
             data = {**data, "lr": DEFAULT_LR.get(key, 2e-5)}
+        if isinstance(data, dict) and data.get("max_steps") is None:
+            data = {**data, "max_steps": DEFAULT_MAX_STEPS.get(data.get("setting", "full"), 200)}
         return data
 
     @field_validator("val")

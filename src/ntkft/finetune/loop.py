@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._runs import RunFolder
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, NtkftError, TrainingError
 from ..kernel import kernel_matrix, trace_outputs
 from ..kernel._common import trim
 from ..models import fingerprint, load_model
@@ -24,6 +25,7 @@ from ..tasks import task_metrics
 from .config import FinetuneConfig
 from .data import Split, cache_features, check_monitor, prepare
 from .early_stopping import EarlyStopping
+from .parallel import ranks_from_env
 from .settings import get_setting, readout_of
 from .state import read_checkpoint, write_checkpoint
 
@@ -89,6 +91,10 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.setting = get_setting(cfg.setting)
         self.device = _device(cfg)
+        self.ranks = ranks_from_env(self.device)
+        if self.ranks.active and self.device.type == "cuda":
+            self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+            torch.cuda.set_device(self.device)
         self.loaded = load_model(cfg.model, pooling=cfg.pooling)
         self.data = prepare(cfg, self.loaded, data_dir)
         self.task_type = self.data.task_type
@@ -111,14 +117,15 @@ class Trainer:
         n = len(self.train)
         self.per_step = n if cfg.optimizer == "gd" else min(n, cfg.batch_size * cfg.grad_accum)
         self.steps_per_epoch = max(1, math.ceil(n / self.per_step))
-        self.eval_every = cfg.eval_every or self.steps_per_epoch
+        self.eval_every = cfg.eval_every or min(self.steps_per_epoch, max(1, cfg.max_steps // 10))
         self.step, self.history, self.drift = 0, [], []  # type: tuple[int, list, list]
         self.best = {n: p.detach().clone() for n, p in self.params.items()}
         self.drift_x, self.k0 = None, None
         if cfg.drift_every:
             k = min(cfg.drift_n, len(self.val))
             self.drift_x = {"input_ids": self.val.ids[:k], "attention_mask": self.val.mask[:k]}
-        self.rf = RunFolder(out, "finetune", self.run_key(), overwrite) if out is not None else None
+        self.out = Path(out) if out is not None else None
+        self.rf = RunFolder(out, "finetune", self.run_key(), overwrite) if out is not None and self.ranks.main else None
         self.writer: Any = None
 
     @property
@@ -167,12 +174,14 @@ class Trainer:
         idx = self._batch_indices(self.step)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        for ch in idx.split(self.cfg.batch_size):
+        for ch in self.ranks.shard(idx).split(self.cfg.batch_size):  # all of idx, or this rank's share
             loss = _loss(self._forward(self.train, ch), self.train.y[ch].to(self.device), self.task_type)
             if self.cfg.ridge:
                 loss = loss + self.cfg.ridge * self.model.head.weight.pow(2).sum()
             (loss * (len(ch) / len(idx))).backward()
             total += float(loss.detach()) * len(ch) / len(idx)
+        self.ranks.all_reduce_grads(list(self.params.values()))
+        total = self.ranks.sum(total)
         if not math.isfinite(total):
             return total
         self.opt.step()
@@ -205,10 +214,11 @@ class Trainer:
         if self.step == 0:
             torch.manual_seed(cfg.seed)  # dropout draws; a resumed run restores the saved RNG state instead
         if cfg.drift_every and not self.drift:
-            self.drift.append(self._drift_point())
+            self.drift.append(self.ranks.broadcast(self._drift_point() if self.ranks.main else None))
         t0, seen = time.time(), 0
         stop = self.stopper.reason != "" and self.step > 0
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, desc=f"{cfg.setting} {cfg.task}")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.progress and self.ranks.main),
+                   desc=f"{cfg.setting} {cfg.task}")
         while not stop and self.step < cfg.max_steps:
             loss = self._train_step()
             if not math.isfinite(loss):
@@ -216,30 +226,36 @@ class Trainer:
             seen += self.per_step
             bar.update(1)
             if self.step % self.eval_every == 0 or self.step == cfg.max_steps:
-                val = self.evaluate(self.val)
+                val = self.ranks.broadcast(self.evaluate(self.val) if self.ranks.main else None)  # rank 0 decides
                 value = val.get(self.monitor, float("nan"))
                 improved, stop = self.stopper.update(value, self.step)
+                stop = self.ranks.broadcast(stop)
                 if improved:
                     self.best = {n: p.detach().clone() for n, p in self.params.items()}
                 self._log({"step": self.step, "train_loss": loss, "lr": self.sched.get_last_lr()[0],
                            **{f"val_{k}": v for k, v in val.items()}})
                 bar.set_postfix(loss=f"{loss:.4f}", val=f"{value:.4f}")
                 if cfg.drift_every and self.step % cfg.drift_every == 0:
-                    self.drift.append(self._drift_point())
+                    self.drift.append(self.ranks.broadcast(self._drift_point() if self.ranks.main else None))
                 self.save_state()
             elif cfg.save_every and self.step % cfg.save_every == 0:
                 self.save_state()
         bar.close()
         seconds = time.time() - t0
+        stopped = self.step
+        if not self.ranks.main:  # rank 0 evaluates and writes; the others return its result
+            self._set_params(self.best)
+            return FinetuneResult(**self.ranks.broadcast(None))
         warnings = self._warnings()
         test_last = self.evaluate(self.test)
-        stopped = self.step
         self._set_params(self.best)
         res = FinetuneResult(cfg.model_dump(), self.stopper.best_step, stopped,
                              self.stopper.reason or f"reached max_steps={cfg.max_steps}", self.stopper.best,
                              self.monitor, self.evaluate(self.val), self.evaluate(self.test), test_last, seconds,
-                             seen / seconds if seconds > 0 else float("nan"), self.history, self.drift, warnings)
+                             seen * self.ranks.world / seconds if seconds > 0 else float("nan"), self.history,
+                             self.drift, warnings)
         self._close_run(res)
+        self.ranks.broadcast(res.to_dict())
         return res
 
     def _warnings(self) -> list[str]:
@@ -264,17 +280,32 @@ class Trainer:
     # ------------------------------------------------------------------ run folder, checkpoints, logs
 
     def _open_run(self) -> FinetuneResult | None:
-        """Claim the run folder; a finished run is returned as it is (nothing is rewritten)."""
+        """Claim the run folder (rank 0); a finished run is returned as it is (nothing is rewritten)."""
+        if self.out is None:
+            return None
+        status: tuple[str, Any] = ("fresh", None)
+        if self.rf is not None:
+            try:
+                resumed = self.rf.open()
+            except NtkftError as e:  # tell the other ranks before giving up, so none of them waits forever
+                self.ranks.broadcast(("error", str(e)))
+                raise
+            if resumed and self.rf.complete and (self.rf.root / "result.json").is_file():
+                log.info("%s: finished run with the same key; returning its result", self.rf.root)
+                status = ("done", json.loads((self.rf.root / "result.json").read_text()))
+            elif resumed:
+                status = ("resume", None)
+            else:
+                self.rf.write_json("config.json", self.cfg.model_dump())
+        status = self.ranks.broadcast(status)
+        if status[0] == "error":
+            raise ConfigError(status[1])
+        if status[0] == "done":
+            return FinetuneResult(**status[1])  # type: ignore[arg-type]
+        if status[0] == "resume" and self.try_resume():
+            log.info("resumed from step %d", self.step)
         if self.rf is None:
             return None
-        resumed = self.rf.open()
-        if resumed and self.rf.complete and (self.rf.root / "result.json").is_file():
-            log.info("%s: finished run with the same key; returning its result", self.rf.root)
-            return FinetuneResult(**json.loads((self.rf.root / "result.json").read_text()))
-        if not resumed:
-            self.rf.write_json("config.json", self.cfg.model_dump())
-        elif self.try_resume():
-            log.info("resumed from step %d", self.step)
         self.rf.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         if self.cfg.tensorboard:
             try:
@@ -308,9 +339,9 @@ class Trainer:
 
     def try_resume(self) -> bool:
         """Load the newest whole checkpoint of this run (the folder's key already matched)."""
-        if self.rf is None:
+        if self.out is None:
             return False
-        ck = read_checkpoint(self.rf)
+        ck = read_checkpoint(self.out)
         if ck is None:
             return False
         trainable, best, blob, meta = ck

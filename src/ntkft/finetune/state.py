@@ -52,11 +52,11 @@ def write_checkpoint(rf: RunFolder, step: int, trainable: dict[str, torch.Tensor
     return final
 
 
-def read_checkpoint(rf: RunFolder) -> tuple[dict, dict, dict, dict] | None:
-    """(trainable, best, optimiser blob, trainer state) of the newest whole checkpoint, or None."""
+def read_checkpoint(root: Path) -> tuple[dict, dict, dict, dict] | None:
+    """(trainable, best, optimiser blob, trainer state) of the newest whole checkpoint in run folder `root`, or None."""
     from safetensors.torch import load_file
 
-    dirs = _step_dirs(rf.root / STATE)
+    dirs = _step_dirs(Path(root) / STATE)
     if not dirs:
         return None
     d = dirs[-1]
