@@ -27,6 +27,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/entk.py
