@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 import time
 from pathlib import Path
 
@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from ._io import peak_rss_mb, run_meta
+from ._runs import RunFolder
 from .errors import KernelError
 from .kernel import KernelFile, kernel_matrix, load_kernel_file, resolve_method, select_params
+from .kernel.api import parse_device
 from .kernel.params import num_params
-from .models import Readout, load_model
+from .models import Readout, fingerprint, load_model
 from .tasks import encode, load_task, subsample
 
 log = logging.getLogger(__name__)
@@ -32,32 +34,58 @@ def build_readout(model: str, layers: int | None = None, seed: int = 0, sigma: f
 def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 64, seed: int = 0,
                         params: str = "all", method: str = "auto", layers: int | None = None, split: str = "train",
                         out: str | Path | None = None, max_memory: int | None = None, data_dir: str | None = None,
-                        batch_size: int | None = None, progress: bool = True) -> KernelFile:
-    """eNTK of `model`'s scalar readout on `n` seeded samples of `task`; saved to `out` if given."""
+                        batch_size: int | None = None, progress: bool = True, *, overwrite: bool = False,
+                        device: str | None = None, max_disk: int | None = None, sketch_dim: int | None = None,
+                        accumulate: str = "host") -> KernelFile:
+    """eNTK of `model`'s scalar readout on `n` seeded samples of `task`; written to the run folder `out` if given.
+
+    `out` is an ntkft run folder (kind "kernel") keyed by the model spec and weights, the data used and every
+    argument that decides K: the same command resumes a killed run or returns the finished kernel; another
+    model, data or setting is refused unless `overwrite`. Budgets (`max_memory`, `max_disk`, bytes), `device`,
+    `batch_size` and `accumulate` shape only how K is computed."""
     data = subsample(load_task(task, split, data_dir), n, seed=seed)
     loaded, readout = build_readout(model, layers=layers, seed=seed)
+    if device is not None:
+        readout.to(parse_device(device))
     enc = encode(loaded.tokenizer, loaded.kind, data, max_length=max_length)
     sel = select_params(readout, params)
     meth = resolve_method(method, readout, sel)
-    kwargs = {"max_memory": max_memory} if max_memory else {}
+    rf = None
+    if out is not None:
+        key = {"model": model, "weights": fingerprint(readout), "data": data.fingerprint(), "task": data.task.name,
+               "split": split, "n": len(data), "max_length": max_length, "seed": seed, "params": params,
+               "method": meth.value, "layers": layers, "sketch_dim": sketch_dim, "sigma": 1.0}
+        rf = RunFolder(out, "kernel", key, overwrite=overwrite)
+        if rf.open() and rf.complete and (Path(out) / "kernel.safetensors").is_file():
+            log.info("%s already holds this kernel", out)
+            return load_kernel_file(out)
     t0 = time.time()
-    k = kernel_matrix(readout, enc, params=params, method=meth, batch_size=batch_size,
-                      checkpoint_dir=Path(out) / "work" if out else None, progress=progress, **kwargs)
+    k = kernel_matrix(readout, enc, params=params, method=meth, batch_size=batch_size, max_memory=max_memory,
+                      checkpoint_dir=rf.path("work") if rf is not None else None, progress=progress,
+                      max_disk=max_disk, device=device, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed)
     seconds = time.time() - t0
     with torch.no_grad():
-        f = readout(enc["input_ids"], enc["attention_mask"]).double()
+        f = readout(enc["input_ids"].to(readout.head.weight.device),
+                    enc["attention_mask"].to(readout.head.weight.device)).double().cpu()
     labels = torch.as_tensor(np.asarray(data.labels))
     meta = run_meta(model=model, task=data.task.name, split=split, n=len(data), max_length=max_length, seed=seed,
                     params=params, num_params=num_params(sel), method=meth.value, layers=layers,
                     kind=loaded.kind, hidden_size=loaded.hidden_size, task_type=data.task.type, sigma=1.0,
                     label_map=list(data.task.labels) if data.task.type == "classification" else None,
                     dtype="float64 (accumulated from float32 model)", seconds=round(seconds, 2),
-                    peak_rss_mb=round(peak_rss_mb(), 1), normalisation="unnormalised: K = J J^T")
-    kf = KernelFile(k, enc["input_ids"], enc["attention_mask"], readout.head.weight.detach().clone(),
-                    readout.head.bias.detach().clone(), f, labels, torch.as_tensor(data.indices), meta)
-    if out:
-        kf.save(out)
-        shutil.rmtree(Path(out) / "work", ignore_errors=True)
+                    peak_rss_mb=round(peak_rss_mb(), 1), normalisation="unnormalised: K = J J^T",
+                    sketch={"dim": sketch_dim, "seed": seed, "estimator": "unbiased"} if meth.value == "sketch" else None,
+                    device=str(readout.head.weight.device))
+    kf = KernelFile(k.cpu(), enc["input_ids"], enc["attention_mask"], readout.head.weight.detach().cpu().clone(),
+                    readout.head.bias.detach().cpu().clone(), f, labels, torch.as_tensor(data.indices), meta)
+    if rf is not None:
+        if (Path(out) / "work").exists():
+            rf.remove("work")  # normally the kernel already removed its own checkpoint files
+        staging = rf.path("staging")
+        kf.save(staging)
+        os.replace(staging / "kernel.safetensors", rf.path("kernel.safetensors"))
+        rf.remove("staging")
+        rf.finish(**meta)
         log.info("wrote %s", Path(out) / "kernel.safetensors")
     return kf
 

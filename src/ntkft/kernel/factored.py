@@ -1,329 +1,330 @@
-"""Factored eNTK: one forward and one backward pass per sample batch, per-sample gradients rebuilt
-layer by layer from captured layer inputs A and output gradients D.
+"""Factored eNTK: exact K from layer factors, in bounded memory and disk for any N.
 
-For a linear map the per-sample weight gradient is D_i^T A_i, so a kernel entry is either the
-"ghost" contraction sum_{t,s} (a_it . a_js)(d_it . d_js) or the inner product of materialised
-per-sample gradients; each layer takes the cheaper one. Embeddings use token matches, norms and
-biases materialise their small per-sample gradients, and any other parameter falls back to one
-autograd call per sample. Features of all samples go to a `FeatureStore` (memory or disk), then
-the Gram matrix is accumulated entry by entry in float64 with bounded memory.
-"""
+Plan: samples sorted by length and cut into length buckets; the layers (entries) are split into groups
+so that one group's factors for all samples fit the memory budget, or `max_disk` when they spill.
+Each group is one pass: a forward/backward per batch keeping that group's factors (produce units),
+then Gram units that add the group's layers' contributions to K (contribution units). With one group
+(the common case) the model runs once per batch. For a linear layer a Gram entry is either the
+"ghost" sum_{t,s} (a_it . a_js)(d_it . d_js) or the inner product of materialised per-sample
+gradients D_i^T A_i (chunked over output rows so the working set stays small); each layer takes the
+cheaper one. Embeddings use token matches, norms and biases their small per-sample gradients."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
+import logging
+import math
+from collections import defaultdict
 
 import torch
 from torch import nn
 
-from ._common import check_finite, on_model_device, outputs
+from ..errors import KernelError
+from .checkpoint import Store
+from .contract import KernelModel, out_dim
+from .layers import FALLBACK, Entry, capture, find_entries, verify
+from .plan import Artifact, Block, GiB, Inputs, Options, Pass, Plan, Unit, batches, sort_by_length
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 32 * 2**20  # per-sample-gradient chunk: stays near the last-level cache
 
 
-@dataclass
-class Entry:
-    """A module whose directly-owned selected parameters the factored method handles."""
+class FactoredMethod:
+    """Exact eNTK from per-layer factors (see the module docstring)."""
 
-    name: str
-    module: nn.Module
-    kind: str  # linear | conv1d | embedding | layernorm | rmsnorm
-    weight: bool
-    bias: bool
+    exact = True
+    name = "factored"
 
+    def __init__(self, model: KernelModel, params: dict[str, nn.Parameter], options: Options) -> None:
+        self.model, self.params, self.opt = model, params, options
+        self.c = out_dim(model)
+        self.chunk = int(min(CHUNK_BYTES, max(2**16, options.max_memory // 32)))
 
-def _kind(mod: nn.Module) -> str | None:
-    cls = type(mod).__name__
-    if isinstance(mod, nn.Linear):
-        return "linear"
-    if cls == "Conv1D" and hasattr(mod, "nf"):
-        return "conv1d"
-    if isinstance(mod, nn.Embedding):
-        return "embedding"
-    if isinstance(mod, nn.LayerNorm) and mod.elementwise_affine:
-        return "layernorm"
-    if cls.endswith("RMSNorm") and hasattr(mod, "weight") and (hasattr(mod, "variance_epsilon") or hasattr(mod, "eps")):
-        return "rmsnorm"
-    return None
+    # ------------------------------------------------------------------ planning
 
+    def probe(self, x1: Inputs) -> None:
+        """Find and verify the layer entries on two real samples (the longest and the shortest), and measure
+        the bytes of factors per sample and token of every entry."""
+        entries, fallback = find_entries(self.model, self.params)
+        lengths = x1.lengths
+        rows = sorted({int(torch.argmax(lengths)), int(torch.argmin(lengths))})
+        ids, mask = x1.take(rows)
+        ids, mask = ids.to(self.opt.device), mask.to(self.opt.device)
+        self.entries, self.fallback, cap, self.moved = verify(self.model, entries, fallback, ids, mask)
+        if self.fallback:
+            log.info("factored: %d parameter tensors (%d values) use the per-sample fallback", len(self.fallback),
+                     sum(p.numel() for p in self.fallback.values()))
+        b, t = ids.shape
+        self.per_token: dict[str, float] = defaultdict(float)
+        self.per_sample: dict[str, float] = defaultdict(float)
+        for name, ten in cap.feats.items():
+            owner = name.rsplit(".", 1)[0]
+            nbytes = ten.numel() * ten.element_size()
+            if ten.dim() >= 3 or name.endswith(".ids"):
+                self.per_token[owner] += nbytes / (b * t)
+            else:
+                self.per_sample[owner] += nbytes / b
+        self.dims = {name: tuple(ten.shape[2:]) if ten.dim() >= 3 else tuple(ten.shape[1:])
+                     for name, ten in cap.feats.items()}
+        self.alias = dict(cap.alias)
+        del cap
 
-def plan(model: nn.Module, params: dict[str, nn.Parameter]) -> tuple[list[Entry], dict[str, nn.Parameter]]:
-    """Split the selected parameters into factored entries and the generic fallback."""
-    selected = {id(p): n for n, p in params.items()}
-    owners: dict[int, int] = {}
-    for mod in model.modules():
-        for p in mod.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
-    entries, covered = [], set()
-    for name, mod in model.named_modules():
-        kind = _kind(mod)
-        direct = {n: p for n, p in mod.named_parameters(recurse=False) if id(p) in selected}
-        if kind is None or not direct or set(direct) - {"weight", "bias"}:
-            continue
-        if any(owners[id(p)] > 1 for p in direct.values()):  # tied: let the generic path sum both uses
-            continue
-        entries.append(Entry(name, mod, kind, "weight" in direct, "bias" in direct))
-        covered.update(id(p) for p in direct.values())
-    fallback = {n: p for n, p in params.items() if id(p) not in covered}
-    return entries, fallback
+    def entry_bytes(self, owner: str, n: int, length: int) -> float:
+        """Bytes of `owner`'s factors for n samples padded to `length` tokens."""
+        return n * (self.per_token.get(owner, 0.0) * length + self.per_sample.get(owner, 0.0))
 
+    def plan(self, x1: Inputs, x2: Inputs | None) -> Plan:
+        self.x1, self.x2 = x1, x2
+        self.probe(x1)
+        sym = x2 is None
+        o = self.opt
+        owners = [e.name for e in self.entries] + ([FALLBACK] if self.fallback else [])
+        longest = int(max(x1.lengths.max(), 0 if sym else x2.lengths.max()))
+        per_sample_max = sum(self.entry_bytes(w, 1, longest) for w in owners)
+        k_bytes = 2 * x1.n * (x2.n if x2 is not None else x1.n) * self.c ** 2 * 8
+        # a batch holds its factors plus the activations autograd keeps (about as large): ~3x its factors
+        size = o.batch_size or 16
+        size = int(max(1, min(size, (o.max_memory - k_bytes) // (4 * per_sample_max) if per_sample_max else size)))
+        order1 = sort_by_length(x1)
+        order2 = order1 if sym else sort_by_length(x2)
+        b1 = batches(x1, order1, size)
+        b2 = [] if sym else batches(x2, order2, size)
+        order1 = [i for b in b1 for i in b]
+        order2 = order1 if sym else [i for b in b2 for i in b]
+        sides = [(1, x1, b1)] + ([] if sym else [(2, x2, b2)])
 
-def _norm_hat(entry: Entry, x: torch.Tensor) -> torch.Tensor:
-    mod = entry.module
-    if entry.kind == "layernorm":
-        return nn.functional.layer_norm(x, mod.normalized_shape, None, None, mod.eps)
-    eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", 1e-6)
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+        def total(owner: str) -> float:
+            return sum(self.entry_bytes(owner, len(b), int(x.lengths[b].max())) for _, x, bs in sides for b in bs)
 
+        sizes = {w: total(w) for w in owners}
+        need = sum(sizes.values())
+        biggest = max(sizes.values(), default=0.0)
+        batch_bytes = 3 * per_sample_max * size
+        room = o.max_memory - k_bytes - batch_bytes - 2 * self.chunk  # factors kept between the passes' stages
+        if room <= 0:
+            raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB is too small for even one tile (one batch "
+                              f"and K need ~{(batch_bytes + k_bytes + 2 * self.chunk) / GiB:.2f} GiB)")
+        if biggest > room:
+            raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB cannot hold one layer's factors for all "
+                              f"{x1.n + (0 if sym else x2.n)} samples (~{biggest / GiB:.2f} GiB); use a larger "
+                              "max_memory or method sketch")
+        disk = math.inf if o.max_disk is None else float(o.max_disk)
+        spill = need > room and disk > room  # keep factors on disk when that gives bigger (fewer) layer groups
+        groups = [owners] if need <= room else _split(owners, sizes, disk if spill else room)
+        n_r = x1.n * self.c
+        n_c = n_r if sym else x2.n * self.c
+        passes = []
+        for g, members in enumerate(groups):
+            produce = [Unit(f"f{g}-s{side}-b{k}", "features", float(len(b)),
+                            {"side": side, "rows": b, "group": g})
+                       for side, _, bs in sides for k, b in enumerate(bs)]
+            cost = {w: sizes[w] * (n_r + n_c) for w in members}
+            passes.append(Pass(produce, _gram_units(g, members, cost)))
+        self.groups = groups
+        self.b1, self.b2 = b1, b2
+        info = {"batch_size": size, "batches": [len(b) for b in b1], "groups": len(groups),
+                "feature_bytes": int(need), "spill": spill, "moved_to_fallback": self.moved,
+                "fallback_params": sum(p.numel() for p in self.fallback.values())}
+        if len(groups) > 1:
+            log.info("factored: %d layer groups, one forward/backward each (factors of all samples ~%.1f GiB)",
+                     len(groups), need / GiB)
+        elif spill:
+            log.info("factored: ~%.1f GiB of factors spill to disk", need / GiB)
+        return Plan("factored", x1.n, x1.n if sym else x2.n, self.c, sym, order1, order2, passes, spill, info)
 
-def capture(model: nn.Module, entries: list[Entry], fallback: dict, ids: torch.Tensor,
-            mask: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """One forward + backward on a batch; returns per-sample features (rows = sample * C + output)
-    and an alias map for layer inputs shared by several entries (q, k, v read the same tensor)."""
-    inputs: dict[str, torch.Tensor] = {}
-    outs: dict[str, torch.Tensor] = {}
+    # ------------------------------------------------------------------ computing
 
-    def hook(name):
-        def fn(_mod, args, out):
-            inputs[name] = args[0]
-            outs[name] = out
-        return fn
+    def compute_unit(self, unit: Unit, store: Store) -> Artifact | Block:
+        if unit.kind == "features":
+            return self._features(unit)
+        return Block(0, 0, self._gram(unit, store))
 
-    ids, mask = on_model_device(model, ids, mask)
-    handles = [e.module.register_forward_hook(hook(e.name)) for e in entries]
-    try:
-        f = outputs(model, ids, mask)
-    finally:
-        for h in handles:
-            h.remove()
-    check_finite(f.detach(), "the model output f(x)")
-    b, c = f.shape
-    names = [e.name for e in entries if e.name in outs and outs[e.name].requires_grad]
-    fb_names = list(fallback)
-    d_per_c, fb_per_c = [], []
-    for k in range(c):
-        last = k == c - 1
-        grads = torch.autograd.grad(f[:, k].sum(), [outs[n] for n in names], retain_graph=bool(fb_names) or not last,
-                                    allow_unused=True) if names else []
-        d_per_c.append(dict(zip(names, grads)))
-        if fb_names:
-            rows = []
-            for i in range(b):
-                g = torch.autograd.grad(f[i, k], [fallback[n] for n in fb_names],
-                                        retain_graph=not (last and i == b - 1), allow_unused=True)
-                rows.append(torch.cat([(x if x is not None else torch.zeros_like(fallback[n])).reshape(-1)
-                                       for x, n in zip(g, fb_names)]))
-            fb_per_c.append(torch.stack(rows))
+    def _features(self, unit: Unit) -> Artifact:
+        x = self.x1 if unit.data["side"] == 1 else self.x2
+        g = unit.data["group"]
+        members = set(self.groups[g])
+        entries = [e for e in self.entries if e.name in members]
+        fallback = self.fallback if FALLBACK in members else {}
+        ids, mask = x.take(unit.data["rows"])
+        cap = capture(self.model, entries, fallback, ids.to(self.opt.device), mask.to(self.opt.device))
+        return Artifact(cap.feats, {"alias": cap.alias})
 
-    def rows_of(per_c: list[torch.Tensor]) -> torch.Tensor:  # (B, ...) per output -> (B*C, ...)
-        return per_c[0] if c == 1 else torch.stack(per_c, 1).flatten(0, 1)
-
-    def rep(x: torch.Tensor) -> torch.Tensor:
-        return x if c == 1 else x.repeat_interleave(c, 0)
-
-    feats: dict[str, torch.Tensor] = {}
-    alias: dict[str, str] = {}
-    seen_inputs: dict[tuple, str] = {}
-    for e in entries:
-        if e.name not in outs:
-            continue
-        x = inputs[e.name].detach()
-        ds = [d_per_c[k].get(e.name) for k in range(c)]
-        ds = [torch.zeros_like(outs[e.name]) if d is None else d for d in ds]
-        d = rows_of(ds)
-        if e.kind in ("linear", "conv1d"):
-            if x.dim() == 2:
-                x, d = x[:, None], d[:, None]
-            if e.weight:
-                key = (x.data_ptr(), tuple(x.shape))
-                if key in seen_inputs:
-                    alias[e.name + ".A"] = seen_inputs[key]
-                else:
-                    seen_inputs[key] = e.name + ".A"
-                    feats[e.name + ".A"] = rep(x)
-                feats[e.name + ".D"] = d
-            if e.bias:
-                feats[e.name + ".Gb"] = d.sum(1)
-        elif e.kind == "embedding":
-            tok = x.clone()
-            if e.module.padding_idx is not None:  # the padding row gets no gradient
-                d = d * (tok != e.module.padding_idx).unsqueeze(-1).to(d.dtype).repeat_interleave(c, 0)
-            feats[e.name + ".ids"] = rep(tok)
-            feats[e.name + ".D"] = d
-        else:
-            xh = rep(_norm_hat(e, x))
-            g = []
-            if e.weight:
-                g.append((d * xh).flatten(1, -2).sum(1) if d.dim() > 2 else d * xh)
-            if e.bias:
-                g.append(d.flatten(1, -2).sum(1) if d.dim() > 2 else d)
-            feats[e.name + ".G"] = torch.cat(g, -1)
-    if fb_names:
-        feats["__fallback__.G"] = rows_of(fb_per_c)
-    first: dict[tuple, str] = {}
-    for name in list(feats):  # autograd may hand the same tensor to two entries (BERT's embedding sums)
-        t = feats[name]
-        key = (t.data_ptr(), tuple(t.shape), t.stride())
-        if key in first:
-            alias[name] = first[key]
-            del feats[name]
-        else:
-            first[key] = name
-    return feats, alias
+    def _gram(self, unit: Unit, store: Store) -> torch.Tensor:
+        g = unit.data["group"]
+        sym = self.x2 is None
+        rows = [f"f{g}-s1-b{k}" for k in range(len(self.b1))]
+        cols = rows if sym else [f"f{g}-s2-b{k}" for k in range(len(self.b2))]
+        n_r = sum(len(b) for b in self.b1) * self.c
+        n_c = n_r if sym else sum(len(b) for b in self.b2) * self.c
+        dev = self.opt.device if self.opt.accumulate == "device" else torch.device("cpu")
+        k = torch.zeros(n_r, n_c, dtype=torch.float64, device=dev)
+        by_name = {e.name: e for e in self.entries}
+        for owner in unit.data["entries"]:
+            e = by_name.get(owner)
+            names = _names(e, owner)
+            r = [store.get(uid, names)[0] for uid in rows]
+            c = r if sym else [store.get(uid, names)[0] for uid in cols]
+            if names[0] not in r[0]:
+                continue  # layer not reached by the forward pass
+            _contract(owner, e, names, r, c, sym, k, self.chunk)
+        if not torch.isfinite(k).all():
+            raise KernelError("the kernel contains NaN or inf (the model produced non-finite values)")
+        return k
 
 
-class FeatureStore:
-    """Per-batch features in memory, or spilled to safetensors files (one per batch) in `root`."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = root
-        self.mem: dict[int, tuple[dict, dict]] = {}
-        if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, k: int) -> Path:
-        return self.root / f"feat_{k:05d}.safetensors"
-
-    def has(self, k: int) -> bool:
-        return k in self.mem or (self.root is not None and self.path(k).exists())
-
-    def put(self, k: int, feats: dict, alias: dict) -> None:
-        if self.root is None:
-            self.mem[k] = (feats, alias)
-            return
-        import os
-
-        from safetensors.torch import save_file
-
-        tmp = self.path(k).with_suffix(".tmp")  # scratch features: rename for atomicity, no fsync
-        save_file({n: t.cpu().contiguous() for n, t in feats.items()}, str(tmp), metadata={"alias": json.dumps(alias)})
-        os.replace(tmp, self.path(k))
-
-    def get(self, k: int, names: list[str]) -> dict[str, torch.Tensor]:
-        """The named tensors of batch k (aliases resolved); missing names are left out."""
-        if self.root is None:
-            feats, alias = self.mem[k]
-            return {n: feats[alias.get(n, n)] for n in names if alias.get(n, n) in feats}
-        from safetensors import safe_open
-
-        with safe_open(self.path(k), framework="pt") as fh:
-            alias = json.loads(fh.metadata().get("alias", "{}"))
-            keys = set(fh.keys())
-            return {n: fh.get_tensor(alias.get(n, n)) for n in names if alias.get(n, n) in keys}
+# ------------------------------------------------------------------ planning helpers
 
 
-def _linear_cost(n_r, n_c, s_r, s_c, din, dout, sym: bool) -> tuple[float, float]:
+def _split(owners: list[str], sizes: dict[str, float], cap: float) -> list[list[str]] | None:
+    """Contiguous groups of entries, each holding at most `cap` bytes of factors (None if one entry exceeds it)."""
+    if any(sizes[w] > cap for w in owners):
+        return None
+    groups: list[list[str]] = [[]]
+    used = 0.0
+    for w in owners:
+        if groups[-1] and used + sizes[w] > cap:
+            groups.append([])
+            used = 0.0
+        groups[-1].append(w)
+        used += sizes[w]
+    return groups
+
+
+def _gram_units(g: int, members: list[str], cost: dict[str, float], parts: int = 16) -> list[Unit]:
+    """Consecutive entries cut into about `parts` units of similar cost (resume and sharing granularity)."""
+    target = sum(cost.values()) / parts
+    units, cur, acc = [], [], 0.0
+    for w in members:
+        cur.append(w)
+        acc += cost[w]
+        if acc >= target:
+            units.append(cur)
+            cur, acc = [], 0.0
+    if cur:
+        units.append(cur)
+    return [Unit(f"g{g}-{k}", "gram", float(sum(cost[w] for w in u)), {"group": g, "entries": u})
+            for k, u in enumerate(units)]
+
+
+def _names(e: Entry | None, owner: str) -> list[str]:
+    """The feature names one entry's Gram reads, first one present iff the entry was reached."""
+    if e is None:
+        return [owner + ".G"]
+    if e.kind in ("linear", "conv1d"):
+        return ([owner + ".D", owner + ".A"] if e.weight else []) + ([owner + ".Gb"] if e.bias else [])
+    if e.kind == "embedding":
+        return [owner + ".D", owner + ".ids"]
+    return [owner + ".G"]
+
+
+# ------------------------------------------------------------------ contractions (float64 accumulation)
+
+
+def _contract(owner: str, e: Entry | None, names: list[str], r: list[dict], c: list[dict], sym: bool,
+              k: torch.Tensor, chunk: int = CHUNK_BYTES) -> None:
+    """k += this entry's Gram contribution (upper tiles only when symmetric)."""
+    if e is None or e.kind in ("layernorm", "elementwise"):
+        _vec(r, c, names[0], sym, k)
+        return
+    if e.kind == "embedding":
+        _blockwise(k, r, c, sym, names[0],
+                   lambda x, y: _ghost(x[names[1]], x[names[0]], y[names[1]], y[names[0]], match=True))
+        return
+    if e.bias:
+        _vec(r, c, owner + ".Gb", sym, k)
+    if not e.weight:
+        return
+    d_name, a_name = names[0], names[1]
+    din, dout = r[0][a_name].shape[-1], r[0][d_name].shape[-1]
+    s_r = sum(x[d_name].shape[0] * x[d_name].shape[1] for x in r)
+    s_c = sum(x[d_name].shape[0] * x[d_name].shape[1] for x in c)
+    n_r, n_c = k.shape
     ghost = 2.0 * s_r * s_c * (din + dout) / (2 if sym else 1)
-    mat = 2.0 * (s_r + (0 if sym else s_c)) * din * dout + 2.0 * n_r * n_c * din * dout
-    return ghost, mat
+    mat = 2.0 * (s_r + (0 if sym else s_c)) * din * dout + 2.0 * n_r * n_c * din * dout / (1.6 if sym else 1)
+    if ghost < mat:
+        _blockwise(k, r, c, sym, d_name, lambda x, y: _ghost(x[a_name], x[d_name], y[a_name], y[d_name]))
+    else:
+        _materialised(r, c, a_name, d_name, sym, k, chunk)
 
 
-def _ghost(ai, di, aj, dj, match: bool = False) -> torch.Tensor:
-    """sum_{t,s} <a_it, a_js> <d_it, d_js> (or token equality for embeddings), (ni, nj)."""
+def _vec(r: list[dict], c: list[dict], name: str, sym: bool, k: torch.Tensor) -> None:
+    gr = torch.cat([x[name].reshape(x[name].shape[0], -1) for x in r])
+    gc = gr if sym else torch.cat([x[name].reshape(x[name].shape[0], -1) for x in c])
+    k += (gr @ gc.T).to(k.device, torch.float64)
+
+
+def _rep(a: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-sample A repeated for each of the C outputs (rows = samples * C)."""
+    return a if a.shape[0] == rows else a.repeat_interleave(rows // a.shape[0], 0)
+
+
+def _psg(batches: list[dict], a_name: str, d_name: str, o0: int, o1: int, out: torch.Tensor) -> None:
+    """out[rows] = D[:, :, o0:o1]^T A per sample, flattened: per-sample gradients of output rows o0..o1."""
+    off = 0
+    for x in batches:
+        d, a = x[d_name], x[a_name]
+        n = d.shape[0]
+        torch.bmm(d[:, :, o0:o1].transpose(1, 2), _rep(a, n), out=out[off:off + n].view(n, o1 - o0, a.shape[-1]))
+        off += n
+
+
+def _materialised(r: list[dict], c: list[dict], a_name: str, d_name: str, sym: bool, k: torch.Tensor,
+                  chunk: int = CHUNK_BYTES) -> None:
+    n_r, n_c = k.shape
+    din, dout = r[0][a_name].shape[-1], r[0][d_name].shape[-1]
+    dtype, dev = r[0][d_name].dtype, r[0][d_name].device
+    es = r[0][d_name].element_size()
+    step = max(1, min(dout, chunk // max(1, es * din * max(n_r, n_c))))
+    gr = torch.empty(n_r, step * din, dtype=dtype, device=dev)
+    gc = gr if sym else torch.empty(n_c, step * din, dtype=dtype, device=dev)
+    # upper-triangle row blocks: ~5/8 of the full product's flops with four blocks, each one GEMM
+    cuts = [round(i * n_r / 4) for i in range(5)] if sym and n_r >= 16 else [0, n_r]
+    for o0 in range(0, dout, step):
+        o1 = min(dout, o0 + step)
+        w = (o1 - o0) * din
+        _psg(r, a_name, d_name, o0, o1, gr[:, :w])
+        if sym:
+            for s, e in zip(cuts[:-1], cuts[1:]):
+                if e > s:
+                    k[s:e, s:] += (gr[s:e, :w] @ gr[s:, :w].T).to(k.device, torch.float64)
+        else:
+            _psg(c, a_name, d_name, o0, o1, gc[:, :w])
+            k += (gr[:, :w] @ gc[:, :w].T).to(k.device, torch.float64)
+
+
+def _ghost(ai: torch.Tensor, di: torch.Tensor, aj: torch.Tensor, dj: torch.Tensor, match: bool = False) -> torch.Tensor:
+    """sum_{t,s} <a_it, a_js> <d_it, d_js> (token equality instead of <a, a> for embeddings), (rows_i, rows_j).
+    A (or ids) has one row per sample; D has samples * C rows."""
     ni, ti = di.shape[:2]
     nj, tj = dj.shape[:2]
-    out = torch.zeros(ni, nj, dtype=torch.float64)
+    ai, aj = _rep(ai, ni), _rep(aj, nj)
+    out = torch.zeros(ni, nj, dtype=torch.float64, device=di.device)
     dj2 = dj.reshape(nj * tj, -1)
+    aj2 = aj.reshape(nj * tj, -1) if not match else aj.reshape(1, -1)
     step = max(1, int(2**24 // max(1, ti * nj * tj)))  # bound the (rows x cols) scratch to ~16M entries
     for s in range(0, ni, step):
         dd = di[s:s + step].reshape(-1, di.shape[-1]) @ dj2.T
         if match:
-            aa = ai[s:s + step].reshape(-1, 1) == aj.reshape(1, -1)
+            dd *= ai[s:s + step].reshape(-1, 1) == aj2
         else:
-            aa = ai[s:s + step].reshape(-1, ai.shape[-1]) @ aj.reshape(nj * tj, -1).T
-        out[s:s + step] = (dd * aa).reshape(-1, ti, nj, tj).sum((1, 3)).double()
+            dd *= ai[s:s + step].reshape(-1, ai.shape[-1]) @ aj2.T
+        out[s:s + step] = dd.reshape(-1, ti, nj, tj).sum((1, 3)).double()
     return out
 
 
-def _stack_weight_grads(batches: list[dict], a_name: str, d_name: str) -> torch.Tensor:
-    """Per-sample weight gradients D_i^T A_i of all batches, written straight into one (N, dout*din) matrix."""
-    n = sum(b[d_name].shape[0] for b in batches)
-    dout, din = batches[0][d_name].shape[-1], batches[0][a_name].shape[-1]
-    g = torch.empty(n, dout * din, dtype=batches[0][d_name].dtype, device=batches[0][d_name].device)
-    off = 0
-    for b in batches:
-        a, d = b[a_name], b[d_name]
-        torch.bmm(d.transpose(1, 2), a, out=g[off:off + a.shape[0]].view(a.shape[0], dout, din))
-        off += a.shape[0]
-    return g
+def _blockwise(k: torch.Tensor, r: list[dict], c: list[dict], sym: bool, d_name: str, fn) -> None:
+    """k += fn(batch_i, batch_j) tile by tile (upper tiles only when symmetric); rows are D's rows."""
+    def offsets(bs: list[dict]) -> list[int]:
+        out = [0]
+        for x in bs:
+            out.append(out[-1] + x[d_name].shape[0])
+        return out
 
-
-def gram(store: FeatureStore, entries: list[Entry], rows: list[tuple[int, int]], cols: list[tuple[int, int]] | None,
-         has_fallback: bool, budget_bytes: int, progress=None, start: int = 0, k0: torch.Tensor | None = None,
-         checkpoint=None) -> torch.Tensor:
-    """Accumulate K over entries. rows/cols: (batch id, number of rows) in order; cols None = symmetric.
-    `start`/`k0` resume from a partial sum; `checkpoint(next_group, k)` is offered after each group."""
-    sym = cols is None
-    cols = rows if sym else cols
-    n_r, n_c = sum(n for _, n in rows), sum(n for _, n in cols)
-    off_r = [sum(n for _, n in rows[:i]) for i in range(len(rows))]
-    off_c = [sum(n for _, n in cols[:i]) for i in range(len(cols))]
-    k = torch.zeros(n_r, n_c, dtype=torch.float64) if k0 is None else k0.clone()
-    groups: list[tuple[str, list[str]]] = []
-    for e in entries:
-        if e.kind in ("linear", "conv1d"):
-            if e.weight:
-                groups.append(("linear", [e.name + ".A", e.name + ".D"]))
-            if e.bias:
-                groups.append(("vec", [e.name + ".Gb"]))
-        elif e.kind == "embedding":
-            groups.append(("embedding", [e.name + ".ids", e.name + ".D"]))
-        else:
-            groups.append(("vec", [e.name + ".G"]))
-    if has_fallback:
-        groups.append(("vec", ["__fallback__.G"]))
-    for gi, (kind, names) in enumerate(groups):
-        if gi < start:
-            continue
-        r = [store.get(b, names) for b, _ in rows]
-        c = r if sym else [store.get(b, names) for b, _ in cols]
-        if names[0] not in r[0]:
-            continue  # module not reached by the forward pass
-        if kind == "vec":
-            gr = torch.cat([x[names[0]] for x in r])
-            gc = gr if sym else torch.cat([x[names[0]] for x in c])
-            k += (gr @ gc.T).double().cpu()
-        elif kind == "embedding":
-            _blockwise(k, r, c, off_r, off_c, sym, lambda x, y, nm=names: _ghost(x[nm[0]], x[nm[1]], y[nm[0]],
-                                                                                  y[nm[1]], match=True))
-        else:
-            din, dout = r[0][names[0]].shape[-1], r[0][names[1]].shape[-1]
-            s_r = sum(x[names[1]].shape[0] * x[names[1]].shape[1] for x in r)
-            s_c = sum(x[names[1]].shape[0] * x[names[1]].shape[1] for x in c)
-            ghost, mat = _linear_cost(n_r, n_c, s_r, s_c, din, dout, sym)
-            if ghost < mat or (n_r + n_c) * din * dout * 4 > budget_bytes:
-                _blockwise(k, r, c, off_r, off_c, sym, lambda x, y, nm=names: _ghost(x[nm[0]], x[nm[1]], y[nm[0]],
-                                                                                      y[nm[1]]))
-            else:
-                gr = _stack_weight_grads(r, names[0], names[1])
-                if sym:  # upper-triangle tiles only: batch i against batches i, i+1, ... in one GEMM
-                    for (_, n), off in zip(rows, off_r):
-                        k[off:off + n, off:] += (gr[off:off + n] @ gr[off:].T).double().cpu()
-                else:
-                    k += (gr @ _stack_weight_grads(c, names[0], names[1]).T).double().cpu()
-        if progress is not None:
-            progress(1)
-        if checkpoint is not None:
-            checkpoint(gi + 1, k)
-    if sym:
-        k = torch.triu(k) + torch.triu(k, 1).T  # ghost tiles fill the upper triangle only
-    return check_finite(k, "the kernel")
-
-
-def _blockwise(k, r, c, off_r, off_c, sym, fn) -> None:
+    off_r = offsets(r)
+    off_c = off_r if sym else offsets(c)
     for i, x in enumerate(r):
         for j, y in enumerate(c):
             if sym and j < i:
                 continue
             t = fn(x, y)
-            k[off_r[i]:off_r[i] + t.shape[0], off_c[j]:off_c[j] + t.shape[1]] += t
-
-
-def feature_bytes(feats: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in feats.values())
-
-
-def count_groups(entries: list[Entry], has_fallback: bool) -> int:
-    n = sum((2 if (e.kind in ("linear", "conv1d") and e.weight and e.bias) else 1) for e in entries)
-    return n + int(has_fallback)
+            k[off_r[i]:off_r[i] + t.shape[0], off_c[j]:off_c[j] + t.shape[1]] += t.to(k.device)

@@ -9,25 +9,26 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
-from ._common import check_finite, on_model_device
+from ..errors import KernelError
+from .tiled import TiledMethod
 
 
-class JvpMethod:
+class JvpMethod(TiledMethod):
     """Row features = the inputs; column features = per-sample gradients from VJPs."""
 
-    def __init__(self, model, params: dict) -> None:
-        self.model = model
-        self.params = {n: p.detach() for n, p in params.items()}
+    name = "jvp"
 
     def _f(self, ids, mask):
         return lambda p: functional_call(self.model, p, (ids, mask), strict=False).reshape(ids.shape[0], -1)
 
+    def _primals(self) -> dict:
+        return {n: p.detach() for n, p in self.params.items()}
+
     def features(self, ids: torch.Tensor, mask: torch.Tensor):
-        ids, mask = on_model_device(self.model, ids, mask)
         f = self._f(ids, mask)
-        out, pullback = vjp(f, self.params)
+        out, pullback = vjp(f, self._primals())
         b, c = out.shape
-        eye = torch.eye(b * c, dtype=out.dtype).reshape(b * c, b, c)
+        eye = torch.eye(b * c, dtype=out.dtype, device=out.device).reshape(b * c, b, c)
         (grads,) = vmap(pullback)(eye)  # dict of (b*c, *shape)
         return ids, mask, grads
 
@@ -35,9 +36,12 @@ class JvpMethod:
         ids, mask, _ = fi
         _, _, grads_j = fj
         f = self._f(ids, mask)
-        cols = vmap(lambda t: jvp(f, (self.params,), (t,))[1])(grads_j)  # (bj*c, bi, c)
+        primals = self._primals()
+        cols = vmap(lambda t: jvp(f, (primals,), (t,))[1])(grads_j)  # (bj*c, bi, c)
         k = cols.permute(1, 2, 0).reshape(-1, cols.shape[0])
-        return check_finite(k, "a JVP kernel tile").double().cpu()
+        if not torch.isfinite(k).all():
+            raise KernelError("a JVP kernel tile contains NaN or inf (the model produced non-finite values)")
+        return k.double().to(self.opt.device if self.opt.accumulate == "device" else "cpu")
 
-    def bytes_per_sample(self, length: int, out_dim: int) -> int:
-        return 4 * out_dim * sum(p.numel() * p.element_size() for p in self.params.values())
+    def bytes_per_sample(self) -> int:
+        return 4 * self.c * sum(p.numel() * p.element_size() for p in self.params.values())

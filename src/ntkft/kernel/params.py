@@ -7,9 +7,12 @@ from enum import Enum
 from torch import nn
 
 from ..errors import ConfigError
+from .contract import HEAD_PREFIX
 
 
 class ParamGroup(str, Enum):
+    """Which parameters the kernel differentiates (the gradient's coordinates)."""
+
     ALL = "all"
     BACKBONE = "backbone"
     HEAD = "head"
@@ -21,7 +24,9 @@ def select_params(model: nn.Module, group: ParamGroup | str = ParamGroup.ALL) ->
     try:
         group = ParamGroup(group)
     except ValueError:
-        raise ConfigError(f"unknown parameter group '{group}': use one of {', '.join(g.value for g in ParamGroup)}") from None
+        err = ConfigError(f"params: unknown parameter group '{group}': use one of {', '.join(g.value for g in ParamGroup)}")
+        err.param = "params"
+        raise err from None
     embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
     out: dict[str, nn.Parameter] = {}
     seen: set[int] = set()
@@ -29,7 +34,7 @@ def select_params(model: nn.Module, group: ParamGroup | str = ParamGroup.ALL) ->
         if id(p) in seen:
             continue
         seen.add(id(p))
-        is_head = name.startswith("head.")
+        is_head = name.startswith(HEAD_PREFIX)
         keep = {
             ParamGroup.ALL: True,
             ParamGroup.BACKBONE: not is_head,
@@ -44,4 +49,5 @@ def select_params(model: nn.Module, group: ParamGroup | str = ParamGroup.ALL) ->
 
 
 def num_params(params: dict[str, nn.Parameter]) -> int:
+    """Number of scalar parameters in `params`."""
     return sum(p.numel() for p in params.values())

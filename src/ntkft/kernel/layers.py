@@ -1,0 +1,437 @@
+"""Layer factors: one forward and one backward pass on a batch give every per-sample gradient in factored form.
+
+For a linear map y = x W^T (+ b) the per-sample weight gradient is D_i^T A_i, with A_i the layer's inputs
+and D_i = df(x_i)/dy_i over the sample's tokens; an embedding's is D_i scattered to its token rows; an
+elementwise-affine norm's is a sum over tokens. What each parameter's layer really did is recorded, not
+assumed: `F.linear`, `F.embedding` and `F.layer_norm` calls are intercepted by the parameter's identity
+(so an embedding called with positions, a module called twice or a subclass with its own forward are
+all seen as they are), conv1d and elementwise norms are captured by forward hooks, and every kind of
+layer is checked once against autograd on real samples (`verify`). Anything that does not fit goes to
+the generic fallback: one autograd call per sample."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+
+from ..errors import KernelError
+from .contract import KernelModel
+
+log = logging.getLogger(__name__)
+
+FALLBACK = "__fallback__"
+
+
+@dataclass
+class Entry:
+    """A module whose directly-owned selected parameters (weight and/or bias) are handled in factored form."""
+
+    name: str
+    module: nn.Module
+    kind: str  # linear | conv1d | embedding | layernorm | elementwise
+    weight: bool
+    bias: bool
+
+    @property
+    def via_function(self) -> bool:
+        return self.kind in ("linear", "embedding", "layernorm")
+
+    def params(self) -> dict[str, nn.Parameter]:
+        out = {}
+        if self.weight:
+            out[self.name + ".weight"] = self.module.weight
+        if self.bias:
+            out[self.name + ".bias"] = self.module.bias
+        return out
+
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params().values())
+
+
+def _kind(mod: nn.Module, direct: dict[str, nn.Parameter]) -> str | None:
+    if isinstance(mod, nn.Linear):
+        return "linear"
+    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and mod.weight.dim() == 2:
+        return "conv1d"
+    if isinstance(mod, nn.Embedding):
+        if mod.max_norm is not None or mod.scale_grad_by_freq or mod.sparse:
+            return None
+        return "embedding"
+    if isinstance(mod, nn.LayerNorm):
+        return "layernorm" if mod.elementwise_affine else None
+    if all(p.dim() == 1 for p in direct.values()):
+        return "elementwise"  # RMSNorm and friends: checked numerically before use
+    return None
+
+
+def find_entries(model: KernelModel, params: dict[str, nn.Parameter]) -> tuple[list[Entry], dict[str, nn.Parameter]]:
+    """Split the selected parameters into factored entries (module order) and the generic fallback."""
+    selected = {id(p) for p in params.values()}
+    owners: dict[int, int] = defaultdict(int)
+    for mod in model.modules():
+        for p in mod.parameters(recurse=False):
+            owners[id(p)] += 1
+    entries, covered = [], set()
+    for name, mod in model.named_modules():
+        direct = {n: p for n, p in mod.named_parameters(recurse=False) if id(p) in selected}
+        if not direct or set(direct) - {"weight", "bias"}:
+            continue
+        if any(owners[id(p)] > 1 for p in direct.values()):  # tied: the generic path sums every use
+            continue
+        kind = _kind(mod, direct)
+        if kind is None or (kind == "elementwise" and not hasattr(mod, "weight") and "bias" not in direct):
+            continue
+        entries.append(Entry(name, mod, kind, "weight" in direct, "bias" in direct))
+        covered.update(id(p) for p in direct.values())
+    fallback = {n: p for n, p in params.items() if id(p) not in covered}
+    return entries, fallback
+
+
+class Unsupported(Exception):
+    """An entry's recorded use does not fit its factored form (it moves to the fallback)."""
+
+    def __init__(self, names: set[str], why: str) -> None:
+        super().__init__(why)
+        self.names, self.why = names, why
+
+
+_FUNCS = {F.linear: ("linear", 1), F.embedding: ("embedding", 1), F.layer_norm: ("layernorm", 2)}
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str):
+    return args[i] if len(args) > i else kwargs.get(name)
+
+
+class _Recorder(TorchFunctionMode):
+    """Records (call args, output) of F.linear / F.embedding / F.layer_norm per entry weight, and any other
+    torch function that touches such a weight (which makes the entry unsupported)."""
+
+    def __init__(self, entries: list[Entry]) -> None:
+        super().__init__()
+        self.by_weight = {id(e.module.weight): e for e in entries if e.via_function}
+        self.calls: dict[str, list] = defaultdict(list)
+        self.misuse: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        spec = _FUNCS.get(func)
+        if spec is not None:
+            e = self.by_weight.get(id(_arg(args, kwargs, spec[1], "weight")))
+            if e is not None and e.kind == spec[0]:
+                self.calls[e.name].append(_Call.of(args, kwargs, out))
+                return out
+        for a in list(args) + list(kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                if isinstance(t, torch.Tensor) and id(t) in self.by_weight:
+                    self.misuse.add(self.by_weight[id(t)].name)
+        return out
+
+
+@dataclass
+class _Call:
+    """One recorded call of a layer: its arguments, its output, and the version counters of its tensors then."""
+
+    args: tuple
+    kwargs: dict
+    out: torch.Tensor
+    versions: list
+
+    @classmethod
+    def of(cls, args: tuple, kwargs: dict, out: torch.Tensor) -> _Call:
+        ts = [t for t in list(args) + list(kwargs.values()) + [out] if isinstance(t, torch.Tensor)]
+        return cls(args, kwargs, out, [(t, t._version) for t in ts])
+
+    def modified(self) -> bool:
+        """True when an input or the output was changed in place after the call (its factors would be stale)."""
+        return any(t._version != v for t, v in self.versions)
+
+
+def model_outputs(model: KernelModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """f(x) as (B, C) whatever the readout's shape."""
+    f = model(ids, mask)
+    return f.reshape(f.shape[0], -1)
+
+
+def _tokens(x: torch.Tensor, b: int, name: str) -> torch.Tensor:
+    """(B, ..., d) -> (B, tokens, d); a layer whose input is not batch-first cannot be split per sample."""
+    if x.dim() < 2 or x.shape[0] != b:
+        raise Unsupported({name}, f"input of shape {tuple(x.shape)} is not batch-first (B = {b})")
+    return x.reshape(b, -1, x.shape[-1])
+
+
+@dataclass
+class Captured:
+    """Per-sample factors of one batch. Rows of D and G are sample-major (row = sample * C + output);
+    A and ids have one row per sample. `alias` maps a name to an identical stored tensor (q, k, v share A)."""
+
+    feats: dict[str, torch.Tensor]
+    alias: dict[str, str]
+    outputs: torch.Tensor  # f(x), (B, C)
+
+
+def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Parameter], ids: torch.Tensor,
+            mask: torch.Tensor) -> Captured:
+    """One forward and one backward per output on a batch: every entry's factors and the fallback's gradients."""
+    b = ids.shape[0]
+    rec = _Recorder(entries)
+    hooked: dict[str, list] = defaultdict(list)
+
+    def hook(name):
+        def fn(_mod, args, kwargs, out):
+            hooked[name].append(_Call.of(args, kwargs, out))
+        return fn
+
+    handles = [e.module.register_forward_hook(hook(e.name), with_kwargs=True) for e in entries if not e.via_function]
+    try:
+        if rec.by_weight:
+            with rec:
+                f = model_outputs(model, ids, mask)
+        else:
+            f = model_outputs(model, ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    if not torch.isfinite(f.detach()).all():
+        raise KernelError("the model output f(x) contains NaN or inf (the model produced non-finite values)")
+    if rec.misuse:
+        raise Unsupported(set(rec.misuse), "weight used outside its layer's own call")
+    calls = {n: [k for k in cs if isinstance(k.out, torch.Tensor) and k.out.requires_grad]
+             for n, cs in {**rec.calls, **hooked}.items()}
+    changed = {n for n, cs in calls.items() for k in cs if k.modified()}
+    if changed:
+        raise Unsupported(changed, "a layer input or output was modified in place after the call")
+    c = f.shape[1]
+    live = [e for e in entries if calls.get(e.name)]
+    outs = [k.out for e in live for k in calls[e.name]]
+    fb_names = list(fallback)
+    grads_per_c: list[list[torch.Tensor | None]] = []
+    fb_rows: list[list[torch.Tensor]] = []
+    for k in range(c):
+        last = k == c - 1
+        g = torch.autograd.grad(f[:, k].sum(), outs, retain_graph=bool(fb_names) or not last,
+                                allow_unused=True) if outs else ()
+        grads_per_c.append(list(g))
+        if fb_names:
+            rows = []
+            for i in range(b):
+                gi = torch.autograd.grad(f[i, k], [fallback[n] for n in fb_names],
+                                         retain_graph=not (last and i == b - 1), allow_unused=True)
+                rows.append(torch.cat([(x if x is not None else torch.zeros_like(fallback[n])).reshape(-1)
+                                       for x, n in zip(gi, fb_names)]))
+            fb_rows.append(rows)
+    feats: dict[str, torch.Tensor] = {}
+    alias: dict[str, str] = {}
+    seen_a: dict[tuple, str] = {}
+    pos = 0
+    for e in live:
+        n_calls = len(calls[e.name])
+        ds = [[grads_per_c[k][pos + j] for k in range(c)] for j in range(n_calls)]
+        _entry_features(e, calls[e.name], ds, b, c, feats, alias, seen_a)
+        pos += n_calls
+    if fb_names:
+        feats[FALLBACK + ".G"] = torch.stack([fb_rows[k][i] for i in range(b) for k in range(c)]).detach()
+    return Captured(feats, alias, f.detach())
+
+
+def _stack_d(ds: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    """Per-output gradients (B, ...) -> rows (B*C, ...)."""
+    ds = [torch.zeros_like(like) if d is None else d for d in ds]
+    return ds[0] if len(ds) == 1 else torch.stack(ds, 1).flatten(0, 1)
+
+
+def _entry_features(e: Entry, calls: list, ds: list[list], b: int, c: int, feats: dict, alias: dict,
+                    seen_a: dict) -> None:
+    if e.kind in ("linear", "conv1d"):
+        a_parts, d_parts = [], []
+        for call, dk in zip(calls, ds):
+            x = _arg(call.args, call.kwargs, 0, "input")
+            a_parts.append(_tokens(x.detach(), b, e.name))
+            d_parts.append(_tokens(_stack_d(dk, call.out), b * c, e.name))
+        if e.weight:
+            a = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts, 1)
+            key = (a.data_ptr(), tuple(a.shape), a.stride())
+            if len(a_parts) == 1 and key in seen_a:
+                alias[e.name + ".A"] = seen_a[key]
+            else:
+                seen_a[key] = e.name + ".A"
+                feats[e.name + ".A"] = a
+        d = d_parts[0] if len(d_parts) == 1 else torch.cat(d_parts, 1)
+        if e.weight:
+            feats[e.name + ".D"] = d
+        if e.bias:
+            feats[e.name + ".Gb"] = d.sum(1)
+    elif e.kind == "embedding":
+        ids_parts, d_parts = [], []
+        for call, dk in zip(calls, ds):
+            args, kwargs, out = call.args, call.kwargs, call.out
+            idx = _arg(args, kwargs, 0, "input")
+            if idx.dim() < 1 or idx.shape[0] != b:
+                raise Unsupported({e.name}, f"indices of shape {tuple(idx.shape)} are not batch-first")
+            idx = idx.reshape(b, -1)
+            d = _stack_d(dk, out).reshape(b * c, idx.shape[1], -1)
+            pad = _arg(args, kwargs, 2, "padding_idx")
+            if pad is not None:  # the padding row gets no gradient
+                if pad < 0:
+                    pad += e.module.weight.shape[0]
+                keep = (idx != pad).to(d.dtype).repeat_interleave(c, 0).unsqueeze(-1)
+                d = d * keep
+            ids_parts.append(idx)
+            d_parts.append(d)
+        feats[e.name + ".ids"] = torch.cat(ids_parts, 1) if len(ids_parts) > 1 else ids_parts[0]
+        feats[e.name + ".D"] = torch.cat(d_parts, 1) if len(d_parts) > 1 else d_parts[0]
+    elif e.kind == "layernorm":
+        g = 0
+        for call, dk in zip(calls, ds):
+            args, kwargs, out = call.args, call.kwargs, call.out
+            x = _arg(args, kwargs, 0, "input").detach()
+            shape = tuple(_arg(args, kwargs, 1, "normalized_shape"))
+            eps = _arg(args, kwargs, 4, "eps")
+            xh = F.layer_norm(x, shape, None, None, 1e-5 if eps is None else eps)
+            d = _stack_d(dk, out)
+            if x.shape[0] != b:
+                raise Unsupported({e.name}, f"input of shape {tuple(x.shape)} is not batch-first")
+            xh = xh.repeat_interleave(c, 0) if c > 1 else xh
+            dims = tuple(range(1, d.dim() - len(shape)))
+            parts = []
+            if e.weight:
+                parts.append((d * xh).sum(dims).reshape(b * c, -1) if dims else (d * xh).reshape(b * c, -1))
+            if e.bias:
+                parts.append(d.sum(dims).reshape(b * c, -1) if dims else d.reshape(b * c, -1))
+            g = g + torch.cat(parts, -1)
+        feats[e.name + ".G"] = g
+    else:  # elementwise: rerun the module's own forward with one copy of its parameters per sample
+        g = 0
+        for call, dk in zip(calls, ds):
+            g = g + _elementwise_grads(e, call.args, call.kwargs, dk, b, c)
+        feats[e.name + ".G"] = g
+
+
+def _elementwise_grads(e: Entry, args: tuple, kwargs: dict, dk: list, b: int, c: int) -> torch.Tensor:
+    """Per-sample gradients of an elementwise-affine module, exactly as its own forward computes them."""
+    mod = e.module
+    names = [n for n, on in (("weight", e.weight), ("bias", e.bias)) if on]
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    x = args[0] if args else next(iter(kwargs.values()))
+    if not isinstance(x, torch.Tensor) or x.shape[0] != b:
+        raise Unsupported({e.name}, "first input is not a batch-first tensor")
+    with torch.enable_grad():
+        per = {n: getattr(mod, n).detach().reshape((1,) * (x.dim() - 1) + (-1,)).repeat((b,) + (1,) * (x.dim() - 1))
+               .requires_grad_(True) for n in names}
+        try:
+            y = functional_call(mod, per, args, kwargs)
+        except Exception as err:  # noqa: BLE001 - any failure means the per-sample trick does not apply
+            raise Unsupported({e.name}, f"module does not broadcast per-sample parameters ({err})") from None
+        rows = []
+        for k, d in enumerate(dk):
+            if d is None:
+                d = torch.zeros_like(y)
+            g = torch.autograd.grad(y, [per[n] for n in names], grad_outputs=d, retain_graph=k < len(dk) - 1)
+            rows.append(torch.cat([t.reshape(b, -1) for t in g], -1))
+    return rows[0] if c == 1 else torch.stack(rows, 1).flatten(0, 1)
+
+
+# ------------------------------------------------------------------ checks against autograd
+
+
+def _reconstruct(e: Entry, feats: dict, alias: dict, row: int, sample: int) -> dict[str, torch.Tensor]:
+    """Entry's per-sample gradients for one row (sample*C + output) from its factors."""
+    def get(n):
+        return feats.get(alias.get(n, n))
+
+    out = {}
+    if e.kind in ("linear", "conv1d"):
+        d = get(e.name + ".D")
+        if e.weight:
+            a = get(e.name + ".A")[sample]
+            gw = d[row].T @ a
+            out[e.name + ".weight"] = gw.T if e.kind == "conv1d" else gw
+        if e.bias:
+            out[e.name + ".bias"] = get(e.name + ".Gb")[row]
+    elif e.kind == "embedding":
+        w = e.module.weight
+        g = torch.zeros_like(w)
+        g.index_add_(0, get(e.name + ".ids")[sample].reshape(-1), get(e.name + ".D")[row].to(w.dtype))
+        out[e.name + ".weight"] = g
+    else:
+        g = get(e.name + ".G")[row]
+        off = 0
+        for n, on in (("weight", e.weight), ("bias", e.bias)):
+            if on:
+                p = getattr(e.module, n)
+                out[f"{e.name}.{n}"] = g[off:off + p.numel()].reshape(p.shape)
+                off += p.numel()
+    return out
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative gradient mismatch that flags a wrong factored form (rounding stays far below it)."""
+    return {torch.float64: 1e-8, torch.float32: 1e-3}.get(dtype, 5e-2)
+
+
+def verify(model: KernelModel, entries: list[Entry], fallback: dict, ids: torch.Tensor,
+           mask: torch.Tensor) -> tuple[list[Entry], dict[str, nn.Parameter], Captured, list[str]]:
+    """Capture on a probe batch (two samples of different length), compare the factored per-sample gradients of
+    one module of each class (every elementwise module) with autograd; failing entries move to the fallback.
+
+    Returns the entries, fallback, the probe's capture (for sizing) and the names that moved."""
+    moved: list[str] = []
+    for _ in range(len(entries) + 1):
+        try:
+            cap = capture(model, entries, fallback, ids, mask)
+        except Unsupported as u:
+            entries, fallback = _demote(entries, fallback, u.names)
+            moved += sorted(u.names)
+            log.info("factored: %s use the per-sample fallback (%s)", ", ".join(sorted(u.names)), u.why)
+            continue
+        bad = _check(model, entries, cap, ids, mask)
+        if not bad:
+            return entries, fallback, cap, moved
+        entries, fallback = _demote(entries, fallback, bad)
+        moved += sorted(bad)
+        log.warning("factored: %s disagree with autograd; they use the per-sample fallback", ", ".join(sorted(bad)))
+    raise KernelError("factored: could not find a consistent set of layer factors for this model; use method jacobian")
+
+
+def _demote(entries: list[Entry], fallback: dict, names: set[str]) -> tuple[list[Entry], dict]:
+    fb = dict(fallback)
+    for e in entries:
+        if e.name in names:
+            fb.update(e.params())
+    return [e for e in entries if e.name not in names], fb
+
+
+def _check(model: KernelModel, entries: list[Entry], cap: Captured, ids: torch.Tensor, mask: torch.Tensor) -> set[str]:
+    seen: set[type] = set()
+    chosen = []
+    for e in entries:
+        if e.kind == "elementwise" or type(e.module) not in seen:
+            seen.add(type(e.module))
+            chosen.append(e)
+    chosen = [e for e in chosen if e.name + ".D" in cap.feats or e.name + ".G" in cap.feats
+              or e.name + ".Gb" in cap.feats]
+    if not chosen:
+        return set()
+    c = cap.outputs.shape[1]
+    params = {n: p for e in chosen for n, p in e.params().items()}
+    bad: set[str] = set()
+    f = model_outputs(model, ids, mask)
+    for i in range(ids.shape[0]):
+        grads = torch.autograd.grad(f[i, 0], list(params.values()), allow_unused=True,
+                                    retain_graph=i < ids.shape[0] - 1)
+        ref = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}
+        for e in chosen:
+            tol = tolerance(e.module.weight.dtype if hasattr(e.module, "weight") else torch.float32)
+            for n, g in _reconstruct(e, cap.feats, cap.alias, i * c, i).items():
+                r = ref[n]
+                scale = max(float(r.norm()), float(g.norm()))
+                if scale > 0 and float((g.to(r.dtype) - r).norm()) > tol * scale:
+                    bad.add(e.name)
+    return bad
