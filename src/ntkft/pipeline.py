@@ -41,8 +41,10 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
 
     `out` is an ntkft run folder (kind "kernel") keyed by the model spec and weights, the data used and every
     argument that decides K: the same command resumes a killed run or returns the finished kernel; another
-    model, data or setting is refused unless `overwrite`. Budgets (`max_memory`, `max_disk`, bytes), `device`,
-    `batch_size` and `accumulate` shape only how K is computed."""
+    model, data or setting is refused unless `overwrite`. The kernel keeps its finished work units in
+    `out/work` (a checkpoint with its own manifest: it deletes only files it wrote, then the folder if empty).
+    Budgets (`max_memory`, `max_disk`, bytes), `device`, `batch_size` and `accumulate` shape only how K is
+    computed, not what it is."""
     data = subsample(load_task(task, split, data_dir), n, seed=seed)
     loaded, readout = build_readout(model, layers=layers, seed=seed)
     if device is not None:
@@ -61,7 +63,7 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
             return load_kernel_file(out)
     t0 = time.time()
     k = kernel_matrix(readout, enc, params=params, method=meth, batch_size=batch_size, max_memory=max_memory,
-                      checkpoint_dir=rf.path("work") if rf is not None else None, progress=progress,
+                      checkpoint_dir=Path(out) / "work" if rf is not None else None, progress=progress,
                       max_disk=max_disk, device=device, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed)
     seconds = time.time() - t0
     with torch.no_grad():
@@ -79,13 +81,11 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
     kf = KernelFile(k.cpu(), enc["input_ids"], enc["attention_mask"], readout.head.weight.detach().cpu().clone(),
                     readout.head.bias.detach().cpu().clone(), f, labels, torch.as_tensor(data.indices), meta)
     if rf is not None:
-        if (Path(out) / "work").exists():
-            rf.remove("work")  # normally the kernel already removed its own checkpoint files
         staging = rf.path("staging")
         kf.save(staging)
         os.replace(staging / "kernel.safetensors", rf.path("kernel.safetensors"))
         rf.remove("staging")
-        rf.finish(**meta)
+        rf.finish(**{k: v for k, v in meta.items() if k != "kind"}, model_kind=meta["kind"])  # "kind" is the run's
         log.info("wrote %s", Path(out) / "kernel.safetensors")
     return kf
 
