@@ -29,7 +29,7 @@ def flag_message(e: NtkftError) -> str:
     return msg
 
 
-def task_arg(task: str, text_columns: str | None, label_column: str | None, task_type: str | None):
+def task_arg(task: str, text_columns: Any, label_column: str | None, task_type: str | None):
     """A built-in name, a spec file, or a CSV/TSV/JSONL file described by flags."""
     from ..tasks import get_spec, user_task
 
@@ -80,7 +80,7 @@ def _parse(value: Any, annotation: Any) -> Any:
         return value
 
 
-def config_options(cls: type[BaseModel], skip: set[str] = frozenset()) -> list[inspect.Parameter]:
+def config_options(cls: type[BaseModel], skip: frozenset[str] | set[str] = frozenset()) -> list[inspect.Parameter]:
     """One keyword-only `--field-name` option per field of `cls` (help = the field's description), plus `--config`."""
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
                                 default=typer.Option(None, "--config", help=f"YAML file with {cls.__name__} fields"))]
@@ -111,7 +111,7 @@ def load_config(cls: type[BaseModel], config: str | None, given: dict[str, Any])
     return _load(cls, config, flags)
 
 
-def config_command(cls: type[BaseModel], name: str | None = None, skip: set[str] = frozenset(),
+def config_command(cls: type[BaseModel], name: str | None = None, skip: frozenset[str] | set[str] = frozenset(),
                    extra: list[inspect.Parameter] | None = None, target: typer.Typer | None = None):
     """Register `fn(cfg, **extra)` as a command whose options are generated from the pydantic model `cls`.
 

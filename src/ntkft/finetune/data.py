@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def prepare(cfg: FinetuneConfig, loaded: LoadedModel, data_dir: str | None = Non
 
 
 @torch.no_grad()
-def cache_features(model: torch.nn.Module, splits: list[Split], device: torch.device, batch: int = 64) -> None:
+def cache_features(model: Any, splits: list[Split], device: torch.device, batch: int = 64) -> None:
     """Frozen-backbone features h(x) computed once in eval mode (probe setting)."""
     model.eval()
     for sp in splits:

@@ -99,7 +99,7 @@ class Trainer:
         self.data = prepare(cfg, self.loaded, data_dir)
         self.task_type = self.data.task_type
         self.num_classes = self.data.num_classes
-        self.model = self.setting.build(self.loaded, self.data.out_dim, cfg.layers, cfg.sigma, cfg.seed).to(self.device)
+        self.model: Any = self.setting.build(self.loaded, self.data.out_dim, cfg.layers, cfg.sigma, cfg.seed).to(self.device)
         if self.setting.frozen_backbone:
             cache_features(self.model, [self.train, self.val, self.test], self.device)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -120,7 +120,8 @@ class Trainer:
         self.eval_every = cfg.eval_every or min(self.steps_per_epoch, max(1, cfg.max_steps // 10))
         self.step, self.history, self.drift = 0, [], []  # type: tuple[int, list, list]
         self.best = {n: p.detach().clone() for n, p in self.params.items()}
-        self.drift_x, self.k0 = None, None
+        self.drift_x: dict[str, torch.Tensor] | None = None
+        self.k0: torch.Tensor | None = None
         if cfg.drift_every:
             k = min(cfg.drift_n, len(self.val))
             self.drift_x = {"input_ids": self.val.ids[:k], "attention_mask": self.val.mask[:k]}
@@ -403,7 +404,7 @@ class Trainer:
         theta0 = {n: self.theta0[n] for n in names}
         tangent = {n: self.params[n].detach() - self.theta0[n] for n in names}
         f = lambda p: functional_call(self.model, p, (ids, mask), strict=False)  # noqa: E731
-        f0, df = jvp(f, (theta0,), (tangent,))
+        f0, df = jvp(f, (theta0,), (tangent,))  # type: ignore[misc]
         return float((self.model(ids, mask) - (f0 + df)).abs().mean().cpu())
 
     def _set_params(self, theta: dict) -> None:
@@ -418,6 +419,7 @@ class Trainer:
         if theta is not None:
             cur = {n: p.detach().clone() for n, p in self.params.items()}
             self._set_params(theta)
+        assert self.drift_x is not None
         k = kernel_matrix(self.model, self.drift_x, params="all", progress=False)
         if cur is not None:
             self._set_params(cur)

@@ -29,8 +29,8 @@ class Linearized(nn.Module):
         primal = {n: p for n, p in self.base.named_parameters()}
         tangent = {n: self.delta[n.replace(".", "__")] for n in self.names}
         f = lambda p: functional_call(self.base, p, (input_ids, attention_mask))  # noqa: E731
-        out, dout = jvp(f, (primal,), (tangent,))
-        return out + dout
+        out, dout = jvp(f, (primal,), (tangent,))  # type: ignore[misc]
+        return out + dout  # type: ignore[no-any-return]
 
     def theta(self) -> dict[str, torch.Tensor]:
         """theta_PT + delta, the parameters the linearised model stands for."""

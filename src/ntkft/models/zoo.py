@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -137,7 +137,7 @@ def gguf_to_hf_dir(gguf: Path, name: str) -> Path:
         lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:  # transformers raises many types for a bad file
         raise ModelError(f"{gguf}: not a GGUF model transformers can read ({type(e).__name__}: {e})") from e
-    lm.hf_quantizer = None  # weights are already de-quantised to float32
+    lm.hf_quantizer = None  # type: ignore[assignment]  # weights are already de-quantised to float32
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,9 +205,9 @@ def _from_dir(spec: str, path: str, kind: Kind | None, dtype: torch.dtype, local
     return _finish(spec, model, tok, kind, str(path))
 
 
-def _finish(spec: str, model: nn.Module, tok, kind: Kind, path: str | None) -> LoadedModel:
+def _finish(spec: str, model: nn.Module, tok: Any, kind: Kind, path: str | None) -> LoadedModel:
     model.eval()
-    cfg = model.config
+    cfg: Any = model.config
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     tok.padding_side = "left" if kind == "decoder" else "right"
@@ -240,7 +240,7 @@ def load_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> L
     from transformers import AutoModel
 
     alias = ALIASES[name]
-    tok = load_model(TINY_TOKENIZER).tokenizer
+    tok: Any = load_model(TINY_TOKENIZER).tokenizer
     config = tiny_config(alias.where, len(tok))
     config.bos_token_id = config.eos_token_id = None
     config.pad_token_id = tok.pad_token_id
@@ -334,13 +334,14 @@ def truncate_backbone(model: nn.Module, k: int) -> nn.Module:
         raise ModelError(f"--layers must be in 1..{len(blocks)} for this model, got {k}")
     out = copy.deepcopy(model)
     _set_blocks(out, nn.ModuleList(list(block_list(out))[:k]))
+    cfg: Any = out.config
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        if hasattr(out.config, attr):
-            setattr(out.config, attr, k)
-    if hasattr(out.config, "layer_types") and out.config.layer_types is not None:
-        out.config.layer_types = list(out.config.layer_types)[:k]
-    if hasattr(out.config, "attention_layers"):
-        out.config.attention_layers = list(out.config.attention_layers)[:k]
+        if hasattr(cfg, attr):
+            setattr(cfg, attr, k)
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = list(cfg.layer_types)[:k]
+    if hasattr(cfg, "attention_layers"):
+        cfg.attention_layers = list(cfg.attention_layers)[:k]
     return out
 
 

@@ -8,6 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class TaskData:
     labels: np.ndarray
     origin: list[str]  # "file:line" of every row
     source: list[str] | None = None
-    indices: np.ndarray = field(default=None)  # row numbers within the split
+    indices: np.ndarray = field(default=None)  # type: ignore[arg-type]  # row numbers within the split
 
     def __post_init__(self) -> None:
         if self.indices is None:
@@ -40,7 +41,7 @@ class TaskData:
 
     @property
     def num_classes(self) -> int:
-        return len(self.task.labels) if self.task.type == "classification" else 0
+        return len(self.task.labels or []) if self.task.type == "classification" else 0
 
     def fingerprint(self) -> str:
         """sha256 of the rows' contents (texts, labels, split indices): the data part of a resume key."""
@@ -57,7 +58,7 @@ class TaskData:
     def take(self, idx) -> TaskData:
         """The rows at positions `idx` (keeps their original split indices)."""
         idx = np.asarray(idx, dtype=np.int64)
-        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+        pick: Any = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
         return replace(self, text_a=pick(self.text_a), text_b=pick(self.text_b), labels=self.labels[idx],
                        origin=pick(self.origin), source=pick(self.source), indices=self.indices[idx])
 
@@ -97,11 +98,11 @@ def _delimited(path: Path, fs: FileSpec, delimiter: str):
     text = _open_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    quoting: Any = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(text.splitlines(keepends=True) if delimiter == "\t" else _csv_lines(text),
                         delimiter=delimiter, quoting=quoting, strict=True)
     try:
-        header = fs.columns if not fs.header else [h.strip() for h in next(reader)]
+        header: list[str] = (fs.columns or []) if not fs.header else [h.strip() for h in next(reader)]
         dup = sorted({h for h in header if header.count(h) > 1})
         if dup:
             raise DataError(f"{path}:1: duplicate column name '{dup[0][:40]}'")
@@ -169,7 +170,7 @@ def _rows(base: Path, fs: FileSpec):
             yield f"{path}:{line}", parts[0], parts[1], r["Score"], None
     elif fs.format == "sts12":
         inputs = _open_text(path).splitlines()
-        gold_path = base / fs.gold
+        gold_path = base / (fs.gold or "")
         golds = _open_text(gold_path).splitlines()
         if len(inputs) != len(golds):
             raise DataError(f"{path}: {len(inputs)} sentence pairs but {gold_path.name} has {len(golds)} scores")
@@ -201,6 +202,7 @@ def _finish(spec: TaskSpec, split: str, rows: list) -> TaskData:
         raise DataError(f"task '{spec.name}' split '{split}' has no rows")
     labels = []
     label_index = {lab: i for i, lab in enumerate(spec.labels or [])}
+    known = ", ".join(spec.labels or [])
     for origin, a, b, raw, _ in rows:
         raw = raw.strip()
         if not a.strip() or (spec.pair and (b is None or not b.strip())):
@@ -215,7 +217,7 @@ def _finish(spec: TaskSpec, split: str, rows: list) -> TaskData:
             labels.append(v)
         else:
             if raw not in label_index:
-                raise DataError(f"{origin}: unknown label '{raw}' (expected one of {', '.join(spec.labels)})")
+                raise DataError(f"{origin}: unknown label '{raw}' (expected one of {known})")
             labels.append(label_index[raw])
     arr = np.asarray(labels, dtype=np.float64 if spec.type == "regression" else np.int64)
     sources = [r[4] for r in rows]
@@ -257,9 +259,10 @@ def load_task(task: str | TaskSpec, split: str | None = None, data_dir_: str | o
     if spec.base_dir is not None:
         base = Path(spec.base_dir)
     else:
-        base = data_dir(data_dir_)
-        if base is None or not (base / spec.splits[next(iter(spec.splits))][0].path).exists():
-            return _from_hub(spec, split, base)
+        found = data_dir(data_dir_)
+        if found is None or not (found / spec.splits[next(iter(spec.splits))][0].path).exists():
+            return _from_hub(spec, split, found)
+        base = found
     spec = _infer_labels(spec, base)
     if spec.seeded_split:
         full = _finish(spec, "all", [r for fs in spec.splits["all"] for r in _rows(base, fs)])
@@ -271,7 +274,7 @@ def _seeded(full: TaskData, split: str) -> TaskData:
     """CR-style fixed split: stratified, seed CR_SPLIT_SEED, fractions from the spec."""
     from sklearn.model_selection import train_test_split
 
-    fracs = full.task.seeded_split
+    fracs = full.task.seeded_split or {}
     names = list(fracs)
     idx = np.arange(len(full))
     tr, te = train_test_split(idx, test_size=fracs[names[1]], random_state=CR_SPLIT_SEED, stratify=full.labels)
@@ -302,6 +305,6 @@ def _from_hub(spec: TaskSpec, split: str, base: Path | None) -> TaskData:
         raw = r[lab]
         if spec.type == "classification":  # hub labels are class ints; `map` reorders them to ours
             k = int(raw)
-            raw = spec.labels[int(mapping.split(",")[k]) if mapping else k]
+            raw = (spec.labels or [])[int(mapping.split(",")[k]) if mapping else k]
         rows.append((f"hub:{spec.hub['path']}:{split}:{i}", str(r[a]), str(r[b]) if b else None, str(raw), None))
     return _finish(spec, split, rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -169,7 +169,7 @@ def load_spec_file(path: str | Path) -> TaskSpec:
 SPEC_KEYS = ("name", "type", "files", "text_columns", "label_column", "labels", "test_split", "format")
 
 
-def user_task(name: str, type: str, files: dict[str, str], text_columns: list[str], label_column: str,
+def user_task(name: str, type: Any, files: dict[str, str], text_columns: list[str], label_column: str,
               labels: list[str] | None = None, test_split: str | None = None, base_dir: str = ".",
               origin: str = "task flags", format: str | None = None) -> TaskSpec:
     """Build a TaskSpec for the user's CSV/TSV/JSONL files (one file per split)."""
@@ -182,7 +182,7 @@ def user_task(name: str, type: str, files: dict[str, str], text_columns: list[st
             raise ValueError(f"text_columns needs 1 or 2 column names, got {text_columns}")
         splits = {}
         for split, f in files.items():
-            fmt = format or {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(Path(f).suffix.lower())
+            fmt: Any = format or {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(Path(f).suffix.lower())
             if fmt is None:
                 raise ValueError(f"cannot tell the format of '{f}' (use .csv, .tsv or .jsonl, or give format)")
             splits[split] = [FileSpec(path=f, format=fmt, text_columns=text_columns, label_column=label_column)]
