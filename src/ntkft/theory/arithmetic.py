@@ -12,14 +12,12 @@ increase against its linearised value 4 mean(u (f_tgt - f_PT)), u = <tau, grad f
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
-from torch.func import functional_call, jvp
 
 from .config import ArithmeticConfig
-from .lab import LabData, gd_step, load, mse, predict, pretrain, snapshot
+from .lab import LabData, gd_step, load, mse, predict, pretrain, snapshot, tangent
 from .ntk import entk, kernel_scale
 from .tasks import Split, TargetData, labelled, sequences
 
@@ -55,12 +53,8 @@ def finetune_holdout(cfg: ArithmeticConfig, model, task: TargetData) -> tuple[li
 
 
 def _tangent(model, theta, tau, ids) -> torch.Tensor:
-    """u = <tau, grad f(theta)> on ids (a JVP in float64)."""
-    m = copy.deepcopy(model).double()
-    names = [n for n, _ in m.named_parameters()]
-    f = lambda *ps: functional_call(m, dict(zip(names, ps)), (ids,)).squeeze(-1)  # noqa: E731
-    _, u = jvp(f, tuple(t.double() for t in theta), tuple(t.double() for t in tau))
-    return u.detach()
+    """u = <tau, grad f(theta)> on ids (float64)."""
+    return tangent(model, theta, tau, ids)[1]
 
 
 def _at(model, theta, ids) -> torch.Tensor:

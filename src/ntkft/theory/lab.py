@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import functional_call, jvp
 
 from ..errors import TrainingError
 from ..spectrum import eigenvalues
@@ -131,19 +130,25 @@ def drift_times(t_max: int, points: int) -> list[int]:
     return sorted({max(1, round(t_max * 2.0 ** -k)) for k in range(points)})
 
 
+def tangent(model: ReferenceTransformer, theta: list, v: list, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(theta), <v, grad f(theta)>) on `ids` in float64; the JVP by double backward: d/dw <J^T w, v> = J v."""
+    m = copy.deepcopy(model).double()
+    load(m, theta)
+    ps = list(m.parameters())
+    with torch.enable_grad():
+        f = m(ids).squeeze(-1)
+        w = torch.zeros_like(f, requires_grad=True)
+        jt_w = torch.autograd.grad((f * w).sum(), ps, create_graph=True)  # scalar outputs: no grad_outputs,
+        (jv,) = torch.autograd.grad(sum((g * t.double()).sum() for g, t in zip(jt_w, v)), w)  # which import sympy
+    return f.detach(), jv.detach()
+
+
 def taylor_remainder(model: ReferenceTransformer, theta_a: list, theta_b: list, ids: torch.Tensor) -> torch.Tensor:
     """f(theta_b) - f(theta_a) - <theta_b - theta_a, grad f(theta_a)> on `ids`, in float64 (Lemma 1's error e)."""
+    fa, lin = tangent(model, theta_a, [b.double() - a.double() for a, b in zip(theta_a, theta_b)], ids)
     m = copy.deepcopy(model).double()
-    names = [n for n, _ in m.named_parameters()]
-    a = tuple(t.double() for t in theta_a)
-    b = tuple(t.double() for t in theta_b)
-
-    def f(*ps):
-        return functional_call(m, dict(zip(names, ps)), (ids,)).squeeze(-1)
-
-    fa, lin = jvp(f, a, tuple(y - x for x, y in zip(a, b)))
-    with torch.no_grad():
-        return f(*b) - fa - lin
+    load(m, theta_b)
+    return predict(m, ids) - fa - lin
 
 
 class LinearisedGD:

@@ -156,7 +156,8 @@ def width_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, d
     return ["scaling.png", "errors.png"]
 
 
-def width_sweep(cfg: WidthSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+def width_sweep(cfg: WidthSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+                figures: bool = True) -> dict:
     """Pretrain + fine-tune per (width, seed), then summary.json, units.csv and figures in `out`."""
     data = build_data(cfg)
     rf = RunFolder(out, "theory-width-sweep", run_key(cfg, data, "width"), overwrite)
@@ -170,7 +171,8 @@ def width_sweep(cfg: WidthSweepConfig, out: str | Path, overwrite: bool = False,
     rf.write_json("summary.json", summary)
     rf.write_text("units.csv", _csv([r[0] for r in results.values()], ["width", "seed", "seconds"] + list(WIDTH_LAWS)
                                     + ["lambda_1", "times.t_hat", "times.holdout", "times.oracle"]))
-    width_figures(rf, summary, results)
+    if figures:
+        width_figures(rf, summary, results)
     rf.finish(command="theory width-sweep")
     return summary
 
@@ -258,7 +260,8 @@ def sample_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, 
                   rf.path("spectrum.png"), title="eNTK spectrum of the pretrained reference model")
 
 
-def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+                 figures: bool = True) -> dict:
     """Pretrain once at `width`, then per (size, draw) fine-tune and record the early-stopped errors."""
     data = build_data(cfg)
     rf = RunFolder(out, "theory-sample-sweep", run_key(cfg, data, "sample"), overwrite)
@@ -271,7 +274,8 @@ def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = Fals
     results = dict(pre, **run_units(rf, units, progress, "sample sweep"))
     summary = summarise_sample(cfg, results)
     rf.write_json("summary.json", summary)
-    sample_figures(rf, summary, results)
+    if figures:
+        sample_figures(rf, summary, results)
     rf.finish(command="theory sample-sweep")
     return summary
 
@@ -329,7 +333,8 @@ def arithmetic_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[di
           "Task addition (Corollary 2)")
 
 
-def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+                     figures: bool = True) -> dict:
     """Per (width, seed): pretrain, fine-tune three tasks, measure addition and negation for both designs."""
     data = build_data(cfg)
     tasks = arithmetic_tasks(cfg, data)
@@ -343,6 +348,7 @@ def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = F
     results = run_units(rf, units, progress, "arithmetic")
     summary = summarise_arithmetic(results)
     rf.write_json("summary.json", summary)
-    arithmetic_figures(rf, summary, results)
+    if figures:
+        arithmetic_figures(rf, summary, results)
     rf.finish(command="theory arithmetic")
     return summary
