@@ -72,7 +72,7 @@ def load_splits(cfg: FinetuneConfig, data_dir: str | None) -> tuple[TaskSpec, Ta
     check_monitor(spec, cfg.monitor)
     full = load_task(spec, "train", data_dir)
     if cfg.n_train is not None and cfg.n_train > len(full):
-        err = DataError(f"n_train: {cfg.n_train} exceeds the {len(full)} training rows of '{spec.name}'")
+        err = ConfigError(f"n_train: {cfg.n_train} exceeds the {len(full)} training rows of '{spec.name}'")
         err.param = "n_train"
         raise err
     train, val = holdout(subsample(full, cfg.n_train, seed=cfg.seed), cfg.val, seed=cfg.seed)

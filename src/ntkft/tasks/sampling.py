@@ -19,10 +19,14 @@ def subsample(data: TaskData, n: int | None, seed: int = 0) -> TaskData:
     """`n` rows drawn without replacement (stratified by class), in a fixed order for a given seed."""
     if n is None or n >= len(data):
         if n is not None and n > len(data):
-            raise ConfigError(f"--n {n} is larger than task '{data.task.name}' split '{data.split}' ({len(data)} rows)")
+            err = ConfigError(f"n: {n} is larger than task '{data.task.name}' split '{data.split}' ({len(data)} rows)")
+            err.param = "n"
+            raise err
         return data
     if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
+        err = ConfigError(f"n: must be >= 1, got {n}")
+        err.param = "n"
+        raise err
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(data))
