@@ -183,7 +183,7 @@ def cell_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
 
 def kgd_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
     """Key of a kernel-GD unit beyond its name: weights, data and the kernel's model and parameters."""
-    from .spectra import kernel_params
+    from .kgd import kernel_params
 
     return ctx.unit_fp(plan.name, task, layers=plan.layers, params=kernel_params(plan))
 

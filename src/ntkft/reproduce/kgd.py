@@ -17,7 +17,12 @@ from ..spectrum.eig import eigh_desc
 from ..tasks import encode, subsample, task_metrics
 from .config import ModelPlan
 from .context import Context
-from .spectra import kernel_params
+
+
+def kernel_params(plan: ModelPlan) -> str:
+    """The parameters the plan trains, whose eNTK the kernel-GD curve uses: the head alone for a frozen-backbone
+    probe (then kernel GD is exactly gradient descent on the probe), else the plan's `kernel_params`."""
+    return "head" if plan.setting == "probe" else plan.kernel_params
 
 
 def targets(labels: np.ndarray, task_type: str) -> np.ndarray:

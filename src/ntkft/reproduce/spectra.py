@@ -76,18 +76,13 @@ class SpectraResult:
         return next((s for s in self.spectra if s.model == model and s.task == task), None)
 
 
-def kernel_params(plan: ModelPlan) -> str:
-    """The parameters whose eNTK describes the plan's fine-tuning: the head alone for a frozen-backbone probe."""
-    return "head" if plan.setting == "probe" else plan.kernel_params
-
-
 def spectrum_kernel(ctx: Context, plan: ModelPlan, task: str, draw: int) -> torch.Tensor:
-    """Unnormalised eNTK of the plan's model (scalar readout, head seed 0) on `kernel_n` training samples
-    drawn with seed `draw`."""
+    """Unnormalised eNTK of the plan's model (scalar readout, head seed 0; truncated if the plan is) over the
+    plan's `kernel_params` (default: all, as the paper) on `kernel_n` training samples drawn with seed `draw`."""
     data = subsample(ctx.task_data(task, "train"), ctx.cfg.kernel_n, seed=draw)
     loaded, readout = ctx.readout(plan)
     x = encode(loaded.tokenizer, loaded.kind, data, max_length=ctx.cfg.max_length)
-    return kernel_matrix(readout, x, params=kernel_params(plan), progress=False)
+    return kernel_matrix(readout, x, params=plan.kernel_params, progress=False)
 
 
 def _inputs(ctx: Context) -> str:
@@ -103,7 +98,7 @@ def _inputs(ctx: Context) -> str:
 
 def unit_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
     """Key of one spectrum kernel: weights, data, and the model the plan fine-tunes."""
-    return ctx.unit_fp(plan.name, task, layers=plan.layers, params=kernel_params(plan))
+    return ctx.unit_fp(plan.name, task, layers=plan.layers, params=plan.kernel_params)
 
 
 def run(ctx: Context) -> SpectraResult:
@@ -172,7 +167,7 @@ def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> 
              for p in cfg.models}
     order_w = {p.name: [s.task for s in sorted((s for s in out if s.model == p.name),
                                                  key=lambda s: -s.beta_window_mean)] for p in cfg.models}
-    return SpectraResult(out, order, order_w, {p.name: kernel_params(p) for p in cfg.models})
+    return SpectraResult(out, order, order_w, {p.name: p.kernel_params for p in cfg.models})
 
 
 def beta_csv(res: SpectraResult) -> str:

@@ -1,0 +1,333 @@
+"""ntkft.reproduce: stage arithmetic against closed forms and naive references, the real pipeline on a tiny
+budget of MiniLM (every artefact, tables parsed back against their JSON), resume after a kill, and the CLI."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, killed_on_call
+from ntkft.errors import ConfigError
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def test_spearman_and_exact_permutation_p():
+    from ntkft.reproduce.rankings import permutation_p, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    p = permutation_p([0.6, 0.58, 0.54], [3.0, 2.0, 1.0])
+    assert p["exact"] and p["rho"] == pytest.approx(1.0)
+    assert p["p_one_sided"] == pytest.approx(1 / 6)  # one of the 3! orderings reaches rho = 1
+    assert p["p_two_sided"] == pytest.approx(2 / 6)
+    q = permutation_p(list(range(10)), list(range(10)), permutations=500)  # 10! > 40320: Monte Carlo
+    assert not q["exact"] and 0 < q["p_one_sided"] <= 2 / 501
+
+
+def test_efficiency_measures_closed_form():
+    from ntkft.reproduce.rankings import auc, n_to_fraction
+
+    assert auc([32, 64, 128], [0.2, 0.4, 0.6]) == pytest.approx(0.4)  # linear in log2 n: the mean
+    assert auc([32, 128], [0.0, 1.0]) == pytest.approx(0.5)
+    # best 0.8, goal 0.72 = 0.9 x 0.8: between 64 (0.6) and 128 (0.8) at 60% of the octave
+    assert n_to_fraction([32, 64, 128], [0.4, 0.6, 0.8], 0.9) == pytest.approx(2 ** (6 + 0.6))
+    assert n_to_fraction([32, 64], [0.9, 0.5], 0.9) == 32
+    assert n_to_fraction([32, 64], [-0.1, -0.2], 0.9) == math.inf  # never above the baseline
+
+
+def test_loglog_slope_recovers_a_power_law():
+    from ntkft.reproduce.curves import loglog_slope
+
+    n = [32, 32, 64, 64, 128, 128, 256, 256]
+    rng = np.random.default_rng(0)
+    err = [3.0 * x ** -0.4 * math.exp(0.02 * rng.standard_normal()) for x in n]
+    s = loglog_slope(n, err)
+    assert s["low"] < -0.4 < s["high"] and s["slope"] == pytest.approx(-0.4, abs=0.03)
+    assert loglog_slope([32, 64], [0.5, 0.4]) is None  # fewer than 3 points: no interval
+
+
+def test_kgd_path_matches_naive_iteration():
+    from ntkft.reproduce.kgd import KgdPath, t_grid
+    from ntkft.stopping import iterate_gd
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((14, 5))
+    k = x @ x.T + 0.1
+    y, f0 = rng.standard_normal(10), rng.standard_normal(10)
+    tr, te = np.arange(10), np.arange(10, 14)
+    path = KgdPath(k[np.ix_(tr, tr)], y, f0)
+    ts = np.array([0, 1, 7, 40])
+    fitted = path.predict(k[np.ix_(tr, tr)], f0, ts)
+    for j, t in enumerate(ts):
+        assert np.allclose(fitted[:, j], iterate_gd(k[np.ix_(tr, tr)], y, path.alpha, int(t), f0), atol=1e-9)
+    # out of sample: f^t(x) = f0(x) + K(x, X) c_t with the same coefficients as in sample
+    f0_new = rng.standard_normal(4)
+    c = path.coefs(np.array([7]))[:, 0]
+    assert np.allclose(path.predict(k[np.ix_(te, tr)], f0_new, np.array([7]))[:, 0], f0_new + k[np.ix_(te, tr)] @ c)
+    g = t_grid(1000)
+    assert g[0] == 0 and g[-1] == 1000 and np.all(np.diff(g) > 0)
+
+
+def test_baseline_and_skill():
+    from ntkft.reproduce.curves import baseline, skill
+
+    b = baseline("regression", np.array([1.0, 3.0]), np.array([0.0, 4.0]))
+    assert b["var_test"] == pytest.approx(4.0) and b["mse_mean"] == pytest.approx(4.0)
+    assert skill("regression", {"mse": 1.0}, b) == pytest.approx(0.75)
+    c = baseline("classification", np.array([1, 1, 0]), np.array([1, 0, 1, 1]))
+    assert c["accuracy_majority"] == pytest.approx(0.75) and c["f1_majority"] == pytest.approx(2 * 0.75 / 1.75)
+    assert skill("classification", {"accuracy": 0.875}, c) == pytest.approx(0.5)
+
+
+def test_configs_ship_and_validate():
+    from ntkft.config import load_config, make
+    from ntkft.reproduce import ReproConfig
+    from ntkft.reproduce.config import quick_config_path
+
+    for name in ("quick", "paper-cpu", "gpt-neo"):
+        cfg = load_config(ReproConfig, ROOT / "configs" / f"{name}.yaml")
+        assert cfg.stages == [1, 2, 3, 4, 5]
+    assert quick_config_path() == ROOT / "configs" / "quick.yaml"
+    assert len(load_config(ReproConfig, quick_config_path()).models) == 1
+    assert make(ReproConfig, models="minilm-l6,tiny-bert").models[1].name == "tiny-bert"
+    bad = [{"curve_tasks": ["nope"]}, {"sizes": [32, 64], "tune_size": 128}, {"stages": [6]},
+           {"models": [{"name": "minilm-l6", "layers": 2}]}, {"kernel_n": float("nan")}, {"sizes": [4, 16]},
+           {"models": [{"name": "minilm-l6", "lrs": [-1.0]}]}, {"permutations": 5}]
+    for kw in bad:
+        with pytest.raises(ConfigError) as e:
+            make(ReproConfig, **kw)
+        assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- the pipeline on a real model
+
+
+TINY = {
+    "models": [{"name": "minilm-l6", "setting": "full", "lrs": [1e-4], "max_steps": 4, "batch_size": 8,
+                "eval_every": 2, "patience": 2}],
+    "max_length": 32, "spectrum_tasks": ["stsb", "rte"], "kernel_n": 12, "draws": 2, "ci_draws": 20,
+    "curve_tasks": ["stsb", "rte"], "sizes": [8, 16], "seeds": 1, "val": 0.25, "n_test": 16, "tune_size": 16,
+    "kgd_max_n": 16, "kgd_n_test": 12, "permutations": 100,
+    "taskvec_tasks": ["sst2", "rte"], "taskvec_n_train": 16, "taskvec_steps": 2, "taskvec_n_test": 12,
+    "taskvec_n_val": 8, "taskvec_lambdas": [1.0], "taskvec_kernel_n": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, data_dir):
+    from ntkft.config import make
+    from ntkft.reproduce import ReproConfig, reproduce
+
+    out = tmp_path_factory.mktemp("repro") / "run"
+    res = reproduce(make(ReproConfig, **TINY), out, progress=False)
+    return out, res
+
+
+class _Tables(html.parser.HTMLParser):
+    """Every <table id=...> of a page as {id: [[cell, ...], ...]} (header row first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._id, self._row, self._cell = None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._id = dict(attrs)["id"]
+            self.tables[self._id] = []
+        elif tag == "tr" and self._id:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._id].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._id = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def md_tables(text: str) -> dict[str, list[list[str]]]:
+    """Every Markdown table that follows an anchor `<a id="...">` as {id: rows} (header row first)."""
+    out, lines = {}, text.splitlines()
+    for i, line in enumerate(lines):
+        if '<a id="' in line:
+            tid = line.split('<a id="')[1].split('"')[0]
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("|"):
+                j += 1
+            rows = []
+            while j < len(lines) and lines[j].startswith("|"):
+                if not lines[j].startswith("|---"):
+                    rows.append([c.strip() for c in lines[j].strip().strip("|").split("|")])
+                j += 1
+            out[tid] = rows
+    return out
+
+
+def _num(cell: str) -> float:
+    return float("nan") if cell == "-" else float(cell)
+
+
+def _close(cell: str, value) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return cell == "-"
+    return abs(_num(cell) - value) <= 5.1e-4 * max(1.0, abs(value))
+
+
+@pytest.mark.slow
+def test_pipeline_writes_every_artefact(real_run):
+    out, res = real_run
+    for f in ["meta.json", "config.json", "timings.json", "report.html", "summary.md", "spectra/spectra.json",
+              "spectra/beta.csv", "curves/curves.json", "curves/curves.csv", "rankings/rankings.json",
+              "rankings/correlations.csv", "stopping/stopping.json", "stopping/stopping.csv", "taskvec/taskvec.json",
+              "figures/spectra_minilm-l6.png", "figures/curves_minilm-l6_regression.png",
+              "figures/curves_minilm-l6_classification.png", "figures/rankings_minilm-l6.png",
+              "figures/stopping_minilm-l6.png", "figures/taskvec.png"]:
+        assert (out / f).is_file(), f
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["kind"] == "reproduce" and "versions" in meta
+    for stage in ("spectra", "curves", "rankings", "stopping", "taskvec"):
+        assert json.loads((out / stage / "meta.json").read_text())["status"] == "complete", stage
+    tv = json.loads((out / "taskvec/taskvec.json").read_text())
+    assert tv["skipped"] is None and tv["report"]["cosine"]["names"] == ["sst2", "rte"]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "git commit" in page
+    curves = json.loads((out / "curves/curves.json").read_text())
+    cells = [c for c in curves["cells"] if "failed" not in c]
+    assert len(cells) == 2 * 2 and all(c["history"] and "test_loss" in c["history"][0] for c in cells)
+    assert all(c["oracle_step"] is not None for c in cells)
+    assert set(res.stages) == {"spectra", "curves", "rankings", "stopping", "taskvec"}
+
+
+@pytest.mark.slow
+def test_report_tables_parse_back_to_their_json(real_run):
+    out, _ = real_run
+    parser = _Tables()
+    parser.feed((out / "report.html").read_text())
+    html_t, md_t = parser.tables, md_tables((out / "summary.md").read_text())
+    assert set(html_t) == set(md_t) and {"paper-comparison", "beta-minilm-l6", "score-minilm-l6",
+                                          "stopping-minilm-l6", "taskvec-cosine"} <= set(html_t)
+    for tid in html_t:  # the page and the summary show the same numbers
+        assert [[c.replace("/", "|") for c in r] for r in html_t[tid]] == \
+               [[c.replace("/", "|") for c in r] for r in md_t[tid]], tid
+    spectra = json.loads((out / "spectra/spectra.json").read_text())["spectra"]
+    beta = html_t["beta-minilm-l6"]
+    head = beta[0]
+    for row, s in zip(beta[1:], spectra, strict=True):
+        assert _close(row[head.index("beta (paper est.)")], s["beta_paper_mean"])
+        assert _close(row[head.index("sd")], s["beta_paper_sd"])
+        assert _close(row[head.index("beta (window)")], s["beta_window_mean"])
+        assert _close(row[head.index("CI low")], s["ci_low"])
+    comp = {r[0]: r for r in html_t["paper-comparison"][1:]}
+    assert _close(comp["beta STS-B"][1], 0.54) and _close(comp["beta RTE"][2], spectra[1]["beta_paper_mean"])
+    curves = json.loads((out / "curves/curves.json").read_text())["curves"]
+    score = md_t["score-minilm-l6"]
+    for row, c in zip(score[1:], curves, strict=True):
+        for j, n in enumerate(c["sizes"]):
+            assert _close(row[score[0].index(f"n={n}")], c["metrics"]["skill"][j])
+    stop = json.loads((out / "stopping/stopping.json").read_text())["rows"]
+    st = md_t["stopping-minilm-l6"]
+    assert len(st) - 1 == len(stop)
+    for row, r in zip(st[1:], stop, strict=True):
+        assert row[st[0].index("T_hat")] == str(r["t_hat"]) and row[st[0].index("t oracle")] == str(r["t_oracle"])
+        assert _close(row[st[0].index("MSE oracle")], r["mse_oracle"])
+    cos = json.loads((out / "taskvec/taskvec.json").read_text())["report"]["cosine"]["matrix"]
+    for i, row in enumerate(html_t["taskvec-cosine"][1:]):
+        assert all(_close(cell, cos[i][j]) for j, cell in enumerate(row[1:]))
+    rk = json.loads((out / "rankings/rankings.json").read_text())
+    corr = html_t["correlations-minilm-l6"]
+    assert len(corr) - 1 == len([c for c in rk["correlations"] if c["model"] == "minilm-l6"])
+
+
+@pytest.mark.slow
+def test_report_cli_rebuilds_and_rejects_other_folders(real_run, tmp_path):
+    out, _ = real_run
+    before = (out / "summary.md").read_text()
+    (out / "summary.md").unlink()
+    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "report", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    after = (out / "summary.md").read_text()
+    strip = (lambda t: [x for x in t.splitlines() if "report built" not in x])  # noqa: E731
+    assert strip(after) == strip(before)
+    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "report", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().startswith("ntkft: error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- resume
+
+
+RESUME = {"models": [{"name": "tiny-bert", "lrs": [1e-3], "max_steps": 3, "batch_size": 8, "patience": 1}],
+          "stages": [1, 2, 4], "max_length": 24, "spectrum_tasks": ["stsb", "rte"], "kernel_n": 10, "draws": 2,
+          "ci_draws": 10, "curve_tasks": ["stsb", "rte"], "sizes": [8, 16], "seeds": 1, "n_test": 10,
+          "tune_size": 8, "track_test": False, "kgd_max_n": 16, "kgd_n_test": 10}
+
+
+def test_killed_stages_resume_without_recomputing(tmp_path, monkeypatch, data_dir):
+    from ntkft.config import make
+    from ntkft.reproduce import ReproConfig, curves, reproduce, spectra
+
+    cfg = make(ReproConfig, **RESUME)
+    out = tmp_path / "run"
+    calls = {"kernel": 0, "cell": 0, "kgd": 0}
+
+    def counting(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    real_kernel, real_cell, real_kgd = spectra.spectrum_kernel, curves.finetune_cell, curves.kgd_kernels
+    monkeypatch.setattr(curves, "kgd_kernels", counting("kgd", real_kgd))
+    monkeypatch.setattr(spectra, "spectrum_kernel", killed_on_call(counting("kernel", real_kernel), 3))
+    with pytest.raises(KeyboardInterrupt):  # killed on the third of four kernels: two finished
+        reproduce(cfg, out, progress=False)
+    assert calls["kernel"] == 2 and not (out / "spectra/spectra.json").exists()
+    monkeypatch.setattr(spectra, "spectrum_kernel", counting("kernel", real_kernel))
+    monkeypatch.setattr(curves, "finetune_cell", killed_on_call(counting("cell", real_cell), 3))
+    with pytest.raises(KeyboardInterrupt):  # stage 1 finishes from its cache; stage 2 killed on its third cell
+        reproduce(cfg, out, progress=False)
+    assert calls["kernel"] == 4  # only the two kernels not finished before the kill
+    assert (out / "spectra/spectra.json").is_file() and calls["cell"] == 2 and calls["kgd"] == 1
+    monkeypatch.setattr(curves, "finetune_cell", counting("cell", real_cell))
+    res = reproduce(cfg, out, progress=False)
+    assert calls == {"kernel": 4, "cell": 4, "kgd": 2}  # 4 cells and 2 kernel-GD units, each computed once
+    assert json.loads((out / "meta.json").read_text())["status"] == "complete"
+    first = res.stages["curves"].to_dict()
+    res2 = reproduce(cfg, out, progress=False)  # a finished run recomputes nothing and reads back the same
+    assert calls == {"kernel": 4, "cell": 4, "kgd": 2}
+    assert res2.stages["curves"].to_dict()["curves"] == first["curves"]
+    # a longer list of sizes reuses every finished unit; a changed training setting is refused in one line
+    res3 = reproduce(make(ReproConfig, **{**RESUME, "sizes": [8, 16, 24]}), out, progress=False)
+    assert calls == {"kernel": 4, "cell": 6, "kgd": 2}
+    assert [c.sizes for c in res3.stages["curves"].curves] == [[8, 16, 24]] * 2
+    with pytest.raises(ConfigError, match="different"):
+        reproduce(make(ReproConfig, **{**RESUME, "n_test": 12}), out, progress=False)
+
+
+def test_cli_quick_and_config_conflict_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "reproduce", "--quick", "--config", "x.yaml", "--out",
+                        str(tmp_path / "r")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--quick" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "reproduce", "--sizes", "4,8", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().startswith("ntkft: error: --sizes") and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "reproduce", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--kernel-n" in r.stdout and "--quick" in r.stdout
+    assert not Path(tmp_path / "r").exists()
