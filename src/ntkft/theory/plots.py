@@ -14,6 +14,8 @@ def scaling_panels(panels: list[dict], path: str | Path, xlabel: str = "width n"
     """One log-log panel per quantity. panel = {'title', 'x': [...], 'y': [...] (every seed a point),
     'fit': SlopeFit dict or None, 'predicted': slope of the reference line (or None), 'ylabel'}."""
     plt = _fig()
+    from matplotlib.ticker import LogFormatterSciNotation, NullLocator
+
     nrows = (len(panels) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
     for ax, p in zip(axes.flat, panels):
@@ -33,7 +35,9 @@ def scaling_panels(panels: list[dict], path: str | Path, xlabel: str = "width n"
             ax.loglog(xs, y0 * (xs / x0) ** p["predicted"], ":", color="k", label=f"slope {p['predicted']:g}")
         ax.set_xticks(list(xs))
         ax.set_xticklabels([f"{v:g}" for v in xs], fontsize=7)
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.tick_params(axis="y", which="both", labelsize=7)
         ax.set_title(p["title"], fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(p.get("ylabel", ""), fontsize=8)
@@ -49,18 +53,22 @@ def scaling_panels(panels: list[dict], path: str | Path, xlabel: str = "width n"
 
 def lines(xs, series: dict[str, tuple], path: str | Path, xlabel: str, ylabel: str, title: str = "",
           logx: bool = True, logy: bool = False) -> Path:
-    """Mean lines with +-1 sd bands: series[name] = (mean, sd) over seeds."""
+    """Mean lines with +-1 sd bands: series[name] = (mean, sd) or (mean, sd, color, dashed); dashed lines get no band."""
     plt = _fig()
+    from matplotlib.ticker import NullLocator
+
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, (name, (mean, sd)) in enumerate(series.items()):
-        mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
-        ax.plot(xs, mean, "o-", ms=3, color=f"C{i % 10}", label=name)
-        ax.fill_between(xs, mean - sd, mean + sd, color=f"C{i % 10}", alpha=0.15)
+    for i, (name, s) in enumerate(series.items()):
+        mean, sd = np.asarray(s[0], dtype=float), np.asarray(s[1], dtype=float)
+        color, dashed = (s[2], s[3]) if len(s) == 4 else (f"C{i % 10}", False)
+        ax.plot(xs, mean, "o--" if dashed else "o-", ms=3, color=color, label=name, lw=1 if dashed else 1.5)
+        if not dashed:
+            ax.fill_between(xs, mean - sd, mean + sd, color=color, alpha=0.12)
     if logx:
         ax.set_xscale("log")
         ax.set_xticks(list(xs))
         ax.set_xticklabels([f"{v:g}" for v in xs])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

@@ -146,11 +146,11 @@ def width_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, d
     scaling_panels(panels, rf.path("scaling.png"), title="Reference transformer: width scaling (dotted: slope -1/2)")
     pw = summary["per_width"]
     series = {}
-    for rule, name in (("t_hat", "T_hat (RWY)"), ("holdout", "hold-out"), ("oracle", "oracle")):
+    for i, (rule, name) in enumerate((("t_hat", "T_hat (RWY)"), ("holdout", "hold-out"), ("oracle", "oracle"))):
         for kind in ("net", "lin"):
             q = f"err_{rule}.{kind}"
             series[f"{name}, {'network' if kind == 'net' else 'linearised'}"] = (
-                [pw[str(w)][q]["mean"] for w in ws], [pw[str(w)][q]["sd"] for w in ws])
+                [pw[str(w)][q]["mean"] for w in ws], [pw[str(w)][q]["sd"] for w in ws], f"C{i}", kind == "lin")
     lines(ws, series, rf.path("errors.png"), "width n", "test MSE vs f_tgt",
           "Early-stopped test error: network vs its linearisation")
     return ["scaling.png", "errors.png"]
