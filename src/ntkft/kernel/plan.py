@@ -169,10 +169,9 @@ def sort_by_length(inputs: Inputs) -> list[int]:
 
 
 def bucket(lengths: list[int], max_batch: int, overhead_tokens: float = 8.0) -> list[tuple[int, int]]:
-    """Cut rows sorted by length into contiguous batches of at most `max_batch` rows minimising the padded work
-    sum(batch_rows * longest_in_batch) + overhead_tokens * batch_rows_count_of_batches (dynamic programming).
-
-    Returns (start, stop) ranges. Padding costs real flops, and a short batch costs only its own length."""
+    """Cut rows sorted by length into contiguous batches of at most `max_batch` rows, minimising the padded work
+    sum over batches of (rows + overhead_tokens) * longest (dynamic programming; the overhead stands for the
+    per-batch cost). Returns (start, stop) ranges: padding costs real flops, so short rows stay together."""
     n = len(lengths)
     best = [0.0] + [math.inf] * n
     cut = [0] * (n + 1)
