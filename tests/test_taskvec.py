@@ -20,7 +20,6 @@ from ntkft.taskvec import (
     AddConfig,
     DisentangleConfig,
     NegateConfig,
-    OrthogonalityConfig,
     Pretrained,
     TaskVector,
     add,
@@ -29,7 +28,6 @@ from ntkft.taskvec import (
     run_add,
     run_disentangle,
     run_negate,
-    run_orthogonality,
     task_vectors,
     write_merged,
 )
@@ -337,16 +335,26 @@ def test_disentanglement_grid(zoo, tmp_path):
     assert (tmp_path / "dis" / "disentangle.png").is_file() and (tmp_path / "dis" / "disentangle.csv").is_file()
 
 
-def test_orthogonality_table_one_row_per_pair(zoo, tmp_path):
-    cfg = make(OrthogonalityConfig, pretrained=str(zoo / "pt"), finetuned=[str(zoo / t) for t in TASKS], n=4,
-               lambdas=[0.5, 1.0], n_val=8, n_test=8, max_length=16)
-    res = run_orthogonality(cfg, tmp_path / "orth", progress=False)
-    assert [(r["task_a"], r["task_b"]) for r in res.rows] == [("rte", "mrpc"), ("rte", "cr"), ("mrpc", "cr")]
-    for r in res.rows:
+def test_experiment_figure3_and_orthogonality_table(zoo, tmp_path):
+    from ntkft.taskvec import experiment
+
+    rep = experiment(str(zoo / "pt"), {t: zoo / t for t in TASKS}, out=tmp_path / "fig3", lambdas=[0.5, 1.0],
+                     n_val=8, n_test=8, n_kernel=4, n_linear=0, max_length=16, progress=False)
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["cosine"]["names"] == list(TASKS) and len(d["cosine"]["matrix"]) == 3
+    assert set(d["addition"]["test"]) == set(TASKS) and d["addition"]["best_lambda"] in (0.5, 1.0)
+    rows = rep.orthogonality.rows
+    assert [(r["task_a"], r["task_b"]) for r in rows] == [("rte", "mrpc"), ("rte", "cr"), ("mrpc", "cr")]
+    for r in rows:
         assert 0.0 < r["kernel_ratio"] <= 1.0 + 1e-9 and 0.0 <= r["kernel_ratio_centred"] <= 1.0 + 1e-9
-        assert -1.0 <= r["cosine"] <= 1.0 and "normalised_accuracy" in r
-    assert set(res.spearman) == {"kernel_ratio_vs_accuracy", "kernel_ratio_centred_vs_accuracy", "cosine_vs_accuracy"}
-    assert (tmp_path / "orth" / "orthogonality.csv").read_text().count("\n") == 4
+        i, j = TASKS.index(r["task_a"]), TASKS.index(r["task_b"])
+        assert r["cosine"] == pytest.approx(d["cosine"]["matrix"][i][j], abs=1e-9)
+        assert "normalised_accuracy" in r and r["lambda"] in (0.5, 1.0)
+    assert set(rep.orthogonality.spearman) == {"kernel_ratio_vs_accuracy", "kernel_ratio_centred_vs_accuracy",
+                                               "cosine_vs_accuracy"}
+    for sub in ("cosine", "add", "orthogonality"):
+        assert json.loads((tmp_path / "fig3" / sub / "meta.json").read_text())["status"] == "complete"
+    assert (tmp_path / "fig3" / "orthogonality" / "orthogonality.csv").read_text().count("\n") == 4
 
 
 def test_cross_ratio_closed_forms():

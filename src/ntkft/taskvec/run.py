@@ -441,13 +441,14 @@ def run_negate(cfg: NegateConfig, out: str | Path | None = None, overwrite: bool
         tval, cval = m[target.name].get(target.metric), m[control.name].get(control.metric)
         if lam == 0.0:
             ctrl0 = cval
-        rows.append({"lambda": lam, "target": tval, "control": cval})
+        rows.append({"lambda": lam, "target": tval, "target_loss": m[target.name]["loss"], "control": cval})
     for r in rows:
         r["control_kept"] = _normalised(r["control"], ctrl0) if _better(control.metric) else _normalised(ctrl0, r["control"])
         r["allowed"] = bool(r["control_kept"] >= cfg.threshold)
     ok = [r for r in rows if r["allowed"] and r["lambda"] in cfg.lambdas] or [r for r in rows if r["lambda"] == 0.0]
     sign = 1.0 if _better(target.metric) else -1.0
-    best = min(ok, key=lambda r: (sign * r["target"], r["lambda"]))["lambda"]
+    # lowest target metric; ties (e.g. accuracy pinned at a class prior) go to the larger target loss, then smaller lambda
+    best = min(ok, key=lambda r: (sign * r["target"], -r["target_loss"], r["lambda"]))["lambda"]
     negm = _eval_at(s, neg, best, both, "test", cache, f"evals/test/lambda-{_lam_name(best)}.json")
     prem = _eval_at(s, None, 0.0, both, "test", cache, f"evals/test/lambda-{_lam_name(0.0)}.json")
     ftm = ft[target.name]["test"]
