@@ -376,3 +376,35 @@ def test_linearised_prediction_first_order(zoo):
     small = linearised_vs_merged(s, t1 + t2, 0.01, t, t.test)
     large = linearised_vs_merged(s, t1 + t2, 1.0, t, t.test)
     assert small["rel_error"] < 0.05 and small["rel_error"] < large["rel_error"]
+
+
+def test_causal_lm_layout_of_a_decoder_aligns(tmp_path):
+    """A decoder whose pretrained folder is a causal LM ('model.layers...') and whose fine-tuned backbone is the bare
+    model ('layers...'), as with SmolLM2: names align, the merge loads as a causal LM and lambda = 1 gives f_FT."""
+    from transformers import AutoModelForCausalLM
+
+    from ntkft.models import load_model
+    from ntkft.taskvec.evaluate import Session
+
+    tiny = load_model("tiny-llama")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny.backbone.config).save_pretrained(tmp_path / "pt")
+    tiny.tokenizer.save_pretrained(tmp_path / "pt")
+    ld, ft = build_readout(str(tmp_path / "pt"), out_dim=2, seed=3)
+    _perturb(ft.backbone, 7, 0.02)
+    save_finetuned(ft, ld.tokenizer, tmp_path / "ft", {"task": "rte"})
+    (tv,) = task_vectors(str(tmp_path / "pt"), [tmp_path / "ft"])
+    ck = tv.checkpoints[0]
+    assert all(b.startswith("model.") for b in ck.from_base) and not ck.extra and not ck.missing
+    out = write_merged(tv, 1.0, tmp_path / "m", progress=False)
+    lm = AutoModelForCausalLM.from_pretrained(out)
+    sd = ft.backbone.state_dict()
+    for n, p in lm.model.state_dict().items():
+        torch.testing.assert_close(p, sd[n], rtol=0, atol=1e-6)
+    s = Session(tv.base, kind="decoder", max_length=24, batch_size=8)
+    s.set_weights(tv, 1.0)
+    ids = torch.randint(1000, 2000, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(s.readout(ck.head)(ids, mask), ft(ids, mask), rtol=0, atol=1e-5)

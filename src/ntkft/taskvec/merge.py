@@ -96,7 +96,8 @@ def _copy_side_files(src: Path, dst: Path) -> None:
         shutil.copy2(f, dst / f.name)
 
 
-def _safe_task_dir(task: str) -> str:
+def safe_name(task: str) -> str:
+    """A task label usable as a file or folder name."""
     bad = set('/\\:*?"<>|') | {"\0"}
     name = "".join("_" if ch in bad else ch for ch in task).strip(". ") or "task"
     return name
@@ -125,7 +126,7 @@ def write_merged(tv: TaskVector, lam: float, out: str | Path, meta: dict[str, An
         _copy_side_files(tv.base.dir, tmp)
         heads: dict[str, Any] = {}
         for c, ck in tv.terms:
-            sub = f"{HEADS}/{_safe_task_dir(ck.name)}"
+            sub = f"{HEADS}/{safe_name(ck.name)}"
             (tmp / sub).mkdir(parents=True, exist_ok=True)
             entry: dict[str, Any] = {"info": ck.info, "coefficient": c, "source": str(ck.dir)}
             if ck.head is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -19,10 +20,23 @@ from tqdm.auto import tqdm
 from .._runs import RunFolder, digest, file_digest
 from ..config import make
 from ..errors import ConfigError
+from ..kernel._common import trim
+from ..tasks import get_spec, load_task, subsample
 from . import plots
 from .config import DEFAULT_LAMBDAS, AddConfig, CosineConfig, DisentangleConfig, NegateConfig, OrthogonalityConfig
-from .evaluate import HIGHER_IS_BETTER, Session, TaskEval, error_of
+from .evaluate import (
+    HIGHER_IS_BETTER,
+    Encoded,
+    Session,
+    TaskEval,
+    default_metric,
+    encode_rows,
+    error_of,
+    test_rows,
+    validation_rows,
+)
 from .measures import disentanglement, kernel_blocks, linearised_vs_merged, orthogonality_scores
+from .merge import safe_name
 from .sources import Checkpoint, Head, Pretrained, open_checkpoint, parse_checkpoint_arg
 from .vector import TaskVector, cosine_from_gram, cosine_matrix, gram, task_vectors
 
@@ -44,9 +58,11 @@ class _Cache:
         p = self.rf.root / name
         if name.split("/")[0] not in self.rf.files or not p.is_file():
             return None
-        import json
-
         return json.loads(p.read_text())
+
+    def done(self, name: str) -> Any:
+        """The final result of a run that already completed (None otherwise)."""
+        return self.get(name) if self.rf is not None and self.rf.complete else None
 
     def put(self, name: str, obj: Any) -> Any:
         if self.rf is not None:
@@ -126,7 +142,8 @@ def _better(metric: str) -> bool:
 
 
 def _normalised(merged: float, finetuned: float) -> float:
-    return merged / finetuned if finetuned not in (0.0,) and math.isfinite(finetuned) else float("nan")
+    """merged / fine-tuned (NaN when the fine-tuned value is 0 or not finite)."""
+    return merged / finetuned if finetuned != 0.0 and math.isfinite(finetuned) else float("nan")
 
 
 # ---------------------------------------------------------------- results
@@ -285,13 +302,13 @@ def _finetuned_metrics(s: Session, vectors: list[TaskVector], tasks: list[TaskEv
 
 
 def _eval_at(s: Session, tv: TaskVector | None, lam: float, tasks: list[TaskEval], split: str, cache: _Cache,
-             name: str, heads: dict[str, Head] | None = None) -> dict[str, dict[str, float]]:
+             name: str) -> dict[str, dict[str, float]]:
+    """Metrics of theta_PT + lam * tau on each task's `split` rows with the task's head (cached under `name`)."""
     got = cache.get(name)
     if got is not None and all(t.name in got for t in tasks):
         return got
     s.set_weights(tv, lam)
-    res = {t.name: s.evaluate(t, split, (heads or {}).get(t.name))[1] for t in tasks}
-    return cache.put(name, res)
+    return cache.put(name, {t.name: s.evaluate(t, split)[1] for t in tasks})
 
 
 def _addition_search(s: Session, vectors: list[TaskVector], tasks: list[TaskEval], lambdas: list[float],
@@ -333,6 +350,8 @@ def run_add(cfg: AddConfig, out: str | Path | None = None, overwrite: bool = Fal
     s = _session(cfg, base, vectors, data_dir, progress)
     tasks = _task_evals(s, vectors, cfg)
     rf, cache = _open_run(out, "taskvec-add", _run_key(cfg, s, vectors, tasks), overwrite)
+    if (done := cache.done("addition.json")) is not None:
+        return AddResult(**done)
     rows, best, test, _ = _addition_search(s, vectors, tasks, cfg.lambdas, cache, "evals", progress)
     tv = sum(vectors)
     lin: dict[str, dict[str, float]] = {}
@@ -374,9 +393,6 @@ def run_add(cfg: AddConfig, out: str | Path | None = None, overwrite: bool = Fal
 
 def _control(s: Session, cfg: NegateConfig, base: Pretrained) -> tuple[TaskEval, str]:
     """The control task with its head: a checkpoint's own head, or a ridge probe fit on theta_PT's features."""
-    from ..tasks import get_spec, load_task, subsample
-    from .evaluate import encode_rows
-
     _, path = parse_checkpoint_arg(cfg.control)
     if Path(path).expanduser().exists() or "/" in path or "\\" in path:
         ck = open_checkpoint(cfg.control, base)
@@ -384,8 +400,6 @@ def _control(s: Session, cfg: NegateConfig, base: Pretrained) -> tuple[TaskEval,
     from ..finetune import probe_closed_form
 
     spec = get_spec(cfg.control)
-    from .evaluate import default_metric, test_rows, validation_rows
-
     val, where = validation_rows(spec, None, cfg.n_val, cfg.seed, s.data_dir)
     test = test_rows(spec, cfg.n_test, cfg.seed, s.data_dir)
     train = load_task(spec, "train", s.data_dir)
@@ -405,9 +419,8 @@ def _control(s: Session, cfg: NegateConfig, base: Pretrained) -> tuple[TaskEval,
 
 
 @torch.no_grad()
-def _features(s: Session, head: Head, enc) -> torch.Tensor:
-    from ..kernel._common import trim
-
+def _features(s: Session, head: Head, enc: Encoded) -> torch.Tensor:
+    """Pooled backbone features h(x) of the current weights (float64), for fitting a probe head."""
     r = s.readout(head)
     out = []
     for i in range(0, len(enc), s.batch_size):
@@ -430,6 +443,8 @@ def run_negate(cfg: NegateConfig, out: str | Path | None = None, overwrite: bool
     key = _run_key(cfg, s, [tv], [target, control])
     key["control_head"] = digest([control.head.weight.tolist(), control.head.bias.tolist()])
     rf, cache = _open_run(out, "taskvec-negate", key, overwrite)
+    if (done := cache.done("negation.json")) is not None:
+        return NegateResult(**done)
     ft = _finetuned_metrics(s, [tv], [target], cache)
     neg = -tv
     both = [target, control]
@@ -530,7 +545,7 @@ def run_orthogonality(cfg: OrthogonalityConfig, out: str | Path | None = None, o
     the task-vector cosine and the pair's normalised accuracy when fine-tuned checkpoints are given."""
     from ..models import fingerprint
     from ..pipeline import build_readout
-    from ..tasks import encode, get_spec, load_task, subsample
+    from ..tasks import encode
 
     base = Pretrained.open(cfg.pretrained) if cfg.finetuned else None
     vectors = task_vectors(base, cfg.finetuned) if base is not None else []
@@ -550,8 +565,11 @@ def run_orthogonality(cfg: OrthogonalityConfig, out: str | Path | None = None, o
            "data": {t: d.fingerprint() for t, d in rows_x.items()},
            "checkpoints": {v.name: checkpoint_digest(v.checkpoints[0]) for v in vectors}}
     rf, cache = _open_run(out, "taskvec-orthogonality", key, overwrite)
+    if (done := cache.done("orthogonality.json")) is not None:
+        return OrthogonalityResult(**done)
     kw = {"params": cfg.params, "method": cfg.method, "progress": progress}
-    diag = {t: cache.tensor(f"kernels/K_{t}.safetensors", lambda t=t: kernel_blocks(f, xs[t], None, **kw)) for t in names}
+    diag = {t: cache.tensor(f"kernels/K_{safe_name(t)}.safetensors", lambda t=t: kernel_blocks(f, xs[t], None, **kw))
+            for t in names}
     cos = None
     if vectors:
         missing = [t for t in names if t not in by_task]
@@ -567,14 +585,15 @@ def run_orthogonality(cfg: OrthogonalityConfig, out: str | Path | None = None, o
     rows = []
     for i, j in tqdm(list(itertools.combinations(range(len(names)), 2)), desc="task pairs", disable=not progress):
         a, b = names[i], names[j]
-        k12 = cache.tensor(f"kernels/K_{a}__{b}.safetensors", lambda a=a, b=b: kernel_blocks(f, xs[a], xs[b], **kw))
+        k12 = cache.tensor(f"kernels/K_{safe_name(a)}__{safe_name(b)}.safetensors",
+                           lambda a=a, b=b: kernel_blocks(f, xs[a], xs[b], **kw))
         row: dict[str, Any] = {"task_a": a, "task_b": b, **orthogonality_scores(k12, diag[a], diag[b])}
         if cos is not None:
             row["cosine"] = cos[i][j]
         if s is not None:
             pv = [by_task[a], by_task[b]]
             _, best, test, _ = _addition_search(s, pv, [evals[a], evals[b]], cfg.lambdas, pair_cache,  # type: ignore[arg-type]
-                                                f"pairs/{a}__{b}", progress=False)
+                                                f"pairs/{safe_name(a)}__{safe_name(b)}", progress=False)
             row["normalised_accuracy"] = sum(v["normalised"] for v in test.values()) / 2
             row["lambda"] = best
             row.update({f"normalised_{t}": v["normalised"] for t, v in test.items()})
