@@ -69,8 +69,9 @@ def arithmetic(cfg: ArithmeticConfig, out: str, overwrite: bool, threads: int) -
     for w in s["widths"]:
         pw = s["per_width"][str(w)]
         typer.echo(f"n={w:5d}: " + "; ".join(
-            f"{d} cross-kernel {pw[d]['cross_kernel_ratio']['mean']:.3f}, MT/FT MSE {pw[d]['normalised_mse_mean']['mean']:.3f}, "
-            f"negation worse {pw[d]['negation_positive']}" for d in ("orthogonal", "overlapping")))
+            f"{d} cross-kernel {pw[d]['cross_kernel_ratio']['mean']:.3f}, leakage {pw[d]['leakage']['mean']:.3f}, "
+            f"MT/FT MSE {pw[d]['normalised_mse_mean']['mean']:.3f}, negation worse {pw[d]['negation_positive']}"
+            for d in ("orthogonal", "overlapping")))
     for f in s["fits"].values():
         typer.echo(f"{f['label']:58s} slope {_slope(f['fit'])}")
     typer.echo(f"results in {out}/summary.json, figures arithmetic_scaling.png and arithmetic_addition.png")

@@ -6,8 +6,10 @@ Task 1: sequences of A tokens, target = a shifted teacher. Task 2 comes in two d
   overlapping - sequences of A tokens too, the other shifted teacher: the kernels overlap.
 Each task is fine-tuned from theta_PT with hold-out early stopping; tau = theta_FT - theta_PT (eq 22). Measured:
 addition theta_PT + tau_1 + tau_2 (eq 25) - MSE relative to each single-task model, the disentanglement error xi,
-the cross-kernel ratio, the cosine of the task vectors - and negation theta_PT - tau (eq 23 corrected): the MSE
-increase against its linearised value 4 mean(u (f_tgt - f_PT)), u = <tau, grad f_PT> (Corollary 1, eq 104).
+the cross-kernel ratio, the leakage RMS<tau_j, grad f_PT>(task i) / RMS<tau_j, grad f_PT>(task j) (0 under
+Assumption 5.1, whatever the size of tau_j), the cosine of the task vectors - and negation theta_PT - tau
+(eq 23 corrected): the MSE increase against its linearised value 4 mean(u (f_tgt - f_PT)), u = <tau, grad f_PT>
+(Corollary 1, eq 104).
 """
 
 from __future__ import annotations
@@ -62,12 +64,30 @@ def _at(model, theta, ids) -> torch.Tensor:
     return predict(model, ids)
 
 
-def cross_kernel_ratio(model, a: Split, b: Split) -> float:
-    """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) on the two training sets (Assumption 5.1: 0)."""
+RANKS = (1, 2, 4, 8, 16, 32)
+
+
+def cross_kernel(model, a: Split, b: Split) -> tuple[float, dict[int, float]]:
+    """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) on the two training sets (Assumption 5.1: 0), and the leakage by rank:
+    ||K_ij P_k||_F / ||K_jj P_k||_F with P_k the top-k eigenvectors of K_jj (averaged over i != j), i.e. how much
+    fitting task j's k leading kernel directions moves task i."""
     k = entk(model, torch.cat([a.ids, b.ids])) * kernel_scale(model)
     n = len(a)
     k11, k22, k12 = k[:n, :n], k[n:, n:], k[:n, n:]
-    return float(torch.linalg.norm(k12) / torch.sqrt(torch.linalg.norm(k11) * torch.linalg.norm(k22)))
+    ratio = float(torch.linalg.norm(k12) / torch.sqrt(torch.linalg.norm(k11) * torch.linalg.norm(k22)))
+    by_rank = {}
+    for r in RANKS:
+        vals = []
+        for own, cross in ((k22, k12), (k11, k12.T)):
+            u = torch.linalg.eigh(own)[1][:, -r:]
+            vals.append(float(torch.linalg.norm(cross @ u) / torch.linalg.norm(own @ u)))
+        by_rank[r] = sum(vals) / 2
+    return ratio, by_rank
+
+
+def cross_kernel_ratio(model, a: Split, b: Split) -> float:
+    """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) (Assumption 5.1 measured)."""
+    return cross_kernel(model, a, b)[0]
 
 
 def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, TargetData], width: int,
@@ -87,9 +107,10 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
         tau1, tau2 = taus[names[0]], taus[names[1]]
         flat1, flat2 = torch.cat([t.reshape(-1) for t in tau1]), torch.cat([t.reshape(-1) for t in tau2])
         load(model, theta_pt)
-        d = {"cross_kernel_ratio": cross_kernel_ratio(model, tasks[names[0]].train, tasks[names[1]].train),
+        ratio, by_rank = cross_kernel(model, tasks[names[0]].train, tasks[names[1]].train)
+        d = {"cross_kernel_ratio": ratio, **{f"leakage_top{r}": v for r, v in by_rank.items()},
              "tau_cosine": float(flat1 @ flat2 / (flat1.norm() * flat2.norm())), "tasks": {}}
-        xi, mt_nonlin = 0.0, []
+        xi, mt_nonlin, rms_u = 0.0, [], {}
         for i, (name, tau) in enumerate(zip(names, (tau1, tau2))):
             te = tasks[name].test
             f_pt = _at(model, theta_pt, te.ids)
@@ -99,6 +120,7 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
             load(model, theta_pt)
             u1, u2 = _tangent(model, theta_pt, tau1, te.ids), _tangent(model, theta_pt, tau2, te.ids)
             u = (u1, u2)[i]
+            rms_u[i, 0], rms_u[i, 1] = float(u1.pow(2).mean().sqrt()), float(u2.pow(2).mean().sqrt())
             m_ft, m_neg = mse(f_ft, te.f), mse(f_neg, te.f)
             gap_lin = float(4 * (u * (te.f - f_pt)).mean())
             d["tasks"][name] = {"mse_pt": mse(f_pt, te.f), "mse_ft": m_ft, "mse_mt": mse(f_mt, te.f),
@@ -108,6 +130,8 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
             xi += mse(f_ft, f_mt)
             mt_nonlin.append(mse(f_mt, f_pt + u1 + u2))
         d["disentanglement"] = xi
+        # leakage: the linearised change tau_j makes on task i's inputs relative to its change on task j's own inputs
+        d["leakage"] = (rms_u[0, 1] / rms_u[1, 1] + rms_u[1, 0] / rms_u[0, 0]) / 2 if min(rms_u.values()) > 0 else None
         d["mt_lin_rms"] = math.sqrt(sum(mt_nonlin) / len(mt_nonlin))
         d["normalised_mse_mean"] = sum(t["normalised_mse"] for t in d["tasks"].values()) / 2
         out["designs"][design] = d

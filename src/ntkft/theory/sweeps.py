@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._runs import RunFolder
 from ..plots import spectrum_plot
 from ..spectrum import fit_beta, paper_beta, rate_exponent
-from .arithmetic import arithmetic_tasks, arithmetic_unit
+from .arithmetic import RANKS, arithmetic_tasks, arithmetic_unit
 from .config import UNIT_FREE, ArithmeticConfig, LabConfig, SampleSweepConfig, WidthSweepConfig
 from .fits import loglog_slope
 from .lab import LabData, build_data, finetune, pretrain, student, width_unit
@@ -284,10 +284,14 @@ def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = Fals
 
 ARITH_LAWS = {  # (design, quantity) -> (label, predicted slope in n)
     ("orthogonal", "cross_kernel_ratio"): ("orthogonal: ||K_12|| / sqrt(||K_11|| ||K_22||)", -0.5),
+    ("orthogonal", "leakage"): ("orthogonal: leakage of tau_j onto task i (linearised)", -0.5),
+    ("orthogonal", "leakage_top1"): ("orthogonal: leakage along K_jj's top eigenvector", -0.5),
+    ("orthogonal", "leakage_top8"): ("orthogonal: leakage along K_jj's top-8 eigenvectors", -0.5),
     ("orthogonal", "disentanglement"): ("orthogonal: disentanglement error xi", -1.0),
     ("orthogonal", "mt_lin_rms"): ("orthogonal: RMS(f_MT - linearised f_MT)", -0.5),
     ("orthogonal", "neg_rel_dev"): ("negation: |gap - 4E[u(f - f_PT)]| / |4E[...]|", -0.5),
     ("overlapping", "cross_kernel_ratio"): ("overlapping: cross-kernel ratio", 0.0),
+    ("overlapping", "leakage"): ("overlapping: leakage", 0.0),
     ("overlapping", "disentanglement"): ("overlapping: disentanglement error xi", 0.0),
 }
 
@@ -295,7 +299,7 @@ ARITH_LAWS = {  # (design, quantity) -> (label, predicted slope in n)
 def _design_value(info: dict, design: str, q: str) -> float:
     d = info["designs"][design]
     if q in d:
-        return d[q]
+        return d[q] if d[q] is not None else float("nan")
     vals = [t[q] for t in d["tasks"].values() if t[q] is not None]  # None: a task vector was zero
     return float(np.mean(vals)) if vals else float("nan")
 
@@ -303,8 +307,8 @@ def _design_value(info: dict, design: str, q: str) -> float:
 def summarise_arithmetic(results: dict[str, tuple[dict, dict]]) -> dict:
     infos = [r[0] for r in results.values()]
     widths = sorted({i["width"] for i in infos})
-    qs = ["cross_kernel_ratio", "disentanglement", "normalised_mse_mean", "tau_cosine", "mt_lin_rms", "neg_gap",
-          "neg_gap_lin", "neg_rel_dev", "mse_ft", "mse_mt", "mse_pt", "mse_neg"]
+    qs = ["cross_kernel_ratio", "leakage", *[f"leakage_top{r}" for r in RANKS], "disentanglement", "normalised_mse_mean",
+          "tau_cosine", "mt_lin_rms", "neg_gap", "neg_gap_lin", "neg_rel_dev", "mse_ft", "mse_mt", "mse_pt", "mse_neg"]
     per_width = {}
     for w in widths:
         rows = [i for i in infos if i["width"] == w]
@@ -331,6 +335,13 @@ def arithmetic_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[di
         for d in ("orthogonal", "overlapping")}
     lines(ws, series, rf.path("arithmetic_addition.png"), "width n", "normalised MSE (1 = no interference)",
           "Task addition (Corollary 2)")
+    ms = lambda d, q: ([pw[str(w)][d][q]["mean"] for w in ws], [pw[str(w)][d][q]["sd"] for w in ws])  # noqa: E731
+    leak = {f"orthogonal, top-{r} directions of K_jj": (*ms("orthogonal", f"leakage_top{r}"), f"C{i}", False)
+            for i, r in enumerate(RANKS)}
+    leak["orthogonal, fine-tuned tau_j"] = (*ms("orthogonal", "leakage"), "k", False)
+    leak["overlapping, fine-tuned tau_j"] = (*ms("overlapping", "leakage"), "0.5", True)
+    lines(ws, leak, rf.path("arithmetic_leakage.png"), "width n", "||K_ij v|| / ||K_jj v||", logy=True,
+          title="Leakage of task j's update onto task i (0 under Assumption 5.1)")
 
 
 def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
@@ -340,6 +351,7 @@ def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = F
     tasks = arithmetic_tasks(cfg, data)
     key = run_key(cfg, data, "arithmetic")
     key["tasks"] = fingerprint(*[s for t in tasks.values() for s in (t.train, t.val, t.test)])
+    key["arithmetic_version"] = 3
     rf = RunFolder(out, "theory-arithmetic", key, overwrite)
     rf.open()
     rf.write_json("config.json", cfg.model_dump())
