@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,17 +92,37 @@ def execute(impl: KernelMethod, plan: Plan, stores: Stores, progress: bool = Tru
     big = plan.rows * plan.cols * 8 > 64 * 2**20
     acc = Accumulator(plan.rows, plan.cols, stores.accumulator, accumulate_on, every=30.0 if big else 0.0)
     bar = tqdm(total=len(plan.units()), desc=f"eNTK ({plan.method})", disable=not progress, unit="unit")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="ntkft-spill") if isinstance(stores.artifacts, Checkpoint) \
+        else None
+    try:
+        _run(impl, plan, stores, acc, bar, writer)
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)
+        bar.close()
+    return acc.k
+
+
+def _run(impl: KernelMethod, plan: Plan, stores: Stores, acc: Accumulator, bar, writer) -> None:
     for p in plan.passes:
         if all(acc.has(u.id) for u in p.contribute):
             bar.update(len(p.produce) + len(p.contribute))
             continue
+        pending: Future | None = None  # spilled artifacts are written while the next unit computes
         for u in p.produce:
             if not stores.artifacts.has(u.id):
                 art = impl.compute_unit(u, stores.artifacts)
                 assert isinstance(art, Artifact)
-                stores.artifacts.put(u.id, art.tensors, art.meta, durable=False)
+                if pending is not None:
+                    pending.result()
+                if writer is not None:
+                    pending = writer.submit(stores.artifacts.put, u.id, art.tensors, art.meta, False)
+                else:
+                    stores.artifacts.put(u.id, art.tensors, art.meta, durable=False)
                 del art
             bar.update(1)
+        if pending is not None:
+            pending.result()
         for u in p.contribute:
             if not acc.has(u.id):
                 blk = impl.compute_unit(u, stores.artifacts)
@@ -112,8 +133,6 @@ def execute(impl: KernelMethod, plan: Plan, stores: Stores, progress: bool = Tru
         acc.save(force=True)
         for u in p.produce:
             stores.artifacts.remove(u.id)
-    bar.close()
-    return acc.k
 
 
 def _expand(order: list[int], c: int) -> torch.Tensor:

@@ -43,12 +43,10 @@ class FactoredMethod:
     # ------------------------------------------------------------------ planning
 
     def probe(self, x1: Inputs) -> None:
-        """Find and verify the layer entries on two real samples (the longest and the shortest), and measure
-        the bytes of factors per sample and token of every entry."""
+        """Find and verify the layer entries on two real samples (the shortest ones, of different lengths so that
+        padding is exercised), and measure the bytes of factors per sample and token of every entry."""
         entries, fallback = find_entries(self.model, self.params)
-        lengths = x1.lengths
-        rows = sorted({int(torch.argmax(lengths)), int(torch.argmin(lengths))})
-        ids, mask = x1.take(rows)
+        ids, mask = x1.take(probe_rows(x1))
         ids, mask = ids.to(self.opt.device), mask.to(self.opt.device)
         self.entries, self.fallback, cap, self.moved = verify(self.model, entries, fallback, ids, mask)
         if self.fallback:
@@ -175,6 +173,14 @@ class FactoredMethod:
 # ------------------------------------------------------------------ planning helpers
 
 
+def probe_rows(x: Inputs) -> list[int]:
+    """The shortest sample and the shortest one of another length (cheap, and padding shows), or one sample."""
+    order = sorted(range(x.n), key=lambda i: (int(x.lengths[i]), i))
+    first = order[0]
+    other = next((i for i in order if int(x.lengths[i]) != int(x.lengths[first])), order[1] if x.n > 1 else None)
+    return [first] if other is None else sorted([first, other])
+
+
 def _split(owners: list[str], sizes: dict[str, float], cap: float) -> list[list[str]] | None:
     """Contiguous groups of entries, each holding at most `cap` bytes of factors (None if one entry exceeds it)."""
     if any(sizes[w] > cap for w in owners):
@@ -274,11 +280,12 @@ def _materialised(r: list[dict], c: list[dict], a_name: str, d_name: str, sym: b
     din, dout = r[0][a_name].shape[-1], r[0][d_name].shape[-1]
     dtype, dev = r[0][d_name].dtype, r[0][d_name].device
     es = r[0][d_name].element_size()
+    chunk = int(min(chunk, max(4 << 20, (256 << 10) * max(n_r, n_c))))  # small N: stay in cache between bmm and GEMM
     step = max(1, min(dout, chunk // max(1, es * din * max(n_r, n_c))))
     gr = torch.empty(n_r, step * din, dtype=dtype, device=dev)
     gc = gr if sym else torch.empty(n_c, step * din, dtype=dtype, device=dev)
     # upper-triangle row blocks: ~5/8 of the full product's flops with four blocks, each one GEMM
-    cuts = [round(i * n_r / 4) for i in range(5)] if sym and n_r >= 16 else [0, n_r]
+    cuts = [round(i * n_r / 4) for i in range(5)] if sym and n_r >= 64 else [0, n_r]
     for o0 in range(0, dout, step):
         o1 = min(dout, o0 + step)
         w = (o1 - o0) * din

@@ -12,6 +12,7 @@ the generic fallback: one autograd call per sample."""
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -205,11 +206,13 @@ class Captured:
     alias: dict[str, str]
     outputs: torch.Tensor  # f(x), (B, C)
     flat: set[str]  # entries whose layer saw the batch as (B*T, d) rows
+    f: torch.Tensor | None = None  # f(x) with its autograd graph (capture(keep_graph=True) only)
 
 
 def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Parameter], ids: torch.Tensor,
-            mask: torch.Tensor) -> Captured:
-    """One forward and one backward per output on a batch: every entry's factors and the fallback's gradients."""
+            mask: torch.Tensor, keep_graph: bool = False) -> Captured:
+    """One forward and one backward per output on a batch: every entry's factors and the fallback's gradients.
+    `keep_graph` keeps the autograd graph of f (in `Captured.f`) for one more backward."""
     b = ids.shape[0]
     rec = _Recorder(entries)
     hooked: dict[str, list] = defaultdict(list)
@@ -246,14 +249,14 @@ def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Par
     fb_rows: list[list[torch.Tensor]] = []
     for k in range(c):
         last = k == c - 1
-        g = torch.autograd.grad(f[:, k].sum(), outs, retain_graph=bool(fb_names) or not last,
+        g = torch.autograd.grad(f[:, k].sum(), outs, retain_graph=bool(fb_names) or not last or keep_graph,
                                 allow_unused=True) if outs else ()
         grads_per_c.append(list(g))
         if fb_names:
             rows = []
             for i in range(b):
                 gi = torch.autograd.grad(f[i, k], [fallback[n] for n in fb_names],
-                                         retain_graph=not (last and i == b - 1), allow_unused=True)
+                                         retain_graph=not (last and i == b - 1) or keep_graph, allow_unused=True)
                 rows.append(torch.cat([(x if x is not None else torch.zeros_like(fallback[n])).reshape(-1)
                                        for x, n in zip(gi, fb_names)]))
             fb_rows.append(rows)
@@ -272,7 +275,7 @@ def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Par
         pos += n_calls
     if fb_names:
         feats[FALLBACK + ".G"] = torch.stack([fb_rows[k][i] for i in range(b) for k in range(c)]).detach()
-    return Captured(feats, alias, f.detach(), flat)
+    return Captured(feats, alias, f.detach(), flat, f if keep_graph else None)
 
 
 def _entry_features(e: Entry, calls: list, ds: list[list], lay: _Layout, c: int, feats: dict, alias: dict,
@@ -395,20 +398,23 @@ def tolerance(dtype: torch.dtype) -> float:
 
 def verify(model: KernelModel, entries: list[Entry], fallback: dict, ids: torch.Tensor,
            mask: torch.Tensor) -> tuple[list[Entry], dict[str, nn.Parameter], Captured, list[str]]:
-    """Capture on a probe batch (two samples of different length), compare the factored per-sample gradients of
-    one module of each class (every elementwise module) with autograd; failing entries move to the fallback.
+    """Capture on a probe batch (two samples of different length) and compare the factored gradients of one
+    module of each class and layout (and of every elementwise module) with autograd; entries that fail move
+    to the fallback. One extra backward on the probe's own graph: the gradient of sum_i w_i f(x_i) for random
+    w, so samples mixed up inside a layer show as well as a wrong formula.
 
     Returns the entries, fallback, the probe's capture (for sizing) and the names that moved."""
     moved: list[str] = []
     for _ in range(len(entries) + 1):
         try:
-            cap = capture(model, entries, fallback, ids, mask)
+            cap = capture(model, entries, fallback, ids, mask, keep_graph=True)
         except Unsupported as u:
             entries, fallback = _demote(entries, fallback, u.names)
             moved += sorted(u.names)
             log.info("factored: %s use the per-sample fallback (%s)", ", ".join(sorted(u.names)), u.why)
             continue
-        bad = _check(model, entries, cap, ids, mask)
+        bad = _check(entries, cap)
+        cap.f = None
         if not bad:
             return entries, fallback, cap, moved
         entries, fallback = _demote(entries, fallback, bad)
@@ -425,7 +431,7 @@ def _demote(entries: list[Entry], fallback: dict, names: set[str]) -> tuple[list
     return [e for e in entries if e.name not in names], fb
 
 
-def _check(model: KernelModel, entries: list[Entry], cap: Captured, ids: torch.Tensor, mask: torch.Tensor) -> set[str]:
+def _check(entries: list[Entry], cap: Captured) -> set[str]:
     seen: set[tuple] = set()
     chosen = []
     for e in entries:  # one module per class and layout; every elementwise module (they are small)
@@ -435,21 +441,25 @@ def _check(model: KernelModel, entries: list[Entry], cap: Captured, ids: torch.T
             chosen.append(e)
     chosen = [e for e in chosen if e.name + ".D" in cap.feats or e.name + ".G" in cap.feats
               or e.name + ".Gb" in cap.feats]
-    if not chosen:
+    if not chosen or cap.f is None:
         return set()
-    c = cap.outputs.shape[1]
+    b, c = cap.outputs.shape
+    w = torch.randn(b, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(cap.f)
     params = {n: p for e in chosen for n, p in e.params().items()}
+    grads = torch.autograd.grad((w * cap.f[:, 0]).sum(), list(params.values()), allow_unused=True)
+    ref = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}
     bad: set[str] = set()
-    f = model_outputs(model, ids, mask)
-    for i in range(ids.shape[0]):
-        grads = torch.autograd.grad(f[i, 0], list(params.values()), allow_unused=True,
-                                    retain_graph=i < ids.shape[0] - 1)
-        ref = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}
-        for e in chosen:
-            tol = tolerance(e.module.weight.dtype if hasattr(e.module, "weight") else torch.float32)
+    # gradients that vanish in exact arithmetic (a key bias under softmax) are rounding noise on both sides
+    floor = 1e-3 * math.sqrt(sum(float(r.double().pow(2).sum()) for r in ref.values()))
+    for e in chosen:
+        tol = tolerance(e.module.weight.dtype if hasattr(e.module, "weight") else torch.float32)
+        rec: dict[str, torch.Tensor] = {}
+        for i in range(b):
             for n, g in _reconstruct(e, cap.feats, cap.alias, i * c, i).items():
-                r = ref[n]
-                scale = max(float(r.norm()), float(g.norm()))
-                if scale > 0 and float((g.to(r.dtype) - r).norm()) > tol * scale:
-                    bad.add(e.name)
+                rec[n] = rec.get(n, 0) + w[i] * g.to(ref[n].dtype)
+        for n, g in rec.items():
+            r = ref[n]
+            scale = max(float(r.norm()), float(g.norm()), floor)
+            if scale > 0 and float((g - r).norm()) > tol * scale:
+                bad.add(e.name)
     return bad

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError, KernelError
 from .checkpoint import Store
 from .contract import KernelModel, out_dim
-from .factored import FactoredMethod, _ghost
+from .factored import FactoredMethod, _ghost, probe_rows
 from .layers import FALLBACK, Entry, capture
 from .plan import Artifact, Block, GiB, Inputs, Options, Pass, Plan, Unit, batches, sort_by_length
 
@@ -106,8 +106,7 @@ class SketchMethod:
 
     def _trace_shares(self, x1: Inputs, owners: list[str]) -> list[float]:
         """Each layer's share of diag(K) on the probe samples: k_l in proportion minimises the summed variance."""
-        lengths = x1.lengths
-        rows = sorted({int(torch.argmax(lengths)), int(torch.argmin(lengths))})
+        rows = probe_rows(x1)
         ids, mask = x1.take(rows)
         cap = capture(self.model, self.entries, self.fallback, ids.to(self.opt.device), mask.to(self.opt.device))
         by = {e.name: e for e in self.entries}
