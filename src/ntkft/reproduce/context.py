@@ -52,9 +52,16 @@ class Context:
         return loaded, Readout.from_loaded(loaded, out_dim=out_dim, sigma=1.0, seed=seed)
 
     def model_fingerprint(self, name: str) -> str:
-        """Fingerprint of the pretrained weights (part of every stage key)."""
+        """Fingerprint of the pretrained weights (part of every unit's key), taken on one thread: the float64
+        sums inside `fingerprint` are reduced in a thread-count-dependent order, and a run must resume under
+        another OMP_NUM_THREADS (or on another machine) without recomputing."""
         if name not in self._fps:
-            self._fps[name] = fingerprint(self.loaded(name).backbone)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                self._fps[name] = fingerprint(self.loaded(name).backbone)
+            finally:
+                torch.set_num_threads(threads)
         return self._fps[name]
 
     # ------------------------------------------------------------------ data

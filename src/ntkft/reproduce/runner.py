@@ -18,6 +18,7 @@ from .report import write_report
 
 log = logging.getLogger(__name__)
 
+LAYOUT = 1  # version of the run folder's layout (stage folders, unit names)
 NAMES = {1: "spectra", 2: "curves", 3: "rankings", 4: "stopping", 5: "taskvec"}
 NEEDS = {3: [1, 2], 4: [2]}  # a stage's inputs are run (or read back from their caches) first
 
@@ -51,8 +52,8 @@ def reproduce(cfg: ReproConfig, out: str | Path, data_dir: str | None = None, ov
     HTML report and the Markdown summary, and mark the folder complete when every stage is."""
     root = Path(out)
     ctx = Context(cfg, root, data_dir, progress, overwrite)
-    top = RunFolder(root, "reproduce", {"models": {m.name: ctx.model_fingerprint(m.name) for m in cfg.models}},
-                    overwrite)
+    # every unit inside carries its own key (weights, data, settings), so the folder's key is its layout version
+    top = RunFolder(root, "reproduce", {"layout": LAYOUT}, overwrite)
     top.open()
     ctx.top = top
     top.write_json("config.json", cfg.model_dump() | {"tune_size": cfg.tuning_size})
