@@ -98,9 +98,12 @@ def test_configs_ship_and_validate():
     assert quick_config_path() == ROOT / "configs" / "quick.yaml"
     assert len(load_config(ReproConfig, quick_config_path()).models) == 1
     assert make(ReproConfig, models="minilm-l6,tiny-bert").models[1].name == "tiny-bert"
+    two = make(ReproConfig, models=["minilm-l6", {"name": "minilm-l6", "setting": "probe", "label": "minilm-probe"}])
+    assert [m.id for m in two.models] == ["minilm-l6", "minilm-probe"]
     bad = [{"curve_tasks": ["nope"]}, {"sizes": [32, 64], "tune_size": 128}, {"stages": [6]},
            {"models": [{"name": "minilm-l6", "layers": 2}]}, {"kernel_n": float("nan")}, {"sizes": [4, 16]},
-           {"models": [{"name": "minilm-l6", "lrs": [-1.0]}]}, {"permutations": 5}]
+           {"models": [{"name": "minilm-l6", "lrs": [-1.0]}]}, {"permutations": 5},
+           {"models": ["minilm-l6", {"name": "minilm-l6", "setting": "probe"}]}]
     for kw in bad:
         with pytest.raises(ConfigError) as e:
             make(ReproConfig, **kw)

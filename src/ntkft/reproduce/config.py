@@ -18,6 +18,8 @@ class ModelPlan(StrictModel):
     """One model and the fine-tuning setting its learning curves use (Section 5.1)."""
 
     name: str = Field(description="model alias, hub id, directory or .gguf file")
+    label: str | None = Field(None, description="name of this plan in results (default: the model name); needed "
+                              "when one model appears twice, e.g. in two settings")
     setting: Literal["full", "head", "probe"] = Field("full", description="full fine-tuning, truncated backbone "
                                                       "+ new head (all trained), or a frozen-backbone probe")
     layers: int | None = Field(None, ge=1, description="truncate the backbone after this block (head/probe)")
@@ -29,6 +31,11 @@ class ModelPlan(StrictModel):
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
     kernel_params: Literal["all", "backbone", "head", "no-embeddings"] = Field(
         "all", description="parameters the eNTK differentiates")
+
+    @property
+    def id(self) -> str:
+        """The plan's name in results, file names and the report."""
+        return self.label or self.name
 
     @field_validator("lrs")
     @classmethod
@@ -142,9 +149,9 @@ class ReproConfig(StrictModel):
     def _tune(self) -> ReproConfig:
         if self.tune_size is not None and self.tune_size not in self.sizes:
             raise ValueError(f"tune_size {self.tune_size} is not one of the sizes {self.sizes}")
-        names = [m.name for m in self.models]
+        names = [m.id for m in self.models]
         if len(set(names)) != len(names):
-            raise ValueError(f"a model is listed twice: {names}")
+            raise ValueError(f"models: two plans share the name {names} (give one a label)")
         return self
 
     @property

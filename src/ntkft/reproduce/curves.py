@@ -91,7 +91,7 @@ def finetune_cell(ctx: Context, plan: ModelPlan, task: str, size: int, seed: int
     ft_cfg = finetune_config(ctx, plan, task, size, seed, lr)
     _, train, val, test = load_splits(ft_cfg, ctx.data_dir)
     base = baseline(spec.type, train.labels, test.labels)
-    cell = {"model": plan.name, "task": spec.name, "type": spec.type, "setting": plan.setting, "layers": plan.layers,
+    cell = {"model": plan.id, "task": spec.name, "type": spec.type, "setting": plan.setting, "layers": plan.layers,
             "size": size, "seed": seed, "lr": lr, "n_train": len(train), "n_val": len(val), "n_test": len(test),
             "batch_size": plan.batch_size, "baseline": base}
     try:
@@ -190,12 +190,12 @@ def kgd_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
 
 def cell_name(plan: ModelPlan, task: str, size: int, seed: int, lr: float) -> str:
     """File of one fine-tuning cell inside the stage folder."""
-    return f"cells/{slug(plan.name)}/{task}/lr{lr:g}-n{size}-s{seed}.json"
+    return f"cells/{slug(plan.id)}/{task}/lr{lr:g}-n{size}-s{seed}.json"
 
 
 def kgd_name(plan: ModelPlan, task: str, seed: int) -> str:
     """File of one kernel-GD unit (kernels, f_PT and labels) inside the stage folder."""
-    return f"kgd/{slug(plan.name)}/{task}-s{seed}.safetensors"
+    return f"kgd/{slug(plan.id)}/{task}-s{seed}.safetensors"
 
 
 def run(ctx: Context) -> CurvesResult:
@@ -216,7 +216,7 @@ def run(ctx: Context) -> CurvesResult:
         name, fp = cell_name(plan, task, size, seed, lr), cell_fp(ctx, plan, task)
         got = read_unit(rf.root / name, fp)
         if got is None:
-            bar.set_postfix_str(f"{plan.name} {task} n={size} seed={seed} lr={lr:g}")
+            bar.set_postfix_str(f"{plan.id} {task} n={size} seed={seed} lr={lr:g}")
             got = finetune_cell(ctx, plan, task, size, seed, lr) | {"data_fp": fp}
             rf.write_json(name, got)
         bar.update(1)
@@ -224,19 +224,19 @@ def run(ctx: Context) -> CurvesResult:
 
     cells, lr_choice, kgd_points = [], {}, []
     for plan in cfg.models:
-        lr_choice[plan.name] = {}
+        lr_choice[plan.id] = {}
         for task in cfg.curve_tasks:
             grid = [cell(plan, task, cfg.tuning_size, 0, lr) for lr in plan.lrs]
             ok = [g for g in grid if "failed" not in g and g.get("best_val") is not None and math.isfinite(g["best_val"])]
             best = min(ok, key=lambda g: g["best_val"]) if ok else None
             lr = best["lr"] if best else None
-            lr_choice[plan.name][task] = {
+            lr_choice[plan.id][task] = {
                 "lr": lr, "size": cfg.tuning_size, "criterion": "validation loss (best over the run), seed 0",
                 "grid": [{"lr": g["lr"], "best_val": g.get("best_val"), "skill": g.get("skill"),
                           "failed": g.get("failed")} for g in grid]}
             cells += [g | {"tuning": True} for g in grid if g["lr"] != lr]
             if lr is None:
-                log.warning("%s %s: every learning rate failed; no curve", plan.name, task)
+                log.warning("%s %s: every learning rate failed; no curve", plan.id, task)
                 continue
             for size in cfg.sizes:
                 for seed in range(cfg.seeds):
@@ -246,12 +246,12 @@ def run(ctx: Context) -> CurvesResult:
                     name, fp = kgd_name(plan, task, seed), kgd_fp(ctx, plan, task)
                     unit = load_tensors(rf.root / name, fp)
                     if unit is None:
-                        bar.set_postfix_str(f"{plan.name} {task} kernel-GD seed={seed}")
+                        bar.set_postfix_str(f"{plan.id} {task} kernel-GD seed={seed}")
                         unit = kgd_kernels(ctx, plan, task, seed)
                         rf.save_tensors(name, unit, {"data": fp})
                     bar.update(1)
                     pts = kgd_curve(unit, cfg.kgd_sizes, cfg.val, get_spec(task).type, seed, cfg.kgd_t_max)
-                    kgd_points += [p.to_dict() | {"model": plan.name, "task": task} for p in pts]
+                    kgd_points += [p.to_dict() | {"model": plan.id, "task": task} for p in pts]
     bar.close()
     res = aggregate(ctx, lr_choice, cells, kgd_points)
     rf.write_json("curves.json", res.to_dict() | {"inputs": inputs})
@@ -284,7 +284,7 @@ def aggregate(ctx: Context, lr_choice: dict, cells: list[dict], kgd_points: list
     for plan in cfg.models:
         for task in cfg.curve_tasks:
             ttype = get_spec(task).type
-            mine = [c for c in cells if c["model"] == plan.name and c["task"] == task and not c.get("tuning")
+            mine = [c for c in cells if c["model"] == plan.id and c["task"] == task and not c.get("tuning")
                     and "failed" not in c]
             names = ["mse", "nmse", "pearson", "spearman", "skill"] if ttype == "regression" else \
                 ["accuracy", "f1", "skill"]
@@ -303,7 +303,7 @@ def aggregate(ctx: Context, lr_choice: dict, cells: list[dict], kgd_points: list
                     errs_x.append(size)
                     # the error whose slope is fitted: MSE/Var(y_test) or 1 - accuracy
                     errs_y.append(_metric(c, "nmse") if ttype == "regression" else 1.0 - c["test_best"]["accuracy"])
-            pts = [p for p in kgd_points if p["model"] == plan.name and p["task"] == task]
+            pts = [p for p in kgd_points if p["model"] == plan.id and p["task"] == task]
             ksizes = sorted({p["size"] for p in pts})
             kg: dict[str, list[float]] = {}
             knames = ["mse", "nmse", "pearson", "spearman", "mse_target"] if ttype == "regression" else \
@@ -315,7 +315,7 @@ def aggregate(ctx: Context, lr_choice: dict, cells: list[dict], kgd_points: list
                     kg[k].append(float(np.mean(vals)))
             kx = [p["size"] for p in pts]
             curves.append(TaskCurve(
-                plan.name, task, ttype, plan.setting, lr_choice.get(plan.name, {}).get(task, {}).get("lr"), sizes,
+                plan.id, task, ttype, plan.setting, lr_choice.get(plan.id, {}).get(task, {}).get("lr"), sizes,
                 mean, sd, ksizes, kg, loglog_slope(errs_x, errs_y),
                 loglog_slope(kx, [_kgd_metric(p, "nmse") if ttype == "regression"
                                   else 1.0 - p["test_holdout"]["accuracy"] for p in pts]),

@@ -169,23 +169,23 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
     effs: list[Efficiency] = []
     for plan in models:
         for c in curves.curves:
-            s = spectra.get(plan.name, c.task)
-            if c.model != plan.name or s is None or len(c.sizes) < 2:
+            s = spectra.get(plan.id, c.task)
+            if c.model != plan.id or s is None or len(c.sizes) < 2:
                 continue
             sizes, sk = _skill_curve(c)
             major = None
             if c.type == "classification":
-                cs = [x for x in curves.cells if x["model"] == plan.name and x["task"] == c.task and "baseline" in x]
+                cs = [x for x in curves.cells if x["model"] == plan.id and x["task"] == c.task and "baseline" in x]
                 major = float(np.mean([x["baseline"]["accuracy_majority"] for x in cs])) if cs else None
             kg = _kgd_skill(c, major)
-            effs.append(Efficiency(plan.name, c.task, s.beta_paper_mean, s.beta_window_mean, auc(sizes, sk),
+            effs.append(Efficiency(plan.id, c.task, s.beta_paper_mean, s.beta_window_mean, auc(sizes, sk),
                                    n_to_fraction(sizes, sk, fraction), float(np.nanmax(sk)),
                                    auc(c.kgd_sizes, kg) if kg else None))
     corrs: list[Correlation] = []
     orders: dict[str, dict[str, list[str]]] = {}
     agreement = []
     for plan in models:
-        mine = {e.task: e for e in effs if e.model == plan.name}
+        mine = {e.task: e for e in effs if e.model == plan.id}
         groups = {fam: [t for t in ts if t in mine] for fam, ts in FAMILIES.items()}
         groups["all"] = [t for t in mine]
         for group, tasks in groups.items():
@@ -199,9 +199,9 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
                     if any(v is None for v in vals):
                         continue
                     p = permutation_p(b, vals, permutations)
-                    corrs.append(Correlation(plan.name, group, measure, estimator, tasks, p["rho"], p["p_one_sided"],
+                    corrs.append(Correlation(plan.id, group, measure, estimator, tasks, p["rho"], p["p_one_sided"],
                                              p["p_two_sided"], p["exact"]))
-        orders[plan.name] = {
+        orders[plan.id] = {
             "beta": sorted(mine, key=lambda t: -mine[t].beta),
             "measured_auc": sorted(mine, key=lambda t: -mine[t].auc),
             "measured_n_frac": sorted(mine, key=lambda t: mine[t].n_frac),
@@ -212,14 +212,14 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
                 continue
             paper_rank = [-paper_order.index(t) for t in tasks]
             agreement.append({
-                "model": plan.name, "family": fam, "tasks": tasks,
+                "model": plan.id, "family": fam, "tasks": tasks,
                 "rho_beta_vs_paper_beta": spearman([mine[t].beta for t in tasks], [PAPER_BETA[t][0] for t in tasks]),
                 "rho_measured_vs_paper_measured": spearman([mine[t].auc for t in tasks], paper_rank),
                 "beta_order": sorted(tasks, key=lambda t: -mine[t].beta),
                 "measured_order": sorted(tasks, key=lambda t: -mine[t].auc), "paper_order": tasks})
         six = [t for t in PAPER_BETA if t in mine]
         if len(six) >= 3:
-            agreement.append({"model": plan.name, "family": "all", "tasks": six,
+            agreement.append({"model": plan.id, "family": "all", "tasks": six,
                               "rho_beta_vs_paper_beta": spearman([mine[t].beta for t in six],
                                                                  [PAPER_BETA[t][0] for t in six]),
                               "rho_measured_vs_paper_measured": None,

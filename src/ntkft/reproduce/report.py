@@ -122,7 +122,7 @@ def _curves_section(root: Path, d: dict | None, spectra: dict | None, cfg: dict,
     if d is None:
         sec.text.append("Stage 2 has not run.")
         return sec
-    models = {m["name"]: m for m in cfg.get("models", [])}
+    models = {m.get("label") or m["name"]: m for m in cfg.get("models", [])}
     sec.text.append(
         f"Training sizes {cfg.get('sizes')} (before a {cfg.get('val')} hold-out split), {cfg.get('seeds')} seed(s), "
         f"{cfg.get('n_test')} test examples; hold-out early stopping on the validation loss with the best weights "
@@ -313,7 +313,7 @@ def _taskvec_section(d: dict | None, figs: dict[str, bytes]) -> Section:
     return sec
 
 
-def _paper_section(spectra: dict | None, rankings: dict | None, taskvec: dict | None) -> Section:
+def _paper_section(spectra: dict | None, rankings: dict | None, taskvec: dict | None, cfg: dict) -> Section:
     sec = Section("Side by side with the paper")
     models = list(dict.fromkeys(s["model"] for s in (spectra or {}).get("spectra", [])))
     if not models:
@@ -344,9 +344,11 @@ def _paper_section(spectra: dict | None, rankings: dict | None, taskvec: dict | 
         t.rows += [row_b, row_m, row_r]
     rep = (taskvec or {}).get("report")
     if rep:
+        names = {m.get("label") or m["name"]: m["name"] for m in cfg.get("models", [])}
+        owner = next((m for m in models if names.get(m, m) == taskvec["model"]), None)
         for task, v in rep["addition"]["test"].items():
             t.rows.append([f"normalised accuracy {label(task)}", "not given as a number"] +
-                          [v.get("normalised") if m == taskvec["model"] else None for m in models])
+                          [v.get("normalised") if m == owner else None for m in models])
     sec.tables.append(t)
     sec.text.append("The paper's measured order is its Figure 2 reading (SemRel > STS-12 > STS-B; Amazon > MRPC > RTE), "
                     "which is also its beta order, so its rho is 1 in each family. Over all six tasks the paper "
@@ -361,7 +363,7 @@ def sections(root: Path, figs: dict[str, bytes]) -> tuple[list[Section], dict]:
     """Every section of the report, built from the run folder's JSON files; figures land in `figs`."""
     cfg = _read(root, "config.json") or {}
     data = {k: _read(root, v) for k, v in STAGE_FILES.items()}
-    secs = [_paper_section(data["spectra"], data["rankings"], data["taskvec"]),
+    secs = [_paper_section(data["spectra"], data["rankings"], data["taskvec"], cfg),
             _spectra_section(root, data["spectra"], cfg, figs),
             _curves_section(root, data["curves"], data["spectra"], cfg, figs),
             _rankings_section(data["rankings"], figs), _stopping_section(data["stopping"], figs),

@@ -114,16 +114,16 @@ def run(ctx: Context) -> SpectraResult:
     kernels: dict[tuple[str, str, int], torch.Tensor] = {}
     bar = tqdm(units, desc="stage 1: spectra (kernels)", disable=not ctx.progress, unit="kernel")
     for plan, task, draw in bar:
-        name = f"kernels/{slug(plan.name)}/{task}-d{draw}.safetensors"
+        name = f"kernels/{slug(plan.id)}/{task}-d{draw}.safetensors"
         fp = unit_fp(ctx, plan, task)
         got = load_tensors(rf.root / name, fp)
         if got is None:
-            bar.set_postfix_str(f"{plan.name} {task} draw {draw}")
+            bar.set_postfix_str(f"{plan.id} {task} draw {draw}")
             k = spectrum_kernel(ctx, plan, task, draw)
             rf.save_tensors(name, {"K": k.double()}, {"data": fp})
         else:
             k = got["K"]
-        kernels[(plan.name, task, draw)] = k
+        kernels[(plan.id, task, draw)] = k
     bar.close()
     res = analyse(ctx, kernels)
     rf.write_json("spectra.json", res.to_dict() | {"inputs": inputs})
@@ -138,7 +138,7 @@ def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> 
     out = []
     for plan in cfg.models:
         for task in cfg.spectrum_tasks:
-            ks = [kernels[(plan.name, task, d)] for d in range(cfg.draws)]
+            ks = [kernels[(plan.id, task, d)] for d in range(cfg.draws)]
             lams = [eigenvalues(k) for k in ks]
             paper = [paper_beta(lam) for lam in lams]
             window = [fit_beta(lam) for lam in lams]
@@ -147,12 +147,12 @@ def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> 
                 ci = subsample_ci(ks[0], draws=cfg.ci_draws, seed=0)
                 ci_low, ci_high, level = ci.low, ci.high, ci.level
             except NtkftError as e:
-                log.warning("%s %s: no subsampling interval (%s)", plan.name, task, e)
+                log.warning("%s %s: no subsampling interval (%s)", plan.id, task, e)
                 ci_low = ci_high = float("nan")
                 level = 0.9
             sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
             out.append(TaskSpectrum(
-                model=plan.name, task=task, n=int(ks[0].shape[0]), draws=len(ks),
+                model=plan.id, task=task, n=int(ks[0].shape[0]), draws=len(ks),
                 beta_paper=bp.tolist(), beta_window=bw.tolist(),
                 beta_paper_mean=float(bp.mean()), beta_paper_sd=sd(bp),
                 beta_window_mean=float(bw.mean()), beta_window_sd=sd(bw),
@@ -163,11 +163,11 @@ def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> 
                 rate_exponent_window=rate_exponent(bw.mean()) if bw.mean() > 0 else None,
                 lambda_1=float(np.mean([lam[0] for lam in lams])),
                 eigenvalues=[lam.tolist() for lam in lams], window=(window[0].k_min, window[0].k_max)))
-    order = {p.name: [s.task for s in sorted((s for s in out if s.model == p.name), key=lambda s: -s.beta_paper_mean)]
+    order = {p.id: [s.task for s in sorted((s for s in out if s.model == p.id), key=lambda s: -s.beta_paper_mean)]
              for p in cfg.models}
-    order_w = {p.name: [s.task for s in sorted((s for s in out if s.model == p.name),
+    order_w = {p.id: [s.task for s in sorted((s for s in out if s.model == p.id),
                                                  key=lambda s: -s.beta_window_mean)] for p in cfg.models}
-    return SpectraResult(out, order, order_w, {p.name: p.kernel_params for p in cfg.models})
+    return SpectraResult(out, order, order_w, {p.id: p.kernel_params for p in cfg.models})
 
 
 def beta_csv(res: SpectraResult) -> str:

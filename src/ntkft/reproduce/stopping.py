@@ -129,7 +129,7 @@ def run(ctx: Context, curves: CurvesResult) -> StoppingResult:
             for seed in range(cfg.kgd_seeds):
                 unit = load_tensors(ctx.root / "curves" / kgd_name(plan, task, seed), kgd_fp(ctx, plan, task))
                 if unit is not None:
-                    rows += rows_for(unit, plan.name, task, seed, cfg.kgd_sizes, cfg.val, cfg.kgd_t_max, curves.cells)
+                    rows += rows_for(unit, plan.id, task, seed, cfg.kgd_sizes, cfg.val, cfg.kgd_t_max, curves.cells)
     res = StoppingResult(rows, summarise(rows))
     rf.write_json("stopping.json", res.to_dict())
     rf.write_text("stopping.csv", stopping_csv(res))
