@@ -99,6 +99,8 @@ class ReproConfig(StrictModel):
     taskvec_n_val: int = Field(100, ge=4, description="validation rows per task for the lambda choice")
     taskvec_lambdas: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=1, description="lambda grid of the "
                                          "task addition (one lambda for all tasks, chosen on validation)")
+    taskvec_n_linear: int = Field(64, ge=0, description="test rows per task for the linearised prediction of the "
+                                  "merged model (Corollary 2; 0 = off)")
     taskvec_kernel_n: int = Field(24, ge=4, description="samples per task for the kernel-orthogonality scores")
 
     @field_validator("models", mode="before")

@@ -292,6 +292,18 @@ def _taskvec_section(d: dict | None, figs: dict[str, bytes]) -> Section:
         a.rows.append([label(task), add["metrics"].get(task), v.get("pretrained"), v.get("merged"), v.get("finetuned"),
                        v.get("normalised"), None])
     sec.tables.append(a)
+    lin = add.get("linearised") or {}
+    if lin:
+        li = Table("taskvec-linearised", "the merged model against its linearisation f_PT + <lambda sum tau, grad f_PT> "
+                   "(Corollary 2)", "taskvec/taskvec.json: report.addition.linearised",
+                   ["task", "rows", "relative error", "prediction agreement", "metric merged", "metric linearised"],
+                   note="relative error = ||f_lin - f_MT|| / ||f_MT - f_PT||: 0 when the first-order term explains the "
+                        "merge exactly, 1 when it explains nothing.")
+        for task, v in lin.items():
+            m = add["metrics"].get(task, "")
+            li.rows.append([label(task), v.get("n"), v.get("rel_error"), v.get("agreement"), v.get(f"{m}_merged"),
+                            v.get(f"{m}_linearised")])
+        sec.tables.append(li)
     orth = rep["orthogonality"]
     o = Table("taskvec-orthogonality", f"kernel orthogonality (Assumption 5.1) per pair, eNTK on {orth['n']} samples "
               "per task", "taskvec/taskvec.json: report.orthogonality.rows",

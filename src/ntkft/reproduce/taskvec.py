@@ -36,7 +36,8 @@ def _fields(ctx: Context) -> dict:
     c = ctx.cfg
     return {"model": taskvec_model(ctx), "tasks": c.taskvec_tasks, "n_train": c.taskvec_n_train,
             "steps": c.taskvec_steps, "lr": c.taskvec_lr, "n_test": c.taskvec_n_test, "n_val": c.taskvec_n_val,
-            "kernel_n": c.taskvec_kernel_n, "lambdas": c.taskvec_lambdas, "val": c.val}
+            "kernel_n": c.taskvec_kernel_n, "lambdas": c.taskvec_lambdas, "val": c.val,
+            "n_linear": c.taskvec_n_linear}
 
 
 def taskvec_model(ctx: Context) -> str:
@@ -85,7 +86,8 @@ def run(ctx: Context) -> TaskVecStage:
     try:
         rep = experiment(model, {t: str(p) for t, p in paths.items()}, tasks=list(c.taskvec_tasks),
                          out=rf.path("experiment"), lambdas=list(c.taskvec_lambdas), n_val=c.taskvec_n_val,
-                         n_test=c.taskvec_n_test, n_kernel=c.taskvec_kernel_n, max_length=c.max_length, seed=0,
+                         n_test=c.taskvec_n_test, n_kernel=c.taskvec_kernel_n, n_linear=c.taskvec_n_linear,
+                         max_length=c.max_length, seed=0,
                          data_dir=ctx.data_dir, progress=ctx.progress)
         res.report = rep.to_dict()
     except (NtkftError, TypeError) as e:  # TypeError: the experiment's signature changed under us
