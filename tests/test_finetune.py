@@ -311,7 +311,9 @@ def test_edited_data_file_is_a_different_run(tmp_path, data_dir):
 def test_per_setting_default_learning_rates():
     from ntkft.finetune import DEFAULT_LR
 
-    assert FinetuneConfig.make(setting="probe").lr == DEFAULT_LR[("probe", "adamw")] > 100 * FinetuneConfig.make().lr
+    probe = FinetuneConfig.make(setting="probe")
+    assert probe.optimizer == "gd" and probe.lr is None and probe.max_steps == 1000  # step from the features
+    assert FinetuneConfig.make(setting="probe", optimizer="adamw").lr == DEFAULT_LR[("probe", "adamw")]
     assert FinetuneConfig.make(setting="full", optimizer="gd").lr == DEFAULT_LR[("full", "gd")]
     assert FinetuneConfig.make(setting="probe", lr=1e-3).lr == 1e-3
 
@@ -325,9 +327,10 @@ def test_warning_when_max_steps_ends_a_run_that_still_improves(data_dir):
 @pytest.mark.slow
 def test_minilm_probe_with_default_settings_beats_predicting_the_mean(tmp_path, data_dir):
     """The shipped defaults must give a sane probe: better than the constant predictor (R^2 > 0)."""
-    res = finetune(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="probe", n_train=600, n_test=300),
+    res = finetune(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="probe", n_train=2000, n_test=300),
                    tmp_path, progress=False)
     from ntkft.tasks import load_task, subsample
 
+    train_mean = float(np.mean(subsample(load_task("stsb", "train"), 2000, seed=0).labels))
     y = subsample(load_task("stsb", "test"), 300, seed=0).labels
-    assert res.test_best["mse"] < 0.9 * float(np.var(y)) and res.test_best["pearson"] > 0.3
+    assert res.test_best["mse"] < float(np.mean((y - train_mean) ** 2)) and res.test_best["pearson"] > 0.3

@@ -20,7 +20,7 @@ def finetune(cfg: FinetuneConfig, out: str, overwrite: bool, data_dir: str | Non
 
     res = run_ft(cfg, out, data_dir=data_dir, overwrite=overwrite)
     typer.echo(f"stopped at step {res.stopped_step}: {res.stop_reason}; best step {res.best_step} "
-               f"(val {res.monitor} {res.best_val:.4f}); lr {cfg.lr:g}")
+               f"(val {res.monitor} {res.best_val:.4f}); lr {res.config['lr']:g}")
     typer.echo("test (best on val): " + ", ".join(f"{k} {v:.4f}" for k, v in res.test_best.items()))
     typer.echo("test (last step):   " + ", ".join(f"{k} {v:.4f}" for k, v in res.test_last.items()))
     for w in res.warnings:

@@ -14,10 +14,14 @@ Setting = Literal["full", "head", "probe", "linearized"]
 
 # Learning rates that work out of the box (checked on MiniLM / STS-B): the head alone tolerates far
 # larger steps than the backbone, and full-batch GD needs larger steps than AdamW.
-DEFAULT_LR: dict[tuple[str, str], float] = {
-    ("full", "adamw"): 2e-5, ("head", "adamw"): 5e-5, ("probe", "adamw"): 3e-2, ("linearized", "adamw"): 2e-5,
-    ("full", "gd"): 1e-2, ("head", "gd"): 1e-2, ("probe", "gd"): 0.5, ("linearized", "gd"): 1e-2,
+# The probe is linear regression on cached features (Remark 5.1): full-batch GD with step 1/lambda_max of the
+# feature second-moment matrix (None below: computed from the features; the RWY step bound) early-stops like
+# ridge and, unlike AdamW's per-coordinate steps, does not chase validation noise (checked on MiniLM/STS-B).
+DEFAULT_LR: dict[tuple[str, str], float | None] = {
+    ("full", "adamw"): 2e-5, ("head", "adamw"): 5e-5, ("probe", "adamw"): 1e-2, ("linearized", "adamw"): 2e-5,
+    ("full", "gd"): 1e-2, ("head", "gd"): 1e-2, ("probe", "gd"): None, ("linearized", "gd"): 1e-2,
 }
+DEFAULT_OPTIMIZER: dict[str, str] = {"full": "adamw", "head": "adamw", "probe": "gd", "linearized": "adamw"}
 
 # The probe trains a linear head on cached features: steps are cheap and it needs more of them.
 DEFAULT_MAX_STEPS: dict[str, int] = {"full": 200, "head": 200, "probe": 1000, "linearized": 200}
@@ -42,10 +46,11 @@ class FinetuneConfig(StrictModel):
     n_test: int | None = Field(500, ge=1, description="test samples (seeded subsample of the test split)")
     max_length: int = Field(64, ge=2, description="tokens per input (checked against the model's position limit)")
     seed: int = Field(0, ge=0, description="seed of the subsample, hold-out split, head init and batch order")
-    optimizer: Literal["gd", "adamw"] = Field("adamw", description="gd (full batch) | adamw")
-    lr: float = Field(None, gt=0, description="learning rate (default per setting and optimizer: adamw full 2e-5, "  # type: ignore[assignment]
-                                             "head 5e-5, probe 3e-2, linearized 2e-5; gd full/head/linearized 1e-2, "
-                                             "probe 0.5)")
+    optimizer: Literal["gd", "adamw"] = Field(None, description="gd (full batch) | adamw (default: gd for the "  # type: ignore[assignment]
+                                                                "probe, adamw otherwise)")
+    lr: float | None = Field(None, gt=0, description="learning rate (default per setting and optimizer: adamw full 2e-5, "
+                                                    "head 5e-5, probe 1e-2, linearized 2e-5; gd 1e-2, probe 1/lambda_max "
+                                                    "of its features)")
     weight_decay: float = Field(0.0, ge=0)
     ridge: float = Field(0.0, ge=0, description="L2 penalty on the head weights")
     batch_size: int = Field(16, ge=1, description="micro-batch size (adamw: samples per step / grad_accum)")
@@ -72,6 +77,8 @@ class FinetuneConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _default_lr(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("optimizer") is None:
+            data = {**data, "optimizer": DEFAULT_OPTIMIZER.get(data.get("setting", "full"), "adamw")}
         if isinstance(data, dict) and data.get("lr") is None:
             key = (data.get("setting", "full"), data.get("optimizer", "adamw"))
             data = {**data, "lr": DEFAULT_LR.get(key, 2e-5)}
@@ -94,6 +101,8 @@ class FinetuneConfig(StrictModel):
     def _combos(self) -> FinetuneConfig:
         if self.layers is not None and self.setting in ("full", "linearized"):
             raise ValueError(f"layers: applies to settings head and probe, not '{self.setting}'")
+        if self.lr is None and not (self.setting == "probe" and self.optimizer == "gd"):
+            raise ValueError("lr: only the probe with full-batch GD derives its step from the features; give --lr")
         if self.warmup_steps >= self.max_steps and self.warmup_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be below max_steps ({self.max_steps})")
         return self

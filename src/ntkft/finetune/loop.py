@@ -106,10 +106,11 @@ class Trainer:
         if not self.params:
             raise ConfigError(f"setting '{cfg.setting}' leaves nothing to train")
         self.theta0 = {n: p.detach().clone() for n, p in self.params.items()}
+        self.lr = cfg.lr if cfg.lr is not None else self._feature_step()
         if cfg.optimizer == "gd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params.values(), lr=self.lr, weight_decay=cfg.weight_decay)
         else:
-            self.opt = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+            self.opt = torch.optim.AdamW(self.params.values(), lr=self.lr, weight_decay=cfg.weight_decay, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _schedule(cfg))
         self.monitor = check_monitor(self.data.spec, cfg.monitor)
         mode = cfg.mode or ("min" if self.monitor in ("loss", "mse") else "max")
@@ -117,7 +118,9 @@ class Trainer:
         n = len(self.train)
         self.per_step = n if cfg.optimizer == "gd" else min(n, cfg.batch_size * cfg.grad_accum)
         self.steps_per_epoch = max(1, math.ceil(n / self.per_step))
-        self.eval_every = cfg.eval_every or min(self.steps_per_epoch, max(1, cfg.max_steps // 10))
+        # default: each epoch, at least 10 times per run; full-batch GD (an epoch per step) every max_steps/50 steps
+        self.eval_every = cfg.eval_every or (max(1, cfg.max_steps // 50) if cfg.optimizer == "gd"
+                                             else min(self.steps_per_epoch, max(1, cfg.max_steps // 10)))
         self.step, self.history, self.drift = 0, [], []  # type: tuple[int, list, list]
         self.best = {n: p.detach().clone() for n, p in self.params.items()}
         self.drift_x: dict[str, torch.Tensor] | None = None
@@ -128,6 +131,15 @@ class Trainer:
         self.out = Path(out) if out is not None else None
         self.rf = RunFolder(out, "finetune", self.run_key(), overwrite) if out is not None and self.ranks.main else None
         self.writer: Any = None
+
+    def _feature_step(self) -> float:
+        """1 / (2 lambda_max) of the cached features' second moment M = [h, 1]^T [h, 1] / n: the squared loss has
+        Hessian 2M, so this is RWY's step bound alpha <= 1/lambda_1 on it (ridge added if set): no oscillation."""
+        h = self.train.h
+        assert h is not None
+        z = torch.cat([h.double(), torch.ones(len(h), 1, dtype=torch.float64, device=h.device)], 1)
+        lam = float(torch.linalg.eigvalsh(z.T @ z / len(h))[-1]) + self.cfg.ridge
+        return 1.0 / (2 * lam)
 
     @property
     def train(self) -> Split:
@@ -250,7 +262,7 @@ class Trainer:
         warnings = self._warnings()
         test_last = self.evaluate(self.test)
         self._set_params(self.best)
-        res = FinetuneResult(cfg.model_dump(), self.stopper.best_step, stopped,
+        res = FinetuneResult({**cfg.model_dump(), "lr": self.lr}, self.stopper.best_step, stopped,
                              self.stopper.reason or f"reached max_steps={cfg.max_steps}", self.stopper.best,
                              self.monitor, self.evaluate(self.val), self.evaluate(self.test), test_last, seconds,
                              seen * self.ranks.world / seconds if seconds > 0 else float("nan"), self.history,
@@ -275,7 +287,7 @@ class Trainer:
         if self.rf is not None and self.cfg.save_model:
             self.save_model()
             where = f"; last good weights (step {self.stopper.best_step}) saved in {self.rf.root / 'model'}"
-        raise TrainingError(f"non-finite training loss at step {self.step + 1} (learning rate {self.cfg.lr:g} "
+        raise TrainingError(f"non-finite training loss at step {self.step + 1} (learning rate {self.lr:g} "
                             f"too large?){where}")
 
     # ------------------------------------------------------------------ run folder, checkpoints, logs
