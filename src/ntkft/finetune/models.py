@@ -48,10 +48,6 @@ class Linearized(nn.Module):
         return out
 
 
-def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
 def probe_closed_form(features: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge regression of y on [h, 1] minimising mean (w.h + b - y)^2 + ridge ||w||^2 (b not penalised).
     Returns (weight (C, n), bias (C,)); y is (N,) or (N, C)."""

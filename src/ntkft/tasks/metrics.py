@@ -7,7 +7,8 @@ import numpy as np
 from ..errors import DataError
 
 
-def regression_metrics(pred, target) -> dict[str, float]:
+def regression_metrics(pred: object, target: object) -> dict[str, float]:
+    """MSE, Pearson and Spearman (NaN correlations for a constant prediction or target)."""
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import mean_squared_error
 
@@ -20,7 +21,8 @@ def regression_metrics(pred, target) -> dict[str, float]:
             "spearman": float("nan") if const else float(spearmanr(pred, target)[0])}
 
 
-def classification_metrics(pred_labels, target, num_classes: int = 2) -> dict[str, float]:
+def classification_metrics(pred_labels: object, target: object, num_classes: int = 2) -> dict[str, float]:
+    """Accuracy and F1 (binary for two classes, macro otherwise)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     avg = "binary" if num_classes == 2 else "macro"
@@ -28,7 +30,7 @@ def classification_metrics(pred_labels, target, num_classes: int = 2) -> dict[st
             "f1": float(f1_score(target, pred_labels, average=avg, zero_division=0))}
 
 
-def task_metrics(task_type: str, pred, target, num_classes: int = 2) -> dict[str, float]:
+def task_metrics(task_type: str, pred: object, target: object, num_classes: int = 2) -> dict[str, float]:
     """Metrics for predictions: scores for regression, class indices or logits for classification."""
     if task_type == "regression":
         return regression_metrics(pred, target)
