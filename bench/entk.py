@@ -1,96 +1,347 @@
-"""eNTK benchmark: smollm2-135m, all parameters, N real RTE pairs, max length 64, scalar readout.
+"""eNTK benchmark: ntkft's factored method against the loops a competent PyTorch user writes instead.
 
-Each configuration runs in its own process so wall time and peak RSS are its own. Writes
-bench/results/entk.json and prints a table for bench/README.md. Peers: the chunked torch.func
-Jacobian reference and nngeometry's Gram matrix (if it installs and handles the model).
+Every configuration runs in its own process (wall time and peak RSS are its own; model loading and
+encoding are excluded from the time), repeats alternate between methods (peer, ours, peer, ours...) so
+that load from other users hits both alike, and the best of the repeats is reported with the spread.
+Kernels are compared with factored's: traces and K must agree to 1e-4 (relative) or the row is marked
+wrong. Peers:
+
+  peer     per-sample torch.autograd.grad at each sample's own unpadded length, written into one float32
+           J (N x P), then J @ J.T; where J does not fit in memory its time is extrapolated from the
+           measured per-sample cost and GEMM rate (labelled "extrapolated")
+  vmap     torch.func.vmap(grad) over the padded batch (where transformers' mask code lets it trace)
+  nngeometry  GramMatrix of nngeometry 0.4 (pip install --no-deps nngeometry), where it handles the layers
+  jacobian ntkft's torch.func reference (slow; a correctness oracle rather than a peer)
+
+Usage (one command; the defaults are the README table):
+  .venv/bin/python bench/entk.py                        # minilm-l6 and smollm2-135m at N = 16, 100
+  .venv/bin/python bench/entk.py --quick                # minilm-l6 at N = 16, one repeat (a smoke test)
+  .venv/bin/python bench/entk.py --models smollm2-135m --sizes 100 --methods factored --repeats 3
+  .venv/bin/python bench/entk.py --large                # factored at N = 1000 (smollm2, 8 GB / 20 GB budget)
+  .venv/bin/python bench/entk.py --sketch               # sketch error and beta vs exact at N = 100, k = 1k/4k/16k
+Writes bench/results/entk.json (or --out) and prints the README table.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHILD = r"""
-import json, resource, sys, time, torch
-from ntkft.pipeline import build_readout
-from ntkft.tasks import encode, load_task, subsample
-from ntkft.kernel import kernel_matrix
-method, n = sys.argv[1], int(sys.argv[2])
-loaded, r = build_readout("smollm2-135m")
-x = encode(loaded.tokenizer, loaded.kind, subsample(load_task("rte", "train"), n, seed=0), max_length=64)
-t = time.time()
-if method == "nngeometry":
+PEERS = ["peer", "vmap", "nngeometry", "jacobian"]
+
+
+# ------------------------------------------------------------------ child: one configuration, one process
+
+
+def _inputs(model: str, n: int, max_length: int, task: str):
+    from ntkft.pipeline import build_readout
+    from ntkft.tasks import encode, load_task, subsample
+
+    loaded, r = build_readout(model)
+    x = encode(loaded.tokenizer, loaded.kind, subsample(load_task(task, "train"), n, seed=0), max_length=max_length)
+    return loaded, r, x
+
+
+def _peer(r, x, budget: int) -> tuple:
+    """Per-sample autograd at each sample's own length into one float32 J, then J J^T."""
+    import torch
+
+    params = [p for p in r.parameters() if p.requires_grad]
+    n, p_count = x["input_ids"].shape[0], sum(p.numel() for p in params)
+
+    def grad_row(i: int, out: torch.Tensor) -> None:
+        m = x["attention_mask"][i].bool()
+        f = r(x["input_ids"][i][m][None], x["attention_mask"][i][m][None])
+        off = 0
+        for g, p in zip(torch.autograd.grad(f.sum(), params, allow_unused=True), params):
+            if g is None:  # a parameter f does not use (BERT's pooler): its gradient is zero
+                out[off:off + p.numel()] = 0
+            else:
+                out[off:off + g.numel()] = g.reshape(-1)
+            off += p.numel()
+
+    if n * p_count * 4 <= budget:
+        j = torch.empty(n, p_count)
+        for i in range(n):
+            grad_row(i, j[i])
+        return (j @ j.T).double(), None
+    # J does not fit: measure the per-sample cost on 8 samples and the GEMM rate, extrapolate N samples + J J^T
+    probe = min(8, n)
+    row = torch.empty(p_count)
+    t = time.time()
+    for i in range(probe):
+        grad_row(i, row)
+    per = (time.time() - t) / probe
+    a = torch.randn(64, 1 << 22)
+    t = time.time()
+    a @ a.T
+    rate = 2 * 64 * 64 * (1 << 22) / (time.time() - t)
+    est = per * n + 2 * n * n * p_count / rate
+    return None, {"extrapolated_seconds": est, "per_sample_seconds": per, "gemm_flops": rate,
+                  "j_bytes": n * p_count * 4}
+
+
+def _vmap(r, x):
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in r.named_parameters()}
+
+    def f(p, ids, mask):
+        return functional_call(r, p, (ids[None], mask[None])).sum()
+
+    g = vmap(grad(f), in_dims=(None, 0, 0))(params, x["input_ids"], x["attention_mask"])
+    j = torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], 1)
+    return (j @ j.T).double()
+
+
+def _nngeometry(r, x):
+    import torch
     from nngeometry import GramMatrix
     from nngeometry.layercollection import LayerCollection
-    LayerCollection.from_model(r)  # raises on layer types nngeometry does not know (e.g. LlamaRMSNorm)
+
+    lc = LayerCollection.from_model(r)  # raises on layer types nngeometry does not know
     data = torch.utils.data.TensorDataset(x["input_ids"], x["attention_mask"])
     loader = torch.utils.data.DataLoader(data, batch_size=8)
-    g = GramMatrix(r, loader, function=lambda ids, mask: r(ids, mask)[:, None])
-    k = g.get_dense_tensor().reshape(n, n)
-else:
-    k = kernel_matrix(r, x, method=method, progress=False, max_memory=4 * 2**30)
-dt = time.time() - t
-print(json.dumps({"seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "trace": float(k.trace())}))
-"""
+    g = GramMatrix(r, loader, function=lambda ids, mask: r(ids, mask)[:, None], layer_collection=lc)
+    n = x["input_ids"].shape[0]
+    return g.get_dense_tensor().reshape(n, n).double()
 
 
-def run(method: str, n: int, timeout: int) -> dict:
+def child(method: str, model: str, n: int, max_length: int, task: str, out: str, extra: dict, threads: int) -> None:
+    import resource
+
+    import torch
+
+    from ntkft.kernel import kernel_matrix
+    from ntkft.kernel.plan import available_memory
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded, r, x = _inputs(model, n, max_length, task)
+    info: dict = {}
+    t, c = time.time(), time.process_time()
+    if method == "factored":
+        k = kernel_matrix(r, x, method="factored", progress=False, **extra)
+    elif method == "sketch":
+        k = kernel_matrix(r, x, method="sketch", progress=False, **extra)
+    elif method == "jacobian":
+        k = kernel_matrix(r, x, method="jacobian", progress=False)
+    elif method == "peer":
+        k, est = _peer(r, x, int(0.6 * available_memory()))
+        info.update(est or {})
+    elif method == "vmap":
+        k = _vmap(r, x)
+    elif method == "nngeometry":
+        k = _nngeometry(r, x)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    seconds, cpu = time.time() - t, time.process_time() - c
+    row = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "tokens": int(x["attention_mask"].sum()), "threads": torch.get_num_threads(), **info}
+    if k is not None:
+        from safetensors.torch import save_file
+
+        save_file({"K": k.contiguous()}, out)
+        row["trace"] = float(k.trace())
+    else:
+        row["seconds"] = info["extrapolated_seconds"]
+        row["note"] = "extrapolated: J does not fit in memory"
+    print("RESULT " + json.dumps(row))
+
+
+# ------------------------------------------------------------------ parent
+
+
+def run(method: str, model: str, n: int, args, tmp: Path, extra: dict | None = None) -> dict:
+    out = tmp / f"{method}-{model}-{n}-{time.time_ns()}.safetensors"
+    cmd = [sys.executable, __file__, "--child", method, model, str(n), str(out), json.dumps(extra or {}),
+           "--max-length", str(args.max_length), "--task", args.task, "--threads", str(args.threads)]
+    load = os.getloadavg()[0]
     t = time.time()
     try:
-        p = subprocess.run([sys.executable, "-c", CHILD, method, str(n)], capture_output=True, text=True,
-                           timeout=timeout, env=dict(os.environ))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=dict(os.environ))
     except subprocess.TimeoutExpired:
-        return {"method": method, "n": n, "error": f"did not finish within {timeout}s"}
-    if p.returncode != 0:
+        return {"method": method, "model": model, "n": n, "error": f"did not finish within {args.timeout}s",
+                "load_before": load}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
         tail = (p.stderr.strip().splitlines() or ["?"])[-1]
-        return {"method": method, "n": n, "error": tail[:300], "wall_s": time.time() - t}
-    return {"method": method, "n": n, **json.loads(p.stdout.strip().splitlines()[-1])}
+        return {"method": method, "model": model, "n": n, "error": tail[:300], "wall_s": time.time() - t,
+                "load_before": load}
+    row = {"method": method, "model": model, "n": n, **json.loads(lines[-1][7:]), "load_before": load,
+           "load_after": os.getloadavg()[0]}
+    if out.exists():
+        row["k_file"] = str(out)
+    return row
+
+
+def _compare(rows: list[dict]) -> None:
+    """Mark rows whose K disagrees with factored's (same model and N) by more than 1e-4."""
+    import torch
+    from safetensors.torch import load_file
+
+    ref = {}
+    for r in rows:
+        if r["method"] == "factored" and "k_file" in r:
+            ref[(r["model"], r["n"])] = load_file(r["k_file"])["K"]
+    for r in rows:
+        k0 = ref.get((r["model"], r["n"]))
+        if "k_file" not in r or k0 is None or r["method"] in ("factored", "sketch"):
+            continue
+        k = load_file(r["k_file"])["K"]
+        rel = float((k - k0).norm() / k0.norm())
+        tr = abs(float(k.trace() - k0.trace())) / float(k0.trace())
+        r["rel_frobenius_vs_factored"], r["rel_trace_vs_factored"] = rel, tr
+        if rel > 1e-4 or tr > 1e-4 or not torch.isfinite(k).all():
+            r["wrong"] = True
+
+
+def _best(rows: list[dict]) -> list[dict]:
+    """Best of the repeats per (method, model, n), with the spread of the repeats that ran."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["method"], r["model"], r["n"])
+        ok = [x for x in rows if (x["method"], x["model"], x["n"]) == key and "seconds" in x and not x.get("wrong")]
+        if ok:
+            best = dict(min(ok, key=lambda x: x["seconds"]))
+            best["repeats"] = [round(x["seconds"], 2) for x in ok]
+            best["spread"] = max(x["seconds"] for x in ok) / min(x["seconds"] for x in ok)
+            out[key] = best
+        elif key not in out:
+            out[key] = r
+    return list(out.values())
+
+
+def floor_seconds(model: str, n: int, tokens: int, gemm_flops: float) -> float:
+    """A lower bound for factored: forward + input-gradient backward (4 P_lin per token), per-sample weight
+    gradients (2 P_lin per token) and the upper-triangle Gram (N(N+1) P), at the measured GEMM rate."""
+    from ntkft.pipeline import build_readout
+
+    _, r = build_readout(model)
+    import torch
+
+    p = sum(q.numel() for q in r.parameters())
+    p_lin = sum(m.weight.numel() for m in r.modules() if isinstance(m, torch.nn.Linear))
+    return (6 * p_lin * tokens + n * (n + 1) * p) / gemm_flops
+
+
+def gemm_rate() -> float:
+    code = ("import time,torch\na=torch.randn(2048,2048);b=torch.randn(2048,2048);a@b\nt=time.time()\n"
+            "for _ in range(10): a@b\nprint(2*2048**3*10/(time.time()-t))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    return float(p.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "25,50,100,200").split(",")]
-    peers_n = int(os.environ.get("BENCH_PEER_N", "100"))
-    peer_timeout = int(os.environ.get("BENCH_PEER_TIMEOUT", "1800"))
-    small = int(os.environ.get("BENCH_SMALL_N", "16"))
-    rows = [run("factored", n, 1800) for n in sizes]
-    rows.append(run("jacobian", peers_n, peer_timeout))
-    rows.append(run("nngeometry", peers_n, 900))
-    # a size at which the reference surely finishes, for a measured (not bounded) ratio
-    rows += [run("factored", small, 1800), run("jacobian", small, peer_timeout)]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--models", default="minilm-l6,smollm2-135m")
+    ap.add_argument("--sizes", default="16,100")
+    ap.add_argument("--methods", default="factored,peer,vmap,nngeometry")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--task", default="rte")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default, all cores)")
+    ap.add_argument("--quick", action="store_true", help="minilm-l6, N = 16, factored and peer, one repeat")
+    ap.add_argument("--large", action="store_true", help="factored at N = 1000 on smollm2 (8 GB RAM, 20 GB disk)")
+    ap.add_argument("--sketch", action="store_true", help="sketch error and beta vs exact, N = 100, k = 1k, 4k, 16k")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "entk.json"))
+    args = ap.parse_args()
+    if args.child:
+        method, model, n, out, extra = args.child
+        child(method, model, int(n), args.max_length, args.task, out, json.loads(extra), args.threads)
+        return
+    if args.quick:
+        args.models, args.sizes, args.methods, args.repeats = "minilm-l6", "16", "factored,peer", 1
+    tmp = Path(tempfile.mkdtemp(prefix="ntkft-bench-"))
+    rows: list[dict] = []
+    configs = [(m, model, int(n), None) for model in args.models.split(",") for n in args.sizes.split(",")
+               for m in args.methods.split(",")]
+    if args.large:
+        configs = [("factored", "smollm2-135m", 1000, {"max_memory": 8 * 2**30 - 2**29, "max_disk": 20 * 2**30})]
+    if args.sketch:
+        configs = [("factored", model, 100, None) for model in args.models.split(",")]
+        configs += [("sketch", model, 100, {"sketch_dim": k}) for model in args.models.split(",")
+                    for k in (1024, 4096, 16384)]
+    for rep in range(args.repeats):
+        for method, model, n, extra in (configs if rep % 2 == 0 else configs[::-1]):  # alternate the order
+            row = run(method, model, n, args, tmp, extra)
+            if extra:
+                row["options"] = extra
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "k_file"}), flush=True)
+    _compare(rows)
+    best = _best(rows) if not args.sketch else rows
+    rate = gemm_rate()
     import torch
     import transformers
 
-    out = {"benchmark": "eNTK smollm2-135m all params, RTE train, max_length 64, scalar readout",
-           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "python": platform.python_version()},
-           "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-           "commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
-    for n in (peers_n, small):
-        ok = {r["method"]: r for r in rows if "seconds" in r and r["n"] == n}
-        peers = [r["seconds"] for m, r in ok.items() if m != "factored"]
-        if "factored" in ok and peers:
-            out[f"speedup_vs_best_peer_n{n}"] = min(peers) / ok["factored"]["seconds"]
-        elif "factored" in ok and any(r["method"] == "jacobian" and r["n"] == n and "did not finish" in
-                                      r.get("error", "") for r in rows):
-            out[f"speedup_vs_best_peer_n{n}_at_least"] = peer_timeout / ok["factored"]["seconds"]
-    path = ROOT / "bench" / "results" / "entk.json"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    result = {"benchmark": f"eNTK, all parameters, {args.task} train, max_length {args.max_length}, scalar readout",
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "gemm_gflops": rate / 1e9},
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "python": platform.python_version()},
+              "commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": best, "all_runs": rows}
+    if args.sketch:
+        result["sketch"] = _sketch_report(rows)
+    print("\n| model | N | method | seconds (best of repeats) | peak RSS (MiB) | spread | ratio vs factored | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in sorted(best, key=lambda r: (r["model"], r["n"], r["method"] != "factored", r["method"])):
+        ours = next((x for x in best if x["method"] == "factored" and x["model"] == r["model"] and x["n"] == r["n"]
+                     and "seconds" in x), None)
+        ratio = f"{r['seconds'] / ours['seconds']:.1f}x" if ours and "seconds" in r and r is not ours else ""
+        note = "WRONG K" if r.get("wrong") else r.get("note", r.get("error", ""))
+        print(f"| {r['model']} | {r['n']} | {r['method']} | {r.get('seconds', float('nan')):.1f} | "
+              f"{r.get('peak_rss_mb', float('nan')):.0f} | {r.get('spread', float('nan')):.2f} | {ratio} | {note} |")
+    for r in best:
+        if r["method"] == "factored" and "seconds" in r:
+            fl = floor_seconds(r["model"], r["n"], r["tokens"], rate)
+            peers = [x["seconds"] for x in best if x["model"] == r["model"] and x["n"] == r["n"]
+                     and x["method"] in PEERS and "seconds" in x and not x.get("wrong")]
+            r["floor_seconds"] = fl
+            if peers:
+                r["ratio_vs_best_peer"] = min(peers) / r["seconds"]
+            print(f"{r['model']} N={r['n']}: factored {r['seconds']:.1f}s, floor {fl:.1f}s "
+                  f"({r['seconds'] / fl:.1f}x the floor)" + (f", best peer {min(peers):.1f}s -> "
+                                                              f"{min(peers) / r['seconds']:.1f}x" if peers else ""))
+    path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print("| method | N | seconds | peak RSS (MiB) | note |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['n']} | {r.get('seconds', float('nan')):.1f} | "
-              f"{r.get('peak_rss_mb', float('nan')):.0f} | {r.get('error', '')} |")
-    for k, v in out.items():
-        if k.startswith("speedup"):
-            print(f"{k}: {v:.1f}")
+        r.pop("k_file", None)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+def _sketch_report(rows: list[dict]) -> list[dict]:
+    """Relative Frobenius error and beta (paper estimator, eq 31-32) of each sketch against the exact kernel."""
+    from safetensors.torch import load_file
+
+    out = []
+    exact = {r["model"]: load_file(r["k_file"])["K"] for r in rows if r["method"] == "factored" and "k_file" in r}
+    for r in rows:
+        if r["method"] != "sketch" or "k_file" not in r or r["model"] not in exact:
+            continue
+        k, k0 = load_file(r["k_file"])["K"], exact[r["model"]]
+        out.append({"model": r["model"], "k": r["options"]["sketch_dim"], "seconds": r["seconds"],
+                    "rel_frobenius": float((k - k0).norm() / k0.norm()), "beta": _beta(k), "beta_exact": _beta(k0)})
+    return out
+
+
+def _beta(k) -> float:
+    from ntkft.spectrum import eigenvalues, paper_beta
+
+    return float(paper_beta(eigenvalues(k.numpy())).beta)
 
 
 if __name__ == "__main__":

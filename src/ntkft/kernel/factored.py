@@ -80,9 +80,11 @@ class FactoredMethod:
         longest = int(max(x1.lengths.max(), 0 if sym else x2.lengths.max()))
         per_sample_max = sum(self.entry_bytes(w, 1, longest) for w in owners)
         k_bytes = 2 * x1.n * (x2.n if x2 is not None else x1.n) * self.c ** 2 * 8
-        # a batch holds its factors plus the activations autograd keeps (about as large): ~3x its factors
+        # a batch in flight holds its factors, the activations autograd keeps (about as large) and the previous
+        # batch's factors while they are written: ~3x its factors, kept within half the budget
         size = o.batch_size or 16
-        size = int(max(1, min(size, (o.max_memory - k_bytes) // (4 * per_sample_max) if per_sample_max else size)))
+        if per_sample_max > 0:
+            size = int(max(1, min(size, (o.max_memory / 2) // (3 * per_sample_max))))
         order1 = sort_by_length(x1)
         order2 = order1 if sym else sort_by_length(x2)
         b1 = batches(x1, order1, size)
@@ -107,8 +109,11 @@ class FactoredMethod:
                               f"{x1.n + (0 if sym else x2.n)} samples (~{biggest / GiB:.2f} GiB); use a larger "
                               "max_memory or method sketch")
         disk = math.inf if o.max_disk is None else float(o.max_disk)
-        spill = need > room and disk > room  # keep factors on disk when that gives bigger (fewer) layer groups
-        groups = [owners] if need <= room else _split(owners, sizes, disk if spill else room)
+        # on disk: room for the accumulator (K) and each file's header besides the factors themselves
+        n_files = len(b1) + len(b2)
+        disk_cap = 0.98 * disk - k_bytes / 2 - n_files * (16 << 10) if disk < math.inf else disk
+        spill = need > room and disk_cap > room  # keep factors on disk when that gives bigger (fewer) layer groups
+        groups = [owners] if need <= room else _split(owners, sizes, disk_cap if spill else room)
         n_r = x1.n * self.c
         n_c = n_r if sym else x2.n * self.c
         passes = []
@@ -121,7 +126,9 @@ class FactoredMethod:
         self.groups = groups
         self.b1, self.b2 = b1, b2
         info = {"batch_size": size, "batches": [len(b) for b in b1], "groups": len(groups),
-                "feature_bytes": int(need), "spill": spill, "moved_to_fallback": self.moved,
+                "feature_bytes": int(need), "room_bytes": int(room), "batch_bytes": int(batch_bytes),
+                "k_bytes": int(k_bytes), "largest_entry_bytes": int(biggest), "spill": spill,
+                "moved_to_fallback": self.moved,
                 "fallback_params": sum(p.numel() for p in self.fallback.values())}
         if len(groups) > 1:
             log.info("factored: %d layer groups, one forward/backward each (factors of all samples ~%.1f GiB)",
