@@ -64,7 +64,7 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
                   batch_size: int | None = None, checkpoint_dir: str | Path | None = None,
                   progress: bool = True, *, max_disk: float | None = None, device: str | torch.device | None = None,
                   accumulate: str = "host", sketch_dim: int | None = None, seed: int = 0) -> torch.Tensor:
-    """Unnormalised eNTK K_ij = <grad f(x_i), grad f(x_j)> (float64).
+    """Unnormalised eNTK K_ij = <grad f(x_i), grad f(x_j)> (float64, on the host).
 
     `model` meets `KernelModel` (e.g. a Readout); with C outputs the result is (N1*C, N2*C), rows ordered
     sample-major. `x2=None` gives the symmetric K(X1, X1), computing each block of the upper triangle once.
@@ -106,7 +106,7 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
         finally:
             stores.close()
         stores.finish()
-    return k.detach()
+    return k.detach().cpu()
 
 
 # ------------------------------------------------------------------ normalisations (THEORY.md sec. 3)

@@ -154,6 +154,10 @@ class FactoredMethod:
         cap = capture(self.model, entries, fallback, ids.to(self.opt.device), mask.to(self.opt.device))
         return Artifact(cap.feats, {"alias": cap.alias})
 
+    def _load(self, store: Store, uid: str, names: list[str]) -> dict[str, torch.Tensor]:
+        """A batch's factors on the compute device (spilled ones come back from the host)."""
+        return {k: v.to(self.opt.device, non_blocking=True) for k, v in store.get(uid, names)[0].items()}
+
     def _gram(self, unit: Unit, store: Store) -> torch.Tensor:
         g = unit.data["group"]
         sym = self.x2 is None
@@ -167,8 +171,8 @@ class FactoredMethod:
         for owner in unit.data["entries"]:
             e = by_name.get(owner)
             names = _names(e, owner)
-            r = [store.get(uid, names)[0] for uid in rows]
-            c = r if sym else [store.get(uid, names)[0] for uid in cols]
+            r = [self._load(store, uid, names) for uid in rows]
+            c = r if sym else [self._load(store, uid, names) for uid in cols]
             if names[0] not in r[0]:
                 continue  # layer not reached by the forward pass
             _contract(owner, e, names, r, c, sym, k, self.chunk)

@@ -43,7 +43,9 @@ def allocate(k: int, weights: list[float]) -> list[int]:
     """k coordinates over blocks in proportion to `weights` (each block >= 1; largest remainders)."""
     n = len(weights)
     if k < n:
-        raise ConfigError(f"sketch_dim: must be at least the number of sketched layers ({n}) for this model, got {k}")
+        err = ConfigError(f"sketch_dim: must be at least the number of sketched layers ({n}) for this model, got {k}")
+        err.param = "sketch_dim"
+        raise err
     total = sum(weights)
     share = [(w / total if total > 0 else 1 / n) * (k - n) for w in weights]
     out = [1 + int(s) for s in share]
@@ -145,12 +147,13 @@ class SketchMethod:
             return Artifact({"S": self._project(cap.feats, cap.alias)})
         a, b = unit.data["batches"]
         sym = self.x2 is None
-        rows = torch.cat([store.get(f"s1-b{i}", ["S"])[0]["S"] for i in range(a, b)])
+        dev = self.opt.device
+        rows = torch.cat([store.get(f"s1-b{i}", ["S"])[0]["S"].to(dev) for i in range(a, b)])
         start = a if sym else 0
         ids = [f"s1-b{i}" for i in range(start, len(self.b1))] if sym else [f"s2-b{i}" for i in range(len(self.b2))]
-        cols = torch.cat([store.get(u, ["S"])[0]["S"] for u in ids])
-        dev = self.opt.device if self.opt.accumulate == "device" else torch.device("cpu")
-        k = (rows @ cols.T).to(dev, torch.float64)
+        cols = torch.cat([store.get(u, ["S"])[0]["S"].to(dev) for u in ids])
+        acc = dev if self.opt.accumulate == "device" else torch.device("cpu")
+        k = (rows @ cols.T).to(acc, torch.float64)
         row0 = sum(len(x) for x in self.b1[:a]) * self.c
         col0 = sum(len(x) for x in self.b1[:a]) * self.c if sym else 0
         return Block(row0, col0, k)
