@@ -107,7 +107,8 @@ def save_finetuned(readout: Readout, tokenizer: Any, path: str | Path, info: dic
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".ntkft-tmp-{path.name}-{uuid.uuid4().hex[:8]}")
     try:
-        readout.backbone.save_pretrained(tmp, safe_serialization=True)
+        backbone: Any = readout.backbone
+        backbone.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_tensors(tmp / HEAD, {"weight": readout.head.weight.detach(), "bias": readout.head.bias.detach()})
@@ -124,8 +125,9 @@ def _with_kind(loaded: LoadedModel, kind: str) -> LoadedModel:
         raise ModelError(f"kind must be 'encoder' or 'decoder', got {kind!r}")
     if loaded.kind == kind:
         return loaded
-    loaded.tokenizer.padding_side = "left" if kind == "decoder" else "right"
-    return dataclasses.replace(loaded, kind=kind)
+    tok: Any = loaded.tokenizer
+    tok.padding_side = "left" if kind == "decoder" else "right"
+    return dataclasses.replace(loaded, kind="decoder" if kind == "decoder" else "encoder")
 
 
 def _pick_head(d: Path, info: dict[str, Any], head: str | None) -> tuple[Path | None, dict[str, Any]]:

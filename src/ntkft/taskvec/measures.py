@@ -38,7 +38,8 @@ def linearised_vs_merged(s: Session, tv: TaskVector, lam: float, t: TaskEval, en
         ids, mask = ids.to(s.device), mask.to(s.device)
         f = lambda p, ids=ids, mask=mask: functional_call(model, p, (ids, mask))  # noqa: E731
         with torch.no_grad():
-            out, dout = jvp(f, (params,), (tangent,))
+            pair = jvp(f, (params,), (tangent,))
+        out, dout = pair[0], pair[1]
         f_pt.append(out.reshape(len(ids), -1).float().cpu())
         f_lin.append((out + dout).reshape(len(ids), -1).float().cpu())
     fp, fl = torch.cat(f_pt), torch.cat(f_lin)

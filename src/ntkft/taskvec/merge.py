@@ -22,7 +22,7 @@ from .._io import save_tensors, write_json
 from ..errors import ConfigError, ModelError
 from ..models.checkpoint import HEAD, HEADS, INFO
 from .sources import INDEX, SINGLE, align
-from .vector import TaskVector, _Reader
+from .vector import TaskVector, _Reader, total
 
 DEFAULT_SHARD_BYTES = 2 * 2**30
 _SKIP_COPY = {".gitattributes", "README.md", INFO, INDEX}
@@ -164,7 +164,7 @@ def add(tvs: list[TaskVector], lam: float, out: str | Path, **kw: Any) -> Path:
     """Task addition theta_PT + lam * sum_i tau_i (eq 25) written to `out`."""
     if len(tvs) < 2:
         raise ConfigError(f"finetuned: addition needs at least two task vectors, got {len(tvs)}")
-    return write_merged(sum(tvs), lam, out, meta={"operation": "add"}, **kw)  # type: ignore[arg-type]
+    return write_merged(total(tvs), lam, out, meta={"operation": "add"}, **kw)
 
 
 def negate(tv: TaskVector, lam: float, out: str | Path, **kw: Any) -> Path:

@@ -38,9 +38,10 @@ from .evaluate import (
 from .measures import disentanglement, kernel_blocks, linearised_vs_merged, orthogonality_scores
 from .merge import safe_name
 from .sources import Checkpoint, Head, Pretrained, open_checkpoint, parse_checkpoint_arg
-from .vector import TaskVector, cosine_from_gram, cosine_matrix, gram, task_vectors
+from .vector import TaskVector, cosine_from_gram, cosine_matrix, gram, task_vectors, total
 
 log = logging.getLogger(__name__)
+NAN = float("nan")
 
 
 # ---------------------------------------------------------------- run-folder plumbing
@@ -82,8 +83,8 @@ class _Cache:
 
 def checkpoint_digest(ck: Checkpoint) -> str:
     """sha256 over the checkpoint's weight files, head and ntkft.json (what the task vector is made of)."""
-    files = sorted({m.file for m in ck.files.meta.values()}) + [p for p in (ck.head.file if ck.head else None,
-                                                                            ck.dir / "ntkft.json") if p and p.is_file()]
+    files = sorted({m.file for m in ck.files.meta.values()})
+    files += [p for p in ([ck.head.file] if ck.head else []) + [ck.dir / "ntkft.json"] if p.is_file()]
     return digest([[f.name, file_digest(f)] for f in files])
 
 
@@ -113,7 +114,7 @@ def _lam_name(lam: float) -> str:
 
 
 def _kind(vectors: list[TaskVector]) -> str | None:
-    kinds = {ck.info.get("kind") for v in vectors for ck in v.checkpoints if ck.info.get("kind")}
+    kinds = {str(ck.info["kind"]) for v in vectors for ck in v.checkpoints if ck.info.get("kind")}
     if len(kinds) > 1:
         raise ConfigError(f"finetuned: checkpoints disagree on the model kind ({', '.join(sorted(kinds))})")
     return kinds.pop() if kinds else None
@@ -200,7 +201,7 @@ class NegateResult:
     val: list[dict[str, Any]]
     best_lambda: float
     test: dict[str, dict[str, float]]
-    negation_gap: dict[str, float]
+    negation_gap: dict[str, Any]
     control_kept: float
     merged_dir: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -315,7 +316,7 @@ def _addition_search(s: Session, vectors: list[TaskVector], tasks: list[TaskEval
                      cache: _Cache, prefix: str, progress: bool) -> tuple[list[dict], float, dict, dict]:
     """(validation rows, best lambda, test metrics per task, fine-tuned metrics) of theta_PT + lam sum tau."""
     ft = _finetuned_metrics(s, vectors, tasks, cache)
-    tv = sum(vectors)  # type: ignore[assignment]
+    tv = total(vectors)
     rows = []
     for lam in tqdm(lambdas, desc="lambda grid (validation)", disable=not progress):
         m = _eval_at(s, tv, lam, tasks, "val", cache, f"{prefix}/val/lambda-{_lam_name(lam)}.json")
@@ -353,23 +354,23 @@ def run_add(cfg: AddConfig, out: str | Path | None = None, overwrite: bool = Fal
     if (done := cache.done("addition.json")) is not None:
         return AddResult(**done)
     rows, best, test, _ = _addition_search(s, vectors, tasks, cfg.lambdas, cache, "evals", progress)
-    tv = sum(vectors)
+    tv = total(vectors)
     lin: dict[str, dict[str, float]] = {}
     if cfg.n_linear:
         lin = cache.get("evals/linearised.json") or {}
         for t in tasks:
             if t.name not in lin:
-                lin[t.name] = linearised_vs_merged(s, tv, best, t, t.test.head_rows(cfg.n_linear))  # type: ignore[arg-type]
+                lin[t.name] = linearised_vs_merged(s, tv, best, t, t.test.head_rows(cfg.n_linear))
                 cache.put("evals/linearised.json", lin)
     mean = sum(v["normalised"] for v in test.values()) / len(test)
     notes = [f"{t.name}: {n}" for t in tasks for n in t.notes]
     res = AddResult([t.name for t in tasks], {t.name: t.metric for t in tasks}, cfg.lambdas, rows, best, test, mean,
-                    lin, tv.report()["terms"], notes=notes)  # type: ignore[union-attr]
+                    lin, tv.report()["terms"], notes=notes)
     if rf is not None:
         if cfg.save_model:
             from .merge import write_merged
 
-            write_merged(tv, best, rf.path("merged"), meta={"operation": "add"},  # type: ignore[arg-type]
+            write_merged(tv, best, rf.path("merged"), meta={"operation": "add"},
                          max_shard_bytes=int(cfg.max_shard_mb * 2**20), progress=progress)
             res.merged_dir = str(rf.root / "merged")
         rf.write_text("lambda_grid.csv", _csv(rows))
@@ -449,11 +450,11 @@ def run_negate(cfg: NegateConfig, out: str | Path | None = None, overwrite: bool
     neg = -tv
     both = [target, control]
     rows = []
-    ctrl0 = None
+    ctrl0 = NAN
     for lam in tqdm(cfg.lambdas if 0.0 in cfg.lambdas else [0.0, *cfg.lambdas], desc="lambda grid (validation)",
                     disable=not progress):
         m = _eval_at(s, neg, lam, both, "val", cache, f"evals/val/lambda-{_lam_name(lam)}.json")
-        tval, cval = m[target.name].get(target.metric), m[control.name].get(control.metric)
+        tval, cval = m[target.name].get(target.metric, NAN), m[control.name].get(control.metric, NAN)
         if lam == 0.0:
             ctrl0 = cval
         rows.append({"lambda": lam, "target": tval, "target_loss": m[target.name]["loss"], "control": cval})
@@ -475,9 +476,9 @@ def run_negate(cfg: NegateConfig, out: str | Path | None = None, overwrite: bool
     cm = control.metric
     kept = _normalised(negm[control.name][cm], prem[control.name][cm]) if _better(cm) else \
         _normalised(prem[control.name][cm], negm[control.name][cm])
-    test = {"target": {"finetuned": ftm.get(target.metric), "pretrained": prem[target.name].get(target.metric),
-                       "negated": negm[target.name].get(target.metric)},
-            "control": {"pretrained": prem[control.name].get(cm), "negated": negm[control.name].get(cm)}}
+    test = {"target": {"finetuned": ftm.get(target.metric, NAN), "pretrained": prem[target.name].get(target.metric, NAN),
+                       "negated": negm[target.name].get(target.metric, NAN)},
+            "control": {"pretrained": prem[control.name].get(cm, NAN), "negated": negm[control.name].get(cm, NAN)}}
     notes = [f"control head: {control_head}"] + [f"{t.name}: {n}" for t in both for n in t.notes]
     res = NegateResult(target.name, control.name, {"target": target.metric, "control": cm}, cfg.threshold,
                        cfg.lambdas, rows, best, test, gap, kept, notes=notes)
@@ -492,7 +493,7 @@ def run_negate(cfg: NegateConfig, out: str | Path | None = None, overwrite: bool
         plots.lambda_curves([r["lambda"] for r in rows], {f"target {target.name} ({target.metric})": [r["target"] for r in rows],
                                                          f"control {control.name} ({cm})": [r["control"] for r in rows]},
                             rf.path("lambda_grid.png"), "validation metric", "task negation theta_PT - lambda tau",
-                            chosen=best, hline=(ctrl0 or 0) * cfg.threshold)
+                            chosen=best, hline=ctrl0 * cfg.threshold)
         rf.write_json("negation.json", res.to_dict())
         rf.finish(command="taskvec negate", pretrained=cfg.pretrained, target=target.name, control=control.name,
                   best_lambda=best, negation_gap=gap["gap"])
@@ -567,8 +568,8 @@ def run_orthogonality(cfg: OrthogonalityConfig, out: str | Path | None = None, o
     rf, cache = _open_run(out, "taskvec-orthogonality", key, overwrite)
     if (done := cache.done("orthogonality.json")) is not None:
         return OrthogonalityResult(**done)
-    kw = {"params": cfg.params, "method": cfg.method, "progress": progress}
-    diag = {t: cache.tensor(f"kernels/K_{safe_name(t)}.safetensors", lambda t=t: kernel_blocks(f, xs[t], None, **kw))
+    diag = {t: cache.tensor(f"kernels/K_{safe_name(t)}.safetensors",
+                            lambda t=t: kernel_blocks(f, xs[t], None, cfg.params, cfg.method, progress))
             for t in names}
     cos = None
     if vectors:
@@ -586,7 +587,7 @@ def run_orthogonality(cfg: OrthogonalityConfig, out: str | Path | None = None, o
     for i, j in tqdm(list(itertools.combinations(range(len(names)), 2)), desc="task pairs", disable=not progress):
         a, b = names[i], names[j]
         k12 = cache.tensor(f"kernels/K_{safe_name(a)}__{safe_name(b)}.safetensors",
-                           lambda a=a, b=b: kernel_blocks(f, xs[a], xs[b], **kw))
+                           lambda a=a, b=b: kernel_blocks(f, xs[a], xs[b], cfg.params, cfg.method, progress))
         row: dict[str, Any] = {"task_a": a, "task_b": b, **orthogonality_scores(k12, diag[a], diag[b])}
         if cos is not None:
             row["cosine"] = cos[i][j]

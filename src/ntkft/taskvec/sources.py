@@ -183,8 +183,10 @@ def _materialise(spec: str) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
         try:
-            loaded.backbone.save_pretrained(tmp, safe_serialization=True)
-            loaded.tokenizer.save_pretrained(tmp)
+            backbone: Any = loaded.backbone
+            tok: Any = loaded.tokenizer
+            backbone.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
             if not (out / "config.json").is_file():
                 shutil.rmtree(out, ignore_errors=True)
                 os.replace(tmp, out)

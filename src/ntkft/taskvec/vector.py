@@ -145,7 +145,7 @@ class TaskVector:
 
     def names(self) -> list[str]:
         """Pretrained tensor names the vector is non-zero on (float tensors shared with some checkpoint)."""
-        used = set()
+        used: set[str] = set()
         for _, ck in self.terms:
             used.update(ck.from_base)
         return [n for n in self.base.float_names() if n in used]
@@ -219,6 +219,16 @@ def gram(vectors: Sequence[TaskVector], progress: bool = True) -> torch.Tensor:
             for j in range(i, len(flat)):
                 g[i, j] += torch.dot(flat[i], flat[j])
     return torch.triu(g) + torch.triu(g, 1).T
+
+
+def total(vectors: Sequence[TaskVector]) -> TaskVector:
+    """sum_i tau_i of one or more task vectors."""
+    if not vectors:
+        raise ConfigError("finetuned: needs at least one task vector")
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out + v
+    return out
 
 
 def cosine_matrix(vectors: Sequence[TaskVector], progress: bool = True) -> torch.Tensor:
