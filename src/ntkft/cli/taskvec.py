@@ -33,7 +33,7 @@ def cosine(cfg: CosineConfig, out: str, overwrite: bool) -> None:
     from ..taskvec import run_cosine
 
     res = run_cosine(cfg, out, overwrite)
-    w = max(len(n) for n in res.names) + 2
+    w = max(9, max(len(n) for n in res.names) + 2)
     typer.echo(" " * w + "".join(f"{n:>{w}}" for n in res.names))
     for n, row in zip(res.names, res.matrix):
         typer.echo(f"{n:<{w}}" + "".join(f"{_f(v):>{w}}" for v in row))
