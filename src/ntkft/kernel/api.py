@@ -68,11 +68,12 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
 
     `model` meets `KernelModel` (e.g. a Readout); with C outputs the result is (N1*C, N2*C), rows ordered
     sample-major. `x2=None` gives the symmetric K(X1, X1), computing each block of the upper triangle once.
-    `max_memory` (bytes, default half the available memory) and `max_disk` (bytes of scratch files, default
-    no limit) bound the work; with `checkpoint_dir`, finished units are kept there, a rerun resumes from
-    them, and the files are removed after success (only files the kernel wrote). `device` must be the
-    model's; `accumulate` = "host" or "device" says where float64 K is summed. `sketch_dim`/`seed` belong
-    to method "sketch" (an unbiased estimate, not the exact K)."""
+    `max_memory` (bytes; default a quarter of the available host memory, or 80% of the free GPU memory) and
+    `max_disk` (bytes of scratch files, default no limit) bound the work: factors that do not fit go to disk,
+    and layer groups (one forward/backward each) keep both within budget at any N. With `checkpoint_dir`,
+    finished units are kept there, a rerun resumes from them, and the files are removed after success (only
+    files the kernel wrote). `device` must be the model's; `accumulate` = "host" or "device" says where float64
+    K is summed. `sketch_dim`/`seed` belong to method "sketch" (an unbiased estimate, not the exact K)."""
     model = check_model(model)
     in1 = Inputs.of(x1, "x1")
     in2 = Inputs.of(x2, "x2") if x2 is not None else None
@@ -90,7 +91,7 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
     elif sketch_dim is not None:
         raise _bad("sketch_dim", f"applies to method sketch only, not {meth.value}")
     dev = resolve_device(device, model)
-    opts = Options(max_memory=mem if mem is not None else default_max_memory(), max_disk=disk, batch_size=batch_size,
+    opts = Options(max_memory=mem if mem is not None else default_max_memory(dev), max_disk=disk, batch_size=batch_size,
                    device=dev, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed, progress=progress)
     with differentiating(model, sel):
         impl, plan = plan_units(model, in1, in2, sel, meth, opts)

@@ -72,6 +72,14 @@ class MemoryStore:
         return sum(t.numel() * t.element_size() for ts, _ in self.items.values() for t in ts.values())
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous host tensor with a storage of its own (safetensors refuses views that share one)."""
+    t = t.detach().cpu().contiguous()
+    if t.storage_offset() != 0 or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
 class Checkpoint:
     """A Store in a folder, tied to one computation by `key`: a different key never reuses (or deletes) anything
     but the files this class listed in the folder's manifest."""
@@ -138,7 +146,7 @@ class Checkpoint:
         path = self._claim(fname)
         self._drop(name)
         md = {"meta": json.dumps(meta or {}, default=str)}
-        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        flat = {k: _own(v) for k, v in tensors.items()}
         if durable:
             atomic_write_bytes(path, save(flat, metadata=md))
             return

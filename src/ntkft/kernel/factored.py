@@ -114,6 +114,9 @@ class FactoredMethod:
         disk_cap = 0.98 * disk - k_bytes / 2 - n_files * (16 << 10) if disk < math.inf else disk
         spill = need > room and disk_cap > room  # keep factors on disk when that gives bigger (fewer) layer groups
         groups = [owners] if need <= room else _split(owners, sizes, disk_cap if spill else room)
+        if groups is None:
+            raise KernelError(f"max_disk {disk / GiB:.2f} GiB cannot hold one layer's factors for all samples "
+                              f"(~{biggest / GiB:.2f} GiB); raise max_disk or max_memory, or use method sketch")
         n_r = x1.n * self.c
         n_c = n_r if sym else x2.n * self.c
         passes = []

@@ -83,9 +83,8 @@ class Options:
     progress: bool = True
 
     def to_key(self) -> dict:
-        """The options that change the result or the plan (progress does not)."""
-        return {"max_memory": self.max_memory, "max_disk": self.max_disk, "batch_size": self.batch_size,
-                "sketch_dim": self.sketch_dim, "seed": self.seed, "accumulate": self.accumulate}
+        """The options that change the result beyond the plan (budgets and batch size act through the plan)."""
+        return {"sketch_dim": self.sketch_dim, "seed": self.seed, "accumulate": self.accumulate}
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,11 @@ class Plan:
         return asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+        """sha256 of the work itself (units, passes, order, spill), not of the diagnostics in `info`: a rerun
+        under another budget that plans the same units resumes."""
+        d = self.to_dict()
+        d.pop("info", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -210,6 +213,12 @@ def available_memory() -> int:
         return 8 * GiB
 
 
-def default_max_memory() -> int:
-    """Half of the memory available now, in whole GiB, at least 1 GiB (stable across reruns that resume)."""
-    return max(1, int(0.5 * available_memory() // GiB)) * GiB
+def default_max_memory(device: torch.device | str | None = None) -> int:
+    """The default budget: on CUDA, 80% of the device memory free now; on the host, a quarter of the memory
+    available now (whole GiB, at least 1 GiB), so that factors that do not fit go to disk early (written
+    while the next batch computes, read back from the page cache) and the process stays small."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return max(GiB // 4, int(0.8 * free))
+    return max(1, int(0.25 * available_memory() // GiB)) * GiB
