@@ -173,6 +173,8 @@ def execute_distributed(impl: KernelMethod, plan: Plan, work_dir: str | Path, ke
     store = RankStore(own, [rank_dir(work_dir, r) for r in range(world)])
     big = plan.rows * plan.cols * 8 > 64 * 2**20
     acc = Accumulator(plan.rows, plan.cols, own, accumulate_on, every=30.0 if big else 0.0)
+    if acc.done:
+        log.info("rank %d resumes: %d of its units already done in %s", rank, len(acc.done), own.root)
     die = os.environ.get(DIE_AFTER, "")
     die_after = int(die.split(":")[1]) if die.startswith(f"{rank}:") else None
     done_here = 0
