@@ -334,3 +334,18 @@ def test_cli_quick_and_config_conflict_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ntkft.cli", "reproduce", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--kernel-n" in r.stdout and "--quick" in r.stdout
     assert not Path(tmp_path / "r").exists()
+
+
+def test_a_second_process_cannot_write_the_same_run_folder(tmp_path, data_dir):
+    import fcntl
+
+    from ntkft.config import make
+    from ntkft.reproduce import ReproConfig, reproduce
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".ntkft-lock", "a+") as fh:  # what a running `ntkft reproduce` holds
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="another ntkft process"):
+            reproduce(make(ReproConfig, **RESUME), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [".ntkft-lock"]

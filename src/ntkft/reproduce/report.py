@@ -449,9 +449,12 @@ def rebuild(run_dir: str | Path) -> tuple[Path, Path]:
         err = ConfigError(f"run_dir: {root} is not a reproduction run folder (no meta.json of kind 'reproduce')")
         err.param = "run_dir"
         raise err
-    rf = RunFolder(root, "reproduce", meta["key"])
-    rf.open()
-    return write_report(rf)
+    from .runner import _exclusive
+
+    with _exclusive(root):
+        rf = RunFolder(root, "reproduce", meta["key"])
+        rf.open()
+        return write_report(rf)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .._runs import RunFolder
-from ..errors import NtkftError
+from ..errors import ConfigError, NtkftError
 from . import curves, rankings, spectra, stopping, taskvec
 from .config import ReproConfig
 from .context import Context, read_json
@@ -46,11 +47,36 @@ def plan_stages(selected: list[int]) -> list[int]:
     return sorted(out)
 
 
+@contextmanager
+def _exclusive(root: Path):
+    """Hold an exclusive lock on `root` for the run: two processes must never write one run folder."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".ntkft-lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{root}: another ntkft process is writing this run folder; wait for it or use "
+                              "another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def reproduce(cfg: ReproConfig, out: str | Path, data_dir: str | None = None, overwrite: bool = False,
               progress: bool = True) -> ReproResult:
     """Run the selected stages under `out` (resuming finished work), write config.json, timings.json, the
     HTML report and the Markdown summary, and mark the folder complete when every stage is."""
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root}: output path exists and is not a folder")
+    with _exclusive(root):
+        return _reproduce(cfg, root, data_dir, overwrite, progress)
+
+
+def _reproduce(cfg: ReproConfig, root: Path, data_dir: str | None, overwrite: bool, progress: bool) -> ReproResult:
     ctx = Context(cfg, root, data_dir, progress, overwrite)
     # every unit inside carries its own key (weights, data, settings), so the folder's key is its layout version
     top = RunFolder(root, "reproduce", {"layout": LAYOUT}, overwrite)
