@@ -23,9 +23,11 @@ def _grid(values: list[float], lo: float, hi: float) -> list[float]:
 
 
 def _split_list(v: Any) -> Any:
-    """'a,b' -> ['a', 'b'] (a CLI flag or a YAML string); lists pass through."""
+    """'a,b' -> ['a', 'b'] (a CLI flag or a YAML string); {task: path} -> ['task=path']; lists pass through."""
     if isinstance(v, str):
         return [x.strip() for x in v.split(",") if x.strip()]
+    if isinstance(v, dict):
+        return [f"{k}={p}" for k, p in v.items()]
     return v
 
 

@@ -119,6 +119,20 @@ def _run_config(ck_dir: Path) -> dict[str, Any] | None:
     return cfg if isinstance(cfg, dict) and "task" in cfg else None
 
 
+def task_spec(ck: Checkpoint) -> TaskSpec:
+    """The task a checkpoint was fine-tuned on: from its run folder's config (so data-file tasks work too), else by
+    name (ntkft.json or `task=path`)."""
+    cfg = _run_config(ck.dir)
+    if cfg is not None and cfg.get("task") == ck.task:
+        try:
+            from ..finetune import FinetuneConfig
+
+            return FinetuneConfig(**cfg).task_spec()
+        except Exception as e:  # a config of another ntkft version: the task name alone
+            log.debug("%s: config.json not readable as FinetuneConfig (%s)", ck.dir, e)
+    return get_spec(ck.task)  # type: ignore[arg-type]
+
+
 def _trainer_val(cfg: dict[str, Any], data_dir: str | None) -> TaskData:
     """The validation rows the fine-tuning run held out (its early-stopping split), drawn as the trainer drew them."""
     try:
@@ -136,7 +150,7 @@ def validation_rows(spec: TaskSpec, ck: Checkpoint | None, n: int, seed: int, da
     """Rows for choosing lambda, never the test rows: the fine-tuning run's own hold-out when the checkpoint sits in
     an ntkft run folder, else the task's validation split when that is not its test split, else train rows."""
     cfg = _run_config(ck.dir) if ck is not None else None
-    if cfg is not None and get_spec(cfg["task"]).name == spec.name:
+    if cfg is not None and cfg.get("task") == (ck.task if ck is not None else None):
         try:
             val = _trainer_val(cfg, data_dir)
             return subsample(val, min(n, len(val)), seed=seed), "the fine-tuning run's hold-out split"
@@ -211,7 +225,7 @@ class Session:
                               "write it as task=path")
         if ck.head is None:
             raise ModelError(f"{ck.dir}: has no head.safetensors; evaluating on '{ck.task}' needs the task's own head")
-        spec = get_spec(ck.task)
+        spec = task_spec(ck)
         val, where = validation_rows(spec, ck, n_val, self.seed, self.data_dir)
         test = test_rows(spec, n_test, self.seed, self.data_dir)
         self._check_head(ck.head, spec)

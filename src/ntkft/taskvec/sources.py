@@ -336,9 +336,10 @@ def open_checkpoint(arg: str | Path, base: Pretrained, name: str | None = None) 
         raise ModelError(f"{path}: a '{_config_kind(ft_cfg)}' model, but the pretrained model {base.spec} is "
                          f"'{_config_kind(pt_cfg)}'; task vectors need checkpoints of one architecture")
     info = read_info(d)
-    task = label or name or info.get("task")
-    if label:
+    label = label or name
+    if label and not info.get("task"):  # a plain HF directory: the label names its task
         info = {**info, "task": label}
+    task = info.get("task")
     to_base = align(base.files.meta, files.meta)
     if not to_base:
         raise ModelError(f"{path}: shares no tensor names with the pretrained model {base.spec}; "
@@ -358,7 +359,7 @@ def open_checkpoint(arg: str | Path, base: Pretrained, name: str | None = None) 
     if (d / HEAD).is_file():
         t = read_head(d / HEAD)
         head = Head(task or d.name, t["weight"], t["bias"], d / HEAD, info)
-    label = task or (d.parent.name if d.name == "model" else d.name)
+    label = label or task or (d.parent.name if d.name == "model" else d.name)
     if extra:
         log.info("%s: %d tensor(s) absent from the pretrained model are kept with this task: %s", path, len(extra),
                  ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
