@@ -244,7 +244,7 @@ def _stopping_section(d: dict | None, figs: dict[str, bytes]) -> Section:
     for model in dict.fromkeys(r["model"] for r in d["rows"]):
         rows = [r for r in d["rows"] if r["model"] == model]
         t = Table(f"stopping-{slug(model)}", f"stopping steps, {model}", f"stopping/stopping.json: rows[model={model}]",
-                  ["task", "n", "T_hat", "eta*", "sigma", "t hold-out", "t oracle", "MSE at T_hat", "MSE hold-out",
+                  ["task", "n", "T_hat (steps = epochs)", "eta*", "sigma", "t hold-out", "t oracle", "MSE at T_hat", "MSE hold-out",
                    "MSE oracle", "FT best step", "FT stopped", "FT oracle step", "FT best epoch", "FT oracle epoch"])
         for r in rows:
             t.rows.append([label(r["task"]), r["size"], r["t_hat"], r["eta_star"], r["sigma"], r["t_holdout"],
