@@ -249,7 +249,8 @@ def test_report_tables_parse_back_to_their_json(real_run):
     st = md_t["stopping-minilm-l6"]
     assert len(st) - 1 == len(stop)
     for row, r in zip(st[1:], stop, strict=True):
-        assert row[st[0].index("T_hat (steps = epochs)")] == str(r["t_hat"]) and row[st[0].index("t oracle")] == str(r["t_oracle"])
+        assert row[st[0].index("T_hat (steps = epochs)")] == str(r["t_hat"])
+        assert row[st[0].index("t oracle")] == str(r["t_oracle"])
         assert _close(row[st[0].index("MSE oracle")], r["mse_oracle"])
     cos = json.loads((out / "taskvec/taskvec.json").read_text())["report"]["cosine"]["matrix"]
     for i, row in enumerate(html_t["taskvec-cosine"][1:]):

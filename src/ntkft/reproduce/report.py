@@ -244,8 +244,9 @@ def _stopping_section(d: dict | None, figs: dict[str, bytes]) -> Section:
     for model in dict.fromkeys(r["model"] for r in d["rows"]):
         rows = [r for r in d["rows"] if r["model"] == model]
         t = Table(f"stopping-{slug(model)}", f"stopping steps, {model}", f"stopping/stopping.json: rows[model={model}]",
-                  ["task", "n", "T_hat (steps = epochs)", "eta*", "sigma", "t hold-out", "t oracle", "MSE at T_hat", "MSE hold-out",
-                   "MSE oracle", "FT best step", "FT stopped", "FT oracle step", "FT best epoch", "FT oracle epoch"])
+                  ["task", "n", "T_hat (steps = epochs)", "eta*", "sigma", "t hold-out", "t oracle", "MSE at T_hat",
+                   "MSE hold-out", "MSE oracle", "FT best step", "FT stopped", "FT oracle step", "FT best epoch",
+                   "FT oracle epoch"])
         for r in rows:
             t.rows.append([label(r["task"]), r["size"], r["t_hat"], r["eta_star"], r["sigma"], r["t_holdout"],
                            r["t_oracle"], r["mse_t_hat"], r["mse_holdout"], r["mse_oracle"], r["ft_best_step"],
@@ -319,8 +320,7 @@ def _taskvec_section(d: dict | None, figs: dict[str, bytes]) -> Section:
                        r.get("kernel_ratio_centred"), r.get("cosine"), r.get("normalised_accuracy")])
     sec.tables.append(o)
     if orth.get("spearman"):
-        sec.text.append("Spearman over pairs: " + ", ".join(f"{k} {v:.3f}" for k, v in orth["spearman"].items()
-                                                            if isinstance(v, float)) +
+        sec.text.append("Spearman over pairs: " + ", ".join(f"{k} {fmt(v)}" for k, v in orth["spearman"].items()) +
                         " (taskvec/taskvec.json: report.orthogonality.spearman).")
     name = "taskvec.png"
     figs[name] = plots.taskvec_figure(names, cos["matrix"], {t: v["normalised"] for t, v in add["test"].items()},
