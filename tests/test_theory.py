@@ -28,6 +28,15 @@ from ntkft.theory.sweeps import spread
 TINY = dict(pretrain_steps=3, finetune_steps=6, n_source=12, n_target=8, n_val=4, n_test=6, drift_points=2)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation (7x slower on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _inputs(b=5, t=6, vocab=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (b, t), generator=g)
@@ -243,3 +252,13 @@ def test_arithmetic_tiny(tmp_path):
     assert set(a["per_width"]["8"]) == {"orthogonal", "overlapping"}
     assert math.isfinite(a["per_width"]["8"]["orthogonal"]["cross_kernel_ratio"]["mean"])
     assert a["fits"]["orthogonal.cross_kernel_ratio"]["fit"]["points"] == 3
+
+
+def test_sample_sweep_tiny(tmp_path):
+    from ntkft.theory import SampleSweepConfig, sample_sweep
+
+    cfg = make(SampleSweepConfig, width=8, sizes=[6, 10, 14], seeds=1, **{k: v for k, v in TINY.items() if k != "n_target"})
+    s = sample_sweep(cfg, tmp_path / "s", progress=False)
+    assert s["sizes"] == [6, 10, 14] and s["beta"]["window_mean"] > 0
+    assert s["fits"]["oracle.net"]["points"] == 3
+    assert (tmp_path / "s" / "learning_curves.png").is_file() and (tmp_path / "s" / "spectrum.png").is_file()

@@ -68,21 +68,21 @@ RANKS = (1, 2, 4, 8, 16, 32)
 
 
 def cross_kernel(model, a: Split, b: Split) -> tuple[float, dict[int, float]]:
-    """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) on the two training sets (Assumption 5.1: 0), and the leakage by rank:
-    ||K_ij P_k||_F / ||K_jj P_k||_F with P_k the top-k eigenvectors of K_jj (averaged over i != j), i.e. how much
-    fitting task j's k leading kernel directions moves task i."""
+    """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) on the two training sets (Assumption 5.1: 0), and the leakage by
+    eigendirection: ||K_ij u_k|| / ||K_jj u_k|| = ||K_ij u_k|| / lambda_k for the eigenvectors u_k of K_jj, averaged
+    over the band k in [r, 2r) and over i != j: how much fitting task j's k-th kernel direction moves task i."""
     k = entk(model, torch.cat([a.ids, b.ids])) * kernel_scale(model)
     n = len(a)
     k11, k22, k12 = k[:n, :n], k[n:, n:], k[:n, n:]
     ratio = float(torch.linalg.norm(k12) / torch.sqrt(torch.linalg.norm(k11) * torch.linalg.norm(k22)))
-    by_rank = {}
-    for r in RANKS:
-        vals = []
-        for own, cross in ((k22, k12), (k11, k12.T)):
-            u = torch.linalg.eigh(own)[1][:, -r:]
-            vals.append(float(torch.linalg.norm(cross @ u) / torch.linalg.norm(own @ u)))
-        by_rank[r] = sum(vals) / 2
-    return ratio, by_rank
+    per_dir = []
+    for own, cross in ((k22, k12), (k11, k12.T)):
+        lam, u = torch.linalg.eigh(own)
+        lam, u = lam.flip(0), u.flip(1)
+        per_dir.append(torch.linalg.norm(cross @ u, dim=0) / lam.clamp_min(1e-12 * float(lam[0])))
+    per_dir = (per_dir[0] + per_dir[1]) / 2
+    by_band = {r: float(per_dir[r - 1:min(2 * r - 1, n)].mean()) for r in RANKS if r <= n}
+    return ratio, by_band
 
 
 def cross_kernel_ratio(model, a: Split, b: Split) -> float:
@@ -108,7 +108,7 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
         flat1, flat2 = torch.cat([t.reshape(-1) for t in tau1]), torch.cat([t.reshape(-1) for t in tau2])
         load(model, theta_pt)
         ratio, by_rank = cross_kernel(model, tasks[names[0]].train, tasks[names[1]].train)
-        d = {"cross_kernel_ratio": ratio, **{f"leakage_top{r}": v for r, v in by_rank.items()},
+        d = {"cross_kernel_ratio": ratio, **{f"leakage_dir{r}": v for r, v in by_rank.items()},
              "tau_cosine": float(flat1 @ flat2 / (flat1.norm() * flat2.norm())), "tasks": {}}
         xi, mt_nonlin, rms_u = 0.0, [], {}
         for i, (name, tau) in enumerate(zip(names, (tau1, tau2))):

@@ -32,7 +32,7 @@ def scaling_panels(panels: list[dict], path: str | Path, xlabel: str = "width n"
                       label=f"fit {f['slope']:.2f} [{f['low']:.2f}, {f['high']:.2f}]")
         if p.get("predicted") is not None and len(xs):
             x0, y0 = xs[0], means[0]
-            ax.loglog(xs, y0 * (xs / x0) ** p["predicted"], ":", color="k", label=f"slope {p['predicted']:g}")
+            ax.loglog(xs, y0 * (xs / x0) ** p["predicted"], ":", color="k", label=f"slope {p['predicted']:.3g}")
         ax.set_xticks(list(xs))
         ax.set_xticklabels([f"{v:g}" for v in xs], fontsize=7)
         ax.xaxis.set_minor_locator(NullLocator())
@@ -76,4 +76,22 @@ def lines(xs, series: dict[str, tuple], path: str | Path, xlabel: str, ylabel: s
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def spectrum(lams, fit: dict, path: str | Path, title: str) -> Path:
+    """Eigenvalues of K/N on log-log axes with the fitted line log lambda = intercept - 2 beta log k on its window."""
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    lams = np.asarray(lams, dtype=float)
+    lams = lams[lams > 0]
+    ax.loglog(np.arange(1, len(lams) + 1), lams, "o", ms=3, label="eigenvalues of K_PT / N")
+    kk = np.arange(fit["k_min"], fit["k_max"] + 1)
+    ax.loglog(kk, np.exp(fit["intercept"] - 2 * fit["beta"] * np.log(kk)), "-", color="C3",
+              label=f"fit k={fit['k_min']}..{fit['k_max']}: beta = {fit['beta']:.3f}")
+    ax.set_xlabel("k")
+    ax.set_ylabel("eigenvalue of K/N")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

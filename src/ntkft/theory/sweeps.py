@@ -17,13 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .._runs import RunFolder
-from ..plots import spectrum_plot
 from ..spectrum import fit_beta, paper_beta, rate_exponent
 from .arithmetic import RANKS, arithmetic_tasks, arithmetic_unit
 from .config import UNIT_FREE, ArithmeticConfig, LabConfig, SampleSweepConfig, WidthSweepConfig
 from .fits import loglog_slope
 from .lab import LabData, build_data, finetune, pretrain, student, width_unit
-from .plots import lines, scaling_panels
+from .plots import lines, scaling_panels, spectrum
 from .tasks import TargetData, fingerprint, labelled, sequences
 
 LAB_VERSION = 1  # bump when a unit's computation changes, so old units are not resumed
@@ -255,9 +254,8 @@ def sample_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, 
                    title=f"Width {summary['width']}: error vs N_2 (dotted: -2beta/(2beta+1), beta = "
                          f"{summary['beta']['window_mean']:.3f})")
     big = [r for name, r in results.items() if name != "pretrain" and r[0]["size"] == summary["sizes"][-1]][0]
-    spectrum_plot({f"K_PT, N={summary['sizes'][-1]}": {"lams": big[1]["eigenvalues"].tolist(),
-                                                         "fits": [dict(big[0]["beta_window"], label="window")]}},
-                  rf.path("spectrum.png"), title="eNTK spectrum of the pretrained reference model")
+    spectrum(big[1]["eigenvalues"].tolist(), big[0]["beta_window"], rf.path("spectrum.png"),
+             f"eNTK spectrum of the pretrained reference model (n = {summary['width']}, N = {summary['sizes'][-1]})")
 
 
 def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
@@ -285,8 +283,8 @@ def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = Fals
 ARITH_LAWS = {  # (design, quantity) -> (label, predicted slope in n)
     ("orthogonal", "cross_kernel_ratio"): ("orthogonal: ||K_12|| / sqrt(||K_11|| ||K_22||)", -0.5),
     ("orthogonal", "leakage"): ("orthogonal: leakage of tau_j onto task i (linearised)", -0.5),
-    ("orthogonal", "leakage_top1"): ("orthogonal: leakage along K_jj's top eigenvector", -0.5),
-    ("orthogonal", "leakage_top8"): ("orthogonal: leakage along K_jj's top-8 eigenvectors", -0.5),
+    ("orthogonal", "leakage_dir1"): ("orthogonal: leakage along K_jj's top eigenvector", -0.5),
+    ("orthogonal", "leakage_dir8"): ("orthogonal: leakage along K_jj's eigenvectors 8-15", -0.5),
     ("orthogonal", "disentanglement"): ("orthogonal: disentanglement error xi", -1.0),
     ("orthogonal", "mt_lin_rms"): ("orthogonal: RMS(f_MT - linearised f_MT)", -0.5),
     ("orthogonal", "neg_rel_dev"): ("negation: |gap - 4E[u(f - f_PT)]| / |4E[...]|", -0.5),
@@ -298,8 +296,8 @@ ARITH_LAWS = {  # (design, quantity) -> (label, predicted slope in n)
 
 def _design_value(info: dict, design: str, q: str) -> float:
     d = info["designs"][design]
-    if q in d:
-        return d[q] if d[q] is not None else float("nan")
+    if q in d or q.startswith("leakage_dir"):  # bands beyond N_2 are absent
+        return d[q] if d.get(q) is not None else float("nan")
     vals = [t[q] for t in d["tasks"].values() if t[q] is not None]  # None: a task vector was zero
     return float(np.mean(vals)) if vals else float("nan")
 
@@ -307,7 +305,7 @@ def _design_value(info: dict, design: str, q: str) -> float:
 def summarise_arithmetic(results: dict[str, tuple[dict, dict]]) -> dict:
     infos = [r[0] for r in results.values()]
     widths = sorted({i["width"] for i in infos})
-    qs = ["cross_kernel_ratio", "leakage", *[f"leakage_top{r}" for r in RANKS], "disentanglement", "normalised_mse_mean",
+    qs = ["cross_kernel_ratio", "leakage", *[f"leakage_dir{r}" for r in RANKS], "disentanglement", "normalised_mse_mean",
           "tau_cosine", "mt_lin_rms", "neg_gap", "neg_gap_lin", "neg_rel_dev", "mse_ft", "mse_mt", "mse_pt", "mse_neg"]
     per_width = {}
     for w in widths:
@@ -336,11 +334,11 @@ def arithmetic_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[di
     lines(ws, series, rf.path("arithmetic_addition.png"), "width n", "normalised MSE (1 = no interference)",
           "Task addition (Corollary 2)")
     ms = lambda d, q: ([pw[str(w)][d][q]["mean"] for w in ws], [pw[str(w)][d][q]["sd"] for w in ws])  # noqa: E731
-    leak = {f"orthogonal, top-{r} directions of K_jj": (*ms("orthogonal", f"leakage_top{r}"), f"C{i}", False)
+    leak = {f"orthogonal, eigendirections {r}-{2 * r - 1} of K_jj": (*ms("orthogonal", f"leakage_dir{r}"), f"C{i}", False)
             for i, r in enumerate(RANKS)}
     leak["orthogonal, fine-tuned tau_j"] = (*ms("orthogonal", "leakage"), "k", False)
     leak["overlapping, fine-tuned tau_j"] = (*ms("overlapping", "leakage"), "0.5", True)
-    lines(ws, leak, rf.path("arithmetic_leakage.png"), "width n", "||K_ij v|| / ||K_jj v||", logy=True,
+    lines(ws, leak, rf.path("arithmetic_leakage.png"), "width n", "||K_ij u_k|| / lambda_k(K_jj)", logy=True,
           title="Leakage of task j's update onto task i (0 under Assumption 5.1)")
 
 
@@ -351,7 +349,7 @@ def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = F
     tasks = arithmetic_tasks(cfg, data)
     key = run_key(cfg, data, "arithmetic")
     key["tasks"] = fingerprint(*[s for t in tasks.values() for s in (t.train, t.val, t.test)])
-    key["arithmetic_version"] = 3
+    key["arithmetic_version"] = 4
     rf = RunFolder(out, "theory-arithmetic", key, overwrite)
     rf.open()
     rf.write_json("config.json", cfg.model_dump())
