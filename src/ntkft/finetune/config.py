@@ -46,7 +46,7 @@ class FinetuneConfig(StrictModel):
     n_test: int | None = Field(500, ge=1, description="test samples (seeded subsample of the test split)")
     max_length: int = Field(64, ge=2, description="tokens per input (checked against the model's position limit)")
     seed: int = Field(0, ge=0, description="seed of the subsample, hold-out split, head init and batch order")
-    optimizer: Literal["gd", "adamw"] = Field(None, description="gd (full batch) | adamw (default: gd for the "  # type: ignore[assignment]
+    optimizer: Literal["gd", "adamw"] = Field(None, description="gd (full batch) | adamw (default: gd for the "  # type: ignore[arg-type,assignment]
                                                                 "probe, adamw otherwise)")
     lr: float | None = Field(None, gt=0, description="learning rate (default per setting and optimizer: adamw full 2e-5, "
                                                     "head 5e-5, probe 1e-2, linearized 2e-5; gd 1e-2, probe 1/lambda_max "
