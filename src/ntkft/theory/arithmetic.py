@@ -15,6 +15,7 @@ Assumption 5.1, whatever the size of tau_j), the cosine of the task vectors - an
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -101,14 +102,14 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
         best, stops[name] = finetune_holdout(cfg, model, task)
         taus[name] = [b - p for b, p in zip(best, theta_pt)]
     add = lambda *ts: [p + sum(x) for p, *x in zip(theta_pt, *ts)]  # noqa: E731
-    out = {"width": width, "seed": seed, "theta_dist": info["theta_dist"], "stops": stops, "designs": {}}
+    out: dict[str, Any] = {"width": width, "seed": seed, "theta_dist": info["theta_dist"], "stops": stops, "designs": {}}
     for design in ("orthogonal", "overlapping"):
         names = ["task1", f"task2_{design}"]
         tau1, tau2 = taus[names[0]], taus[names[1]]
         flat1, flat2 = torch.cat([t.reshape(-1) for t in tau1]), torch.cat([t.reshape(-1) for t in tau2])
         load(model, theta_pt)
         ratio, by_rank = cross_kernel(model, tasks[names[0]].train, tasks[names[1]].train)
-        d = {"cross_kernel_ratio": ratio, **{f"leakage_dir{r}": v for r, v in by_rank.items()},
+        d: dict[str, Any] = {"cross_kernel_ratio": ratio, **{f"leakage_dir{r}": v for r, v in by_rank.items()},
              "tau_cosine": float(flat1 @ flat2 / (flat1.norm() * flat2.norm())), "tasks": {}}
         xi, mt_nonlin, rms_u = 0.0, [], {}
         for i, (name, tau) in enumerate(zip(names, (tau1, tau2))):

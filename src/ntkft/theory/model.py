@@ -63,6 +63,7 @@ class ScaledLinear(nn.Module):
             self.scale_b = sigma_b if ntk else 1.0
             self.bias = nn.Parameter(zb if ntk else zb * sigma_b)
         self.record = False  # when True, keep the input and the output (with its gradient) for the factored eNTK
+        self.saved: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight * self.scale if self.scale != 1.0 else self.weight)
@@ -81,6 +82,7 @@ class LayerNorm(nn.Module):
         super().__init__()
         self.gamma, self.beta, self.eps = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n)), eps
         self.record = False
+        self.saved: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xhat = F.layer_norm(x, x.shape[-1:], eps=self.eps)
@@ -135,6 +137,7 @@ class ReferenceTransformer(nn.Module):
     a Linear-like readout named `head`, `out_dim = 1`."""
 
     out_dim = 1
+    embedding: torch.Tensor
 
     def __init__(self, spec: RefSpec, seed: int = 0, embedding: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -169,6 +172,6 @@ class ReferenceTransformer(nn.Module):
         return self.head(self.features(input_ids, attention_mask))
 
 
-def recorded_modules(model: nn.Module) -> list[nn.Module]:
+def recorded_modules(model: nn.Module) -> list[ScaledLinear | LayerNorm]:
     """The ScaledLinear and LayerNorm modules, whose parameters are all the trainable ones."""
     return [m for m in model.modules() if isinstance(m, (ScaledLinear, LayerNorm))]

@@ -35,13 +35,14 @@ def entk(model: ReferenceTransformer, ids: torch.Tensor, mask: torch.Tensor | No
     try:
         with torch.enable_grad():
             out = model(ids, mask).sum()
-            grads = torch.autograd.grad(out, [m.saved[1] for m in mods])
+            grads = torch.autograd.grad(out, [m.saved[1] for m in mods if m.saved is not None])
     finally:
         for m in mods:
             m.record = False
     b = ids.shape[0]
     k = torch.zeros(b, b, dtype=torch.float64)
     for m, d in zip(mods, grads):
+        assert m.saved is not None
         a = m.saved[0]
         m.saved = None
         d = d.detach()

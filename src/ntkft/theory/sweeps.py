@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ def run_key(cfg: LabConfig, data: LabData, kind: str) -> dict:
             "data": fingerprint(data.source, t.train, t.val, t.test)}
 
 
-def run_units(rf: RunFolder, units: list[tuple[str, Callable[[], tuple[dict, dict]]]], progress: bool = True,
+def run_units(rf: RunFolder, units: Sequence[tuple[str, Callable[..., tuple[dict, dict]]]], progress: bool = True,
               desc: str = "units") -> dict[str, tuple[dict, dict]]:
     """Run (or load) every named unit; each finished unit is on disk before the next starts."""
     out: dict[str, tuple[dict, dict]] = {}
@@ -97,7 +98,7 @@ def summarise_width(cfg: WidthSweepConfig, results: dict[str, tuple[dict, dict]]
     per_width: dict[int, dict] = {}
     for w in widths:
         rows = [i for i in infos if i["width"] == w]
-        stats = {}
+        stats: dict[str, Any] = {}
         for q in list(WIDTH_LAWS) + ["lambda_1", "drift_sup_abs", "err_t_hat.lin", "err_holdout.lin", "err_oracle.lin",
                                      "pt_test_mse", "times.t_hat", "times.holdout", "times.oracle", "times.t_hat_est"]:
             v = np.array([_get(i, q) for i in rows], dtype=float)
@@ -223,14 +224,12 @@ def summarise_sample(cfg: SampleSweepConfig, results: dict[str, tuple[dict, dict
         per_size[str(n)]["times"] = {r: _ms([i["times"][r] for i in rows]) for r in SAMPLE_RULES}
         per_size[str(n)]["t_hat_capped"] = sum(i["t_hat_capped"] for i in rows)
         per_size[str(n)]["beta_window"] = _ms([i["beta_window"]["beta"] for i in rows])
-    fits = {}
+    fits: dict[str, Any] = {}
     for r in SAMPLE_RULES:
         for k in ("net", "lin"):
             x, y = [i["size"] for i in infos], [_get(i, f"err_{r}.{k}") for i in infos]
-            fit = loglog_slope(x, y, predicted=pred)
-            fits[f"{r}.{k}"] = _fd(fit)
-            if fit is not None:
-                fits[f"{r}.{k}"]["vs_minus_half"] = loglog_slope(x, y, predicted=-0.5).verdict
+            fit, half = loglog_slope(x, y, predicted=pred), loglog_slope(x, y, predicted=-0.5)
+            fits[f"{r}.{k}"] = dict(fit.to_dict(), vs_minus_half=half.verdict) if fit and half else None
     return {"width": cfg.width, "sizes": sizes, "beta": {"window_mean": beta, "window_sd": float(betas.std(ddof=1))
             if len(betas) > 1 else 0.0, "paper_mean": float(np.mean([i["beta_paper"]["beta"] for i in top])),
             "n": sizes[-1]}, "predicted_slope": pred, "per_size": per_size, "fits": fits}
@@ -307,7 +306,7 @@ def summarise_arithmetic(results: dict[str, tuple[dict, dict]]) -> dict:
     widths = sorted({i["width"] for i in infos})
     qs = ["cross_kernel_ratio", "leakage", *[f"leakage_dir{r}" for r in RANKS], "disentanglement", "normalised_mse_mean",
           "tau_cosine", "mt_lin_rms", "neg_gap", "neg_gap_lin", "neg_rel_dev", "mse_ft", "mse_mt", "mse_pt", "mse_neg"]
-    per_width = {}
+    per_width: dict[str, Any] = {}
     for w in widths:
         rows = [i for i in infos if i["width"] == w]
         per_width[str(w)] = {d: {q: _ms([_design_value(i, d, q) for i in rows]) for q in qs}
