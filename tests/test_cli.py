@@ -56,7 +56,7 @@ def test_kernel_spectrum_stop_commands(tmp_path, data_dir):
     assert rep["stsb"]["beta_window"]["beta"] > 0 and (tmp_path / "s" / "spectrum.png").stat().st_size > 1000
     p = run("stop", str(out), "--batch-size", "8")
     assert p.returncode == 0, p.stderr
-    st = json.loads((out / "stop.json").read_text())
+    st = json.loads((out / "stop" / "stop.json").read_text())  # a run folder of its own inside the kernel's
     assert st["t_hat"] >= 0 and "estimated" in st["sigma_source"]
 
 

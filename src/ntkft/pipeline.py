@@ -58,12 +58,12 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
                "split": split, "n": len(data), "max_length": max_length, "seed": seed, "params": params,
                "method": meth.value, "layers": layers, "sketch_dim": sketch_dim, "sigma": 1.0}
         rf = RunFolder(out, "kernel", key, overwrite=overwrite)
-        if rf.open() and rf.complete and (Path(out) / "kernel.safetensors").is_file():
+        if rf.open() and rf.complete and (rf.root / "kernel.safetensors").is_file():
             log.info("%s already holds this kernel", out)
             return load_kernel_file(out)
     t0 = time.time()
     k = kernel_matrix(readout, enc, params=params, method=meth, batch_size=batch_size, max_memory=max_memory,
-                      checkpoint_dir=Path(out) / "work" if rf is not None else None, progress=progress,
+                      checkpoint_dir=rf.root / "work" if rf is not None else None, progress=progress,
                       max_disk=max_disk, device=device, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed)
     seconds = time.time() - t0
     with torch.no_grad():
@@ -73,7 +73,7 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
     meta = run_meta(model=model, task=data.task.name, split=split, n=len(data), max_length=max_length, seed=seed,
                     params=params, num_params=num_params(sel), method=meth.value, layers=layers,
                     kind=loaded.kind, hidden_size=loaded.hidden_size, task_type=data.task.type, sigma=1.0,
-                    label_map=list(data.task.labels) if data.task.type == "classification" else None,
+                    label_map=list(data.task.labels or []) if data.task.type == "classification" else None,
                     dtype="float64 (accumulated from float32 model)", seconds=round(seconds, 2),
                     peak_rss_mb=round(peak_rss_mb(), 1), normalisation="unnormalised: K = J J^T",
                     sketch={"dim": sketch_dim, "seed": seed, "estimator": "unbiased"} if meth.value == "sketch" else None,
@@ -86,7 +86,7 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
         os.replace(staging / "kernel.safetensors", rf.path("kernel.safetensors"))
         rf.remove("staging")
         rf.finish(**{k: v for k, v in meta.items() if k != "kind"}, model_kind=meta["kind"])  # "kind" is the run's
-        log.info("wrote %s", Path(out) / "kernel.safetensors")
+        log.info("wrote %s", rf.root / "kernel.safetensors")
     return kf
 
 

@@ -61,10 +61,8 @@ def demo(out: str = typer.Option("runs/demo", help="output folder"), model: str 
     typer.echo(f"eNTK: {kf.K.shape[0]} x {kf.K.shape[1]} over {kf.meta['num_params']:,} parameters, "
                f"method {kf.meta['method']}, {kf.meta['seconds']}s, peak RSS {kf.meta['peak_rss_mb']:.0f} MiB")
     rep = analyse(kf.K, ci_draws=100)
-    _write_json(Path(out) / "spectrum.json", rep)
-    spectrum_plot({task: {"lams": rep["eigenvalues"], "fits": [dict(rep["beta_window"], label="window"),
-                                                               dict(rep["beta_paper"], label="paper")]}},
-                  Path(out) / "spectrum.png", title=f"eNTK spectrum, {model} on {task} (N={n})")
+    _write_json(Path(out) / "spectrum.json", rep.to_dict())
+    spectrum_plot({task: rep}, Path(out) / "spectrum.png", title=f"eNTK spectrum, {model} on {task} (N={n})")
     _print_spectrum(rep)
     if kf.meta["task_type"] == "classification":
         y = kf.labels.double().numpy() * 2 - 1

@@ -1,88 +1,245 @@
-"""`ntkft spectrum` and `ntkft stop`: read a kernel's spectrum and apply the stopping rule."""
+"""`ntkft spectrum` and `ntkft stop`: a kernel's spectrum and the RWY stopping rule, on any kernel file."""
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+from pydantic import Field
 
-from ._common import DataDir, app
-from ._common import write_json as _write_json
+from ..config import StrictModel
+from ..errors import ConfigError, NtkftError
+from ._common import config_command, option
+
+if TYPE_CHECKING:
+    from ..kernel.io import LoadedKernel
+    from ..spectrum import SpectrumReport
+    from ..spectrum.decay import Estimator
+
+ESTIMATORS: tuple[Estimator, ...] = ("matched", "window", "paper")
+FILES_HELP = ("kernel files: ntkft kernel folders or files, safetensors with K (+ labels, outputs), .npy, .npz "
+              "or .pt (one tensor)")
 
 
-def _print_spectrum(rep: dict, name: str = "") -> None:
-    w, p, ci = rep["beta_window"], rep["beta_paper"], rep["beta_ci"]
-    typer.echo(f"{name}beta (window k={w['k_min']}..{w['k_max']}, weights 1/k) = {w['beta']:.4f} "
-               f"[{ci['low']:.4f}, {ci['high']:.4f}] ({int(ci['level'] * 100)}% subsampling CI), R^2 {w['r2']:.3f}")
-    typer.echo(f"{name}beta (paper, k=1..{p['k_max']}) = {p['beta']:.4f}, R^2 {p['r2']:.3f}; decay looks "
-               f"{rep['decay_model']['better']}; predicted error ~ N^-{rep['rate_exponent'] or float('nan'):.3f}")
+class SpectrumConfig(StrictModel):
+    """`ntkft spectrum`: which kernels, how many subsamples for the beta interval, at which level."""
 
-@app.command()
-def spectrum(kernels: list[str] = typer.Argument(None, help="kernel files or run folders"),
-             model: str | None = None, task: str | None = None, n: int = 100, draws: int = 1,
-             max_length: int = 64, out: str = "runs/spectrum", data_dir: str | None = DataDir) -> None:
-    """Decay rate beta (both estimators, CI, sensitivity), predicted rate and a log-log figure."""
-    from ..kernel import load_kernel_file
-    from ..pipeline import compute_kernel_file
-    from ..plots import spectrum_plot
+    draws_of: bool = Field(False, description="the kernel files are independent draws of one setting: also report "
+                                              "beta mean +- sd over them (the paper's protocol)")
+    model: str | None = Field(None, description="compute kernels of this model (with --task) instead of reading files")
+    task: str | None = Field(None, description="comma-separated tasks for --model")
+    n: int = Field(100, ge=4, description="samples per computed kernel (--model)")
+    draws: int = Field(1, ge=1, description="independent sample draws per task for --model (seeds 0..draws-1)")
+    max_length: int = Field(64, ge=2, description="tokens per sample for --model")
+    ci_draws: int = Field(200, ge=0, description="subsamples for the beta interval (0: no interval)")
+    level: float = Field(0.9, gt=0, lt=1, description="confidence level of the beta interval")
+    seed: int = Field(0, ge=0, description="seed of the subsampling")
+
+
+class StopConfig(StrictModel):
+    """`ntkft stop`: the RWY rule's inputs; sigma and the radius are estimated from the kernel when not given."""
+
+    step: float | None = Field(None, gt=0, description="kernel-GD step alpha on K/N (default min(1, 1/lambda_1))")
+    sigma: float | None = Field(None, gt=0, description="noise standard deviation (estimated if not given)")
+    radius: float | None = Field(None, gt=0, description="RKHS radius R = ||f_PT - f*||_H (estimated if not given)")
+    batch_size: int | None = Field(None, ge=1, description="also express T_hat in epochs of this batch size")
+
+
+def _files_arg(required: bool) -> inspect.Parameter:
+    arg = typer.Argument(... if required else None, help=FILES_HELP, show_default=False, metavar="FILE")
+    return inspect.Parameter("kernels", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None if not required
+                             else str, default=arg)
+
+
+def _bad(param: str, problem: str) -> ConfigError:
+    err = ConfigError(f"{param}: {problem}")
+    err.param = param
+    return err
+
+
+def _in_file(path: Path | str, e: NtkftError) -> NtkftError:
+    """The same error with the kernel file named in front (analysis errors do not know the file)."""
+    msg = str(e)
+    if msg.startswith(str(path)):
+        return e
+    out = type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}")  # a flag's error keeps the flag in front
+    out.param = e.param
+    return out
+
+
+def _print_spectrum(rep: SpectrumReport, name: str = "") -> None:
+    """Two lines per kernel: the scale-matched beta with its interval and window, then the descriptive fits."""
+    b, w, p = rep.beta, rep.beta_window, rep.beta_paper
+    ci = (f"[{b.low:.4f}, {b.high:.4f}] ({round(b.level * 100)}% subsampling CI)" if b.low is not None
+          and b.high is not None else f"(no interval: {b.note})")
+    zeros = f"; {rep.num_zero} of {rep.n} eigenvalues floored to 0" if rep.num_zero else ""
+    typer.echo(f"{name}N={rep.n}: beta = {b.beta:.4f} {ci}; scale-matched on k={b.k_min}..{b.k_max} against "
+               f"{b.m_estimate}-subsets{zeros}")
+    rate = f"{rep.rate_exponent:.3f}" if rep.rate_exponent is not None else "n/a"
+    shape = f"; decay looks {rep.decay_model.better}" if rep.decay_model is not None else ""
+    typer.echo(f"{name}  window fit (k={w.k_min}..{w.k_max}, weights 1/k) {w.beta:.4f}, R^2 {w.r2:.3f}; paper "
+               f"(k=1..{p.k_max}) {p.beta:.4f}{shape}; predicted error ~ N^-{rate}")
+
+
+def _kernel_key(loaded: list[LoadedKernel], paths: list[str]) -> list[dict[str, str]]:
+    """What the inputs were: each path, the file actually read and its sha256."""
+    from .._runs import file_digest
+
+    return [{"path": p, "file": str(lk.source), "sha256": file_digest(lk.source)} for p, lk in zip(paths, loaded)]
+
+
+def _unique(names: list[str], paths: list[str]) -> list[str]:
+    """Row names: the task or file name, or the path where two rows would share a name."""
+    return [nm if names.count(nm) == 1 else p for nm, p in zip(names, paths)]
+
+
+@dataclass
+class _Row:
+    """One row of `ntkft spectrum`: a kernel (or several draws of one setting) and where it came from."""
+
+    name: str
+    mats: list[Any]
+    where: str
+    precision: float = 0.0
+
+
+def _analyse_rows(rows: list[_Row], cfg: SpectrumConfig) -> tuple[dict[str, Any], dict[str, SpectrumReport]]:
+    """Every row's report (errors name the row's file), the draws summary and relative sample sizes."""
     from ..spectrum import analyse, equivalent_n, over_draws
+    from ..spectrum.eig import FLOOR
 
-    if not kernels and not (model and task):
-        raise typer.BadParameter("give kernel files, or --model and --task")
-    named: dict[str, list] = {}
-    if kernels:
-        for path in kernels:
-            kf = load_kernel_file(path)
-            named.setdefault(f"{kf.meta.get('task', Path(path).stem)}", []).append(kf.K)
-    else:
-        for tname in task.split(","):
-            for d in range(draws):
-                kf = compute_kernel_file(model, tname, n=n, max_length=max_length, seed=d, data_dir=data_dir,
-                                         out=Path(out) / f"{tname}-draw{d}")
-                named.setdefault(tname, []).append(kf.K)
-    result, curves = {}, {}
-    for name, ks in named.items():
-        rep = analyse(ks[0])
-        if len(ks) > 1:
-            rep["over_draws"] = {"paper": over_draws(ks, "paper"), "window": over_draws(ks, "window")}
-        result[name] = rep
-        curves[name] = {"lams": rep["eigenvalues"], "fits": [dict(rep["beta_window"], label="window")]}
+    result: dict[str, Any] = {}
+    reports: dict[str, SpectrumReport] = {}
+    for row in rows:
+        floor = max(FLOOR, 2 * row.precision)  # float16/bfloat16 files cannot resolve smaller eigenvalues
+        try:
+            rep = analyse(row.mats[0], ci_draws=cfg.ci_draws, level=cfg.level, seed=cfg.seed, name=row.name,
+                          floor=floor)
+            if len(row.mats) > 1:
+                rep.over_draws = {e: over_draws(row.mats, e, seed=cfg.seed, floor=floor) for e in ESTIMATORS}
+        except NtkftError as e:
+            raise _in_file(row.where, e) from None
+        reports[row.name], result[row.name] = rep, rep.to_dict()
+    if cfg.draws_of:
+        floor = max(FLOOR, 2 * max(r.precision for r in rows))
+        try:
+            ods = {e: over_draws([r.mats[0] for r in rows], e, seed=cfg.seed, floor=floor) for e in ESTIMATORS}
+        except NtkftError as e:
+            raise _in_file(", ".join(r.where for r in rows), e) from None
+        result["_over_draws"] = {e: od.to_dict() for e, od in ods.items()}
+    if len(reports) > 1 and all(r.beta.beta > 0 for r in reports.values()):
+        ref = next(iter(reports.values())).beta.beta
+        result["_relative_sample_size"] = {t: equivalent_n(100, ref, r.beta.beta) / 100 for t, r in reports.items()}
+    return result, reports
+
+
+def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport]) -> None:
+    for name, rep in reports.items():
         _print_spectrum(rep, f"{name}: ")
-        if "over_draws" in rep:
-            od = rep["over_draws"]["paper"]
-            typer.echo(f"{name}: paper beta over {len(ks)} draws = {od['mean']:.4f} +- {od['std']:.4f}")
-    if len(result) > 1:
-        ref = next(iter(result))
-        b_ref = result[ref]["beta_window"]["beta"]
-        result["_relative_sample_size"] = {t: equivalent_n(100, b_ref, r["beta_window"]["beta"]) / 100
-                                           for t, r in result.items() if not t.startswith("_")}
-        typer.echo("samples needed relative to " + ref + ": " + ", ".join(
-            f"{t} x{v:.2f}" for t, v in result["_relative_sample_size"].items()))
-    _write_json(Path(out) / "spectrum.json", result)
-    spectrum_plot(curves, Path(out) / "spectrum.png")
-    typer.echo(f"wrote {out}/spectrum.json and {out}/spectrum.png")
+        for est, od in rep.over_draws.items():
+            typer.echo(f"{name}:   {est} beta over {len(od.betas)} draws = {od.mean:.4f} +- {od.std:.4f}")
+    for est, od in result.get("_over_draws", {}).items():
+        typer.echo(f"over {len(od['betas'])} draws: {est} beta = {od['mean']:.4f} +- {od['std']:.4f}")
+    if "_relative_sample_size" in result:
+        typer.echo(f"samples needed relative to {next(iter(reports))} (same constant, scale-matched beta): "
+                   + ", ".join(f"{t} x{v:.2f}" for t, v in result["_relative_sample_size"].items()))
 
-@app.command()
-def stop(kernel_file: str = typer.Argument(..., help="kernel file or run folder"),
-         lr: float | None = typer.Option(None, help="kernel-GD step alpha on K/N (default min(1, 1/lambda_1))"),
-         sigma: float | None = typer.Option(None, help="noise sd (estimated if not given)"),
-         radius: float | None = typer.Option(None, help="RKHS radius R (estimated if not given)"),
-         batch_size: int | None = typer.Option(None, help="express T_hat in epochs of this batch size"),
-         out: str | None = None) -> None:
-    """The RWY early-stopping rule on a kernel file: eta*, critical radius, T_hat (steps and epochs)."""
-    from ..kernel import load_kernel_file
+
+@config_command(SpectrumConfig, "spectrum",
+                extra=[_files_arg(False), option("out", "runs/spectrum", "output run folder"),
+                       option("overwrite", False, "replace another run in --out", bool),
+                       option("data_dir", None, "task data directory for --model (default: $NTKFT_DATA_DIR, then "
+                                                "./data)", str | None)])
+def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite: bool, data_dir: str | None) -> None:
+    """Decay rate beta of each kernel (scale-matched with an interval; window and paper fits), one row per file."""
+    from .._runs import RunFolder
+    from ..kernel.io import load_kernel
+    from ..plots import spectrum_plot
+
+    files = list(kernels or [])
+    if files and (cfg.model or cfg.task):
+        raise _bad("model", "give kernel files or --model with --task, not both")
+    if not files and not (cfg.model and cfg.task):
+        raise _bad("task" if cfg.model else "model", "give kernel files, or --model and --task")
+    if cfg.draws_of and len(files) < 2:
+        raise _bad("draws_of", f"needs at least 2 kernel files, got {len(files)}")
+    key: dict[str, Any] = {"config": cfg.model_dump()}
+    if files:  # every file read, checked and analysed before anything is written
+        loaded = [load_kernel(f) for f in files]
+        key["kernels"] = _kernel_key(loaded, files)
+        names = _unique([lk.name for lk in loaded], files)
+        rows = [_Row(nm, [lk.K], str(lk.source), lk.precision) for nm, lk in zip(names, loaded)]
+        result, reports = _analyse_rows(rows, cfg)
+        rf = RunFolder(out, "spectrum", key, overwrite=overwrite)
+        rf.open()
+    else:  # the kernels are computed into the run folder (each its own kernel run, resumable)
+        from ..pipeline import compute_kernel_file
+
+        assert cfg.model is not None and cfg.task is not None
+        rf = RunFolder(out, "spectrum", key, overwrite=overwrite)
+        rf.open()
+        rows = []
+        for tname in [t.strip() for t in cfg.task.split(",") if t.strip()]:
+            mats = [compute_kernel_file(cfg.model, tname, n=cfg.n, max_length=cfg.max_length, seed=d, data_dir=data_dir,
+                                        out=rf.path(f"{tname}-draw{d}"), overwrite=overwrite).K.double().numpy()
+                    for d in range(cfg.draws)]
+            rows.append(_Row(tname, mats, str(Path(out) / f"{tname}-draw0")))
+        result, reports = _analyse_rows(rows, cfg)
+    _print_rows(result, reports)
+    rf.write_json("spectrum.json", result)
+    spectrum_plot(reports, rf.path("spectrum.png"))
+    rf.finish(command="spectrum", rows=list(reports))
+    typer.echo(f"wrote {out}/spectrum.json, spectrum.png, meta.json")
+
+
+def _stop_out(lk: LoadedKernel, path: str, out: str | None) -> Path:
+    """--out, else FILE/stop inside an ntkft kernel run folder, else runs/stop (never into a foreign folder)."""
+    import json
+
+    if out:
+        return Path(out)
+    folder = Path(path)
+    marker = folder / "meta.json"
+    if folder.is_dir() and lk.source.parent == folder and marker.is_file():
+        try:
+            meta = json.loads(marker.read_text())
+        except (ValueError, OSError, UnicodeDecodeError):
+            meta = None
+        if isinstance(meta, dict) and meta.get("ntkft_run") and meta.get("kind") == "kernel":
+            return folder / "stop"
+    return Path("runs/stop")
+
+
+@config_command(StopConfig, "stop",
+                extra=[_files_arg(True), option("out", None, "output run folder (default: FILE/stop for an ntkft "
+                                                             "kernel run folder, else runs/stop)", str | None),
+                       option("overwrite", False, "replace another run in --out", bool)])
+def stop(cfg: StopConfig, kernels: str, out: str | None, overwrite: bool) -> None:
+    """The RWY early-stopping rule on a kernel file with targets: eta*, critical radius, T_hat (steps and epochs)."""
+    from .._runs import RunFolder, file_digest
+    from ..kernel.io import load_kernel
     from ..stopping import stop_report
 
-    kf = load_kernel_file(kernel_file)
-    y = kf.labels.double().numpy()
-    if kf.meta.get("task_type") == "classification":
-        y = 2 * y - 1  # +-1 targets for the scalar readout
-    rep = stop_report(kf.K, y, kf.outputs.double().numpy(), step=lr, sigma=sigma, radius=radius,
-                      batch_size=batch_size)
+    lk = load_kernel(kernels)
+    y = lk.targets()
+    try:
+        rep = stop_report(lk.K, y, lk.outputs, step=cfg.step, sigma=cfg.sigma, radius=cfg.radius,
+                          batch_size=cfg.batch_size)
+    except NtkftError as e:
+        raise _in_file(lk.source, e) from None
+    target = _stop_out(lk, kernels, out)
+    rf = RunFolder(target, "stop", {"kernel": {"file": str(lk.source), "sha256": file_digest(lk.source)},
+                                    "config": cfg.model_dump()}, overwrite=overwrite)
+    rf.open()
     d = rep.to_dict()
+    d["warm_start"] = "f_PT(X) from the file" if lk.outputs is not None else "none (the file has no outputs): f0 = 0"
+    d["targets"] = ("+-1 from the label map (" + " -> -1, ".join(lk.label_map) + " -> +1)"
+                    if lk.label_map else "the file's labels")
     for k_, v in d.items():
         typer.echo(f"{k_:14s} {v}")
-    target = Path(out) if out else Path(kernel_file if Path(kernel_file).is_dir() else Path(kernel_file).parent)
-    _write_json(target / "stop.json", d)
-    typer.echo(f"wrote {target / 'stop.json'}")
-
+    rf.write_json("stop.json", d)
+    rf.finish(command="stop")
+    typer.echo(f"wrote {target / 'stop.json'}, meta.json")

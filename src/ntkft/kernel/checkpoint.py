@@ -90,7 +90,6 @@ class Checkpoint:
             raise KernelError(f"{self.root}: checkpoint path exists and is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
         self.key = json.loads(json.dumps(key, sort_keys=True, default=str))
-        self._handles: dict[str, tuple] = {}
         old = self._read_manifest()
         self.files: list[str] = []
         if old is not None and old.get("key") == self.key:
@@ -144,7 +143,6 @@ class Checkpoint:
 
         fname = self._file(name)
         path = self._claim(fname)
-        self._drop(name)
         md = {"meta": json.dumps(meta or {}, default=str)}
         flat = {k: _own(v) for k, v in tensors.items()}
         if durable:
@@ -155,40 +153,24 @@ class Checkpoint:
         os.replace(tmp, path)
 
     def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-        from safetensors import SafetensorError
+        """The unit's tensors (copies: the file is unmapped again, so reading back adds nothing to this process's
+        resident memory beyond what it keeps)."""
+        from safetensors import SafetensorError, safe_open
 
         path = self.root / self._file(name)
         try:
-            fh, meta, names = self._open(name, path)
-            if keys is None:
-                return {k: fh.get_tensor(k) for k in names}, meta
-            alias = meta.get("alias", {})
-            return {k: fh.get_tensor(alias.get(k, k)) for k in keys if alias.get(k, k) in names}, meta
+            with safe_open(str(path), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {}).get("meta", "{}"))
+                names = set(fh.keys())
+                if keys is None:
+                    return {k: fh.get_tensor(k) for k in names}, meta
+                alias = meta.get("alias", {})
+                return {k: fh.get_tensor(alias.get(k, k)) for k in keys if alias.get(k, k) in names}, meta
         except (SafetensorError, OSError, ValueError) as e:
             raise KernelError(f"{path}: unreadable checkpoint unit ({e}); delete it to recompute") from None
 
-    def _open(self, name: str, path: Path) -> tuple:
-        """An open safetensors handle with its metadata, cached: the Gram reads a few tensors per file many times."""
-        from safetensors import safe_open
-
-        hit = self._handles.get(name)
-        if hit is None:
-            if len(self._handles) >= 64:
-                self._drop(next(iter(self._handles)))
-            fh = safe_open(str(path), framework="pt")
-            fh.__enter__()
-            hit = (fh, json.loads((fh.metadata() or {}).get("meta", "{}")), set(fh.keys()))
-            self._handles[name] = hit
-        return hit
-
-    def _drop(self, name: str) -> None:
-        hit = self._handles.pop(name, None)
-        if hit is not None:
-            hit[0].__exit__(None, None, None)
-
     def remove(self, name: str) -> None:
         fname = self._file(name)
-        self._drop(name)
         if fname in self.files:
             (self.root / fname).unlink(missing_ok=True)
             (self.root / f".{fname}.tmp").unlink(missing_ok=True)
@@ -197,8 +179,6 @@ class Checkpoint:
 
     def clear(self, keep_folder: bool = False) -> None:
         """Delete every file this checkpoint listed, then its manifest and the folder if nothing else is left."""
-        for name in list(self._handles):
-            self._drop(name)
         for f in self.files:
             (self.root / f).unlink(missing_ok=True)
         self.files = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import KernelError
 
 HEAD_PREFIX = "head."
+M = TypeVar("M")
 
 
 @runtime_checkable
@@ -38,8 +39,10 @@ class KernelModel(Protocol):
 
     def train(self, mode: bool = True) -> Any: ...
 
+    def eval(self) -> Any: ...
 
-def check_model(model: Any) -> KernelModel:
+
+def check_model(model: M) -> M:
     """`model` itself if it meets the contract; a one-line KernelError naming what is missing otherwise."""
     if not isinstance(model, nn.Module):
         raise KernelError(f"model must be a torch nn.Module with a `head` and `out_dim`, got {type(model).__name__}")
@@ -48,7 +51,12 @@ def check_model(model: Any) -> KernelModel:
     c = getattr(model, "out_dim", None)
     if not isinstance(c, int) or c < 1:
         raise KernelError(f"model {type(model).__name__}: out_dim must be an int >= 1, got {c!r}")
-    return model  # type: ignore[return-value]
+    return model
+
+
+def as_kernel_model(model: Any) -> KernelModel:
+    """`model` checked against the contract, typed as a KernelModel."""
+    return cast(KernelModel, check_model(model))
 
 
 def out_dim(model: KernelModel) -> int:
@@ -62,7 +70,7 @@ def model_device(model: KernelModel) -> torch.device:
 
 
 @contextlib.contextmanager
-def differentiating(model: KernelModel, params: dict[str, nn.Parameter]) -> Iterator[None]:
+def differentiating(model: KernelModel | nn.Module, params: dict[str, nn.Parameter]) -> Iterator[None]:
     """Eval mode and requires_grad on exactly `params`; every module's mode and every flag restored on exit,
     exceptions included (a trainer's frozen parameters and dropout settings survive a kernel call)."""
     modes = [(m, m.training) for m in model.modules()]

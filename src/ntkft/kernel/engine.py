@@ -19,17 +19,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import Accumulator, Checkpoint, MemoryStore, Store
-from .contract import KernelModel
+from .contract import KernelModel, as_kernel_model
 from .plan import Artifact, Block, Inputs, Options, Plan
 from .registry import KernelMethod, Method, implementation
 
 log = logging.getLogger(__name__)
 
 
-def plan_units(model: KernelModel, x1: Inputs, x2: Inputs | None, params: dict[str, nn.Parameter], method: Method,
+def plan_units(model: KernelModel | nn.Module, x1: Inputs, x2: Inputs | None, params: dict[str, nn.Parameter], method: Method,
                options: Options) -> tuple[KernelMethod, Plan]:
     """The method's implementation for these inputs and its plan (call inside `differentiating(...)`)."""
-    impl = implementation(method)(model, params, options)
+    impl = implementation(method)(as_kernel_model(model), params, options)
     return impl, impl.plan(x1, x2)
 
 

@@ -75,9 +75,10 @@ class FactoredMethod:
         self.x1, self.x2 = x1, x2
         self.probe(x1)
         sym = x2 is None
+        other = x1 if x2 is None else x2  # the column side (x1 itself when K is symmetric)
         o = self.opt
         owners = [e.name for e in self.entries] + ([FALLBACK] if self.fallback else [])
-        longest = int(max(x1.lengths.max(), 0 if sym else x2.lengths.max()))
+        longest = max(int(x1.lengths.max()), int(other.lengths.max()))
         per_sample_max = sum(self.entry_bytes(w, 1, longest) for w in owners)
         k_bytes = 2 * x1.n * (x2.n if x2 is not None else x1.n) * self.c ** 2 * 8
         # a batch in flight holds its factors, the activations autograd keeps (about as large) and the previous
@@ -86,12 +87,12 @@ class FactoredMethod:
         if per_sample_max > 0:
             size = int(max(1, min(size, (o.max_memory / 2) // (3 * per_sample_max))))
         order1 = sort_by_length(x1)
-        order2 = order1 if sym else sort_by_length(x2)
+        order2 = order1 if sym else sort_by_length(other)
         b1 = batches(x1, order1, size)
-        b2 = [] if sym else batches(x2, order2, size)
+        b2 = [] if sym else batches(other, order2, size)
         order1 = [i for b in b1 for i in b]
         order2 = order1 if sym else [i for b in b2 for i in b]
-        sides = [(1, x1, b1)] + ([] if sym else [(2, x2, b2)])
+        sides = [(1, x1, b1)] + ([] if sym else [(2, other, b2)])
 
         def total(owner: str) -> float:
             return sum(self.entry_bytes(owner, len(b), int(x.lengths[b].max())) for _, x, bs in sides for b in bs)
@@ -106,7 +107,7 @@ class FactoredMethod:
                               f"and K need ~{(batch_bytes + k_bytes + 2 * self.chunk) / GiB:.2f} GiB)")
         if biggest > room:
             raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB cannot hold one layer's factors for all "
-                              f"{x1.n + (0 if sym else x2.n)} samples (~{biggest / GiB:.2f} GiB); use a larger "
+                              f"{x1.n + (0 if sym else other.n)} samples (~{biggest / GiB:.2f} GiB); use a larger "
                               "max_memory or method sketch")
         disk = math.inf if o.max_disk is None else float(o.max_disk)
         # on disk: room for the accumulator (K) and each file's header besides the factors themselves
@@ -118,7 +119,7 @@ class FactoredMethod:
             raise KernelError(f"max_disk {disk / GiB:.2f} GiB cannot hold one layer's factors for all samples "
                               f"(~{biggest / GiB:.2f} GiB); raise max_disk or max_memory, or use method sketch")
         n_r = x1.n * self.c
-        n_c = n_r if sym else x2.n * self.c
+        n_c = n_r if sym else other.n * self.c
         passes = []
         for g, members in enumerate(groups):
             produce = [Unit(f"f{g}-s{side}-b{k}", "features", float(len(b)),
@@ -128,6 +129,7 @@ class FactoredMethod:
             passes.append(Pass(produce, _gram_units(g, members, cost)))
         self.groups = groups
         self.b1, self.b2 = b1, b2
+        self.sizes, self.room = sizes, room
         info = {"batch_size": size, "batches": [len(b) for b in b1], "groups": len(groups),
                 "feature_bytes": int(need), "room_bytes": int(room), "batch_bytes": int(batch_bytes),
                 "k_bytes": int(k_bytes), "largest_entry_bytes": int(biggest), "spill": spill,
@@ -138,7 +140,7 @@ class FactoredMethod:
                      len(groups), need / GiB)
         elif spill:
             log.info("factored: ~%.1f GiB of factors spill to disk", need / GiB)
-        return Plan("factored", x1.n, x1.n if sym else x2.n, self.c, sym, order1, order2, passes, spill, info)
+        return Plan("factored", x1.n, other.n, self.c, sym, order1, order2, passes, spill, info)
 
     # ------------------------------------------------------------------ computing
 
@@ -147,8 +149,12 @@ class FactoredMethod:
             return self._features(unit)
         return Block(0, 0, self._gram(unit, store))
 
+    def _side(self, side: int) -> Inputs:
+        x = self.x1 if side == 1 or self.x2 is None else self.x2
+        return x
+
     def _features(self, unit: Unit) -> Artifact:
-        x = self.x1 if unit.data["side"] == 1 else self.x2
+        x = self._side(unit.data["side"])
         g = unit.data["group"]
         members = set(self.groups[g])
         entries = [e for e in self.entries if e.name in members]
@@ -156,6 +162,18 @@ class FactoredMethod:
         ids, mask = x.take(unit.data["rows"])
         cap = capture(self.model, entries, fallback, ids.to(self.opt.device), mask.to(self.opt.device))
         return Artifact(cap.feats, {"alias": cap.alias})
+
+    def _read_chunks(self, owners: list[str]) -> list[list[str]]:
+        """Consecutive entries whose factors for all samples fit the room left for factors."""
+        out: list[list[str]] = [[]]
+        used = 0.0
+        for w in owners:
+            if out[-1] and used + self.sizes.get(w, 0.0) > self.room:
+                out.append([])
+                used = 0.0
+            out[-1].append(w)
+            used += self.sizes.get(w, 0.0)
+        return out
 
     def _load(self, store: Store, uid: str, names: list[str]) -> dict[str, torch.Tensor]:
         """A batch's factors on the compute device (spilled ones come back from the host)."""
@@ -171,14 +189,19 @@ class FactoredMethod:
         dev = self.opt.device if self.opt.accumulate == "device" else torch.device("cpu")
         k = torch.zeros(n_r, n_c, dtype=torch.float64, device=dev)
         by_name = {e.name: e for e in self.entries}
-        for owner in unit.data["entries"]:
-            e = by_name.get(owner)
-            names = _names(e, owner)
-            r = [self._load(store, uid, names) for uid in rows]
-            c = r if sym else [self._load(store, uid, names) for uid in cols]
-            if names[0] not in r[0]:
-                continue  # layer not reached by the forward pass
-            _contract(owner, e, names, r, c, sym, k, self.chunk)
+        for chunk in self._read_chunks(unit.data["entries"]):  # one read per batch file for several layers
+            wanted = [n for owner in chunk for n in _names(by_name.get(owner), owner)]
+            rr = [self._load(store, uid, wanted) for uid in rows]
+            cc = rr if sym else [self._load(store, uid, wanted) for uid in cols]
+            for owner in chunk:
+                e = by_name.get(owner)
+                names = _names(e, owner)
+                if names[0] not in rr[0]:
+                    continue  # layer not reached by the forward pass
+                r = [{n: x[n] for n in names if n in x} for x in rr]
+                c = r if sym else [{n: x[n] for n in names if n in x} for x in cc]
+                _contract(owner, e, names, r, c, sym, k, self.chunk)
+            del rr, cc
         if not torch.isfinite(k).all():
             raise KernelError("the kernel contains NaN or inf (the model produced non-finite values)")
         return k
@@ -298,8 +321,9 @@ def _materialised(r: list[dict], c: list[dict], a_name: str, d_name: str, sym: b
     step = max(1, min(dout, chunk // max(1, es * din * max(n_r, n_c))))
     gr = torch.empty(n_r, step * din, dtype=dtype, device=dev)
     gc = gr if sym else torch.empty(n_c, step * din, dtype=dtype, device=dev)
-    # upper-triangle row blocks: ~5/8 of the full product's flops with four blocks, each one GEMM
-    cuts = [round(i * n_r / 4) for i in range(5)] if sym and n_r >= 64 else [0, n_r]
+    # upper-triangle row blocks, each one GEMM: (B + 1) / 2B of the full product's flops (5/8 with four blocks)
+    blocks = min(16, max(4, n_r // 64)) if sym and n_r >= 64 else 1
+    cuts = [round(i * n_r / blocks) for i in range(blocks + 1)]
     for o0 in range(0, dout, step):
         o1 = min(dout, o0 + step)
         w = (o1 - o0) * din

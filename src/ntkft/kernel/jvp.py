@@ -26,7 +26,8 @@ class JvpMethod(TiledMethod):
 
     def features(self, ids: torch.Tensor, mask: torch.Tensor):
         f = self._f(ids, mask)
-        out, pullback = vjp(f, self._primals())
+        res = vjp(f, self._primals())
+        out, pullback = res[0], res[1]
         b, c = out.shape
         eye = torch.eye(b * c, dtype=out.dtype, device=out.device).reshape(b * c, b, c)
         (grads,) = vmap(pullback)(eye)  # dict of (b*c, *shape)

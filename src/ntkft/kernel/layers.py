@@ -11,6 +11,7 @@ the generic fallback: one autograd call per sample."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import defaultdict
@@ -47,19 +48,26 @@ class Entry:
     def params(self) -> dict[str, nn.Parameter]:
         out = {}
         if self.weight:
-            out[self.name + ".weight"] = self.module.weight
+            out[self.name + ".weight"] = param(self.module, "weight")
         if self.bias:
-            out[self.name + ".bias"] = self.module.bias
+            out[self.name + ".bias"] = param(self.module, "bias")
         return out
 
     def numel(self) -> int:
         return sum(p.numel() for p in self.params().values())
 
 
+def param(mod: nn.Module, name: str) -> nn.Parameter:
+    """A module's directly-owned parameter `name` (typed)."""
+    p = getattr(mod, name)
+    assert isinstance(p, nn.Parameter), f"{type(mod).__name__}.{name} is not a parameter"
+    return p
+
+
 def _kind(mod: nn.Module, direct: dict[str, nn.Parameter]) -> str | None:
     if isinstance(mod, nn.Linear):
         return "linear"
-    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and mod.weight.dim() == 2:
+    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and param(mod, "weight").dim() == 2:
         return "conv1d"
     if isinstance(mod, nn.Embedding):
         if mod.max_norm is not None or mod.scale_grad_by_freq or mod.sparse:
@@ -79,7 +87,8 @@ def find_entries(model: KernelModel, params: dict[str, nn.Parameter]) -> tuple[l
     for mod in model.modules():
         for p in mod.parameters(recurse=False):
             owners[id(p)] += 1
-    entries, covered = [], set()
+    entries: list[Entry] = []
+    covered: set[int] = set()
     for name, mod in model.named_modules():
         direct = {n: p for n, p in mod.named_parameters(recurse=False) if id(p) in selected}
         if not direct or set(direct) - {"weight", "bias"}:
@@ -305,14 +314,14 @@ def _entry_features(e: Entry, calls: list, ds: list[list], lay: _Layout, c: int,
             d = lay.rows(dk, call.out)
             pad = _arg(call.args, call.kwargs, 2, "padding_idx")
             if pad is not None:  # the padding row gets no gradient
-                pad = pad + e.module.weight.shape[0] if pad < 0 else pad
+                pad = pad + param(e.module, "weight").shape[0] if pad < 0 else pad
                 d = d * (idx != pad).to(d.dtype).repeat_interleave(c, 0).unsqueeze(-1)
             ids_parts.append(idx)
             d_parts.append(d)
         feats[e.name + ".ids"] = torch.cat(ids_parts, 1) if len(ids_parts) > 1 else ids_parts[0]
         feats[e.name + ".D"] = torch.cat(d_parts, 1) if len(d_parts) > 1 else d_parts[0]
     elif e.kind == "layernorm":
-        g = 0
+        gs: list[torch.Tensor] = []
         for call, dk in zip(calls, ds):
             args, kwargs = call.args, call.kwargs
             shape = tuple(_arg(args, kwargs, 1, "normalized_shape"))
@@ -324,13 +333,11 @@ def _entry_features(e: Entry, calls: list, ds: list[list], lay: _Layout, c: int,
             xh = xh.repeat_interleave(c, 0) if c > 1 else xh
             d = lay.rows(dk, call.out)
             parts = ([(d * xh).sum(1)] if e.weight else []) + ([d.sum(1)] if e.bias else [])
-            g = g + torch.cat(parts, -1)
-        feats[e.name + ".G"] = g
+            gs.append(torch.cat(parts, -1))
+        feats[e.name + ".G"] = functools.reduce(torch.add, gs)
     else:  # elementwise: rerun the module's own forward with one copy of its parameters per sample
-        g = 0
-        for call, dk in zip(calls, ds):
-            g = g + _elementwise_grads(e, call, dk, lay, c)
-        feats[e.name + ".G"] = g
+        gs = [_elementwise_grads(e, call, dk, lay, c) for call, dk in zip(calls, ds)]
+        feats[e.name + ".G"] = functools.reduce(torch.add, gs)
 
 
 def _elementwise_grads(e: Entry, call: _Call, dk: list, lay: _Layout, c: int) -> torch.Tensor:
@@ -376,7 +383,7 @@ def _reconstruct(e: Entry, feats: dict, alias: dict, row: int, sample: int) -> d
         if e.bias:
             out[e.name + ".bias"] = get(e.name + ".Gb")[row]
     elif e.kind == "embedding":
-        w = e.module.weight
+        w = param(e.module, "weight")
         g = torch.zeros_like(w)
         g.index_add_(0, get(e.name + ".ids")[sample].reshape(-1), get(e.name + ".D")[row].to(w.dtype))
         out[e.name + ".weight"] = g
@@ -452,7 +459,7 @@ def _check(entries: list[Entry], cap: Captured) -> set[str]:
     # gradients that vanish in exact arithmetic (a key bias under softmax) are rounding noise on both sides
     floor = 1e-3 * math.sqrt(sum(float(r.double().pow(2).sum()) for r in ref.values()))
     for e in chosen:
-        tol = tolerance(e.module.weight.dtype if hasattr(e.module, "weight") else torch.float32)
+        tol = tolerance(next(iter(e.params().values())).dtype)
         rec: dict[str, torch.Tensor] = {}
         for i in range(b):
             for n, g in _reconstruct(e, cap.feats, cap.alias, i * c, i).items():

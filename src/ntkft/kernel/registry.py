@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .checkpoint import Store
-from .contract import KernelModel
+from .contract import KernelModel, as_kernel_model
 from .plan import Artifact, Block, Inputs, Options, Plan, Unit
 
 
@@ -67,7 +67,7 @@ def implementation(method: Method) -> type[KernelMethod]:
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
-def resolve_method(method: Method | str, model: KernelModel, params: dict[str, nn.Parameter]) -> Method:
+def resolve_method(method: Method | str, model: KernelModel | nn.Module, params: dict[str, nn.Parameter]) -> Method:
     """AUTO -> factored when at most 5% of the parameters need its per-sample fallback, else jacobian."""
     m = parse_method(method)
     if m != Method.AUTO:
@@ -75,5 +75,5 @@ def resolve_method(method: Method | str, model: KernelModel, params: dict[str, n
     from .layers import find_entries
 
     n_all = sum(p.numel() for p in params.values())
-    _, fallback = find_entries(model, params)
+    _, fallback = find_entries(as_kernel_model(model), params)
     return Method.FACTORED if sum(p.numel() for p in fallback.values()) <= 0.05 * n_all else Method.JACOBIAN

@@ -80,15 +80,16 @@ class SketchMethod:
         owners = [e.name for e in self.entries] + ([FALLBACK] if self.fallback else [])
         self.dims = dict(zip(owners, allocate(self.k, self._trace_shares(x1, owners))))
         sym = x2 is None
+        other = x1 if x2 is None else x2
         o = self.opt
-        longest = int(max(x1.lengths.max(), 0 if sym else x2.lengths.max()))
+        longest = max(int(x1.lengths.max()), int(other.lengths.max()))
         per_sample = sum(fm.entry_bytes(w, 1, longest) for w in owners)
         size = int(max(1, min(o.batch_size or 16, o.max_memory // max(1.0, 4 * per_sample))))
         self.b1 = batches(x1, sort_by_length(x1), size)
-        self.b2 = [] if sym else batches(x2, sort_by_length(x2), size)
+        self.b2 = [] if sym else batches(other, sort_by_length(other), size)
         order1 = [i for b in self.b1 for i in b]
         order2 = order1 if sym else [i for b in self.b2 for i in b]
-        n_r, n_c = x1.n * self.c, (x1.n if sym else x2.n) * self.c
+        n_r, n_c = x1.n * self.c, other.n * self.c
         s_bytes = (n_r + (0 if sym else n_c)) * self.k * 4
         k_bytes = n_r * n_c * 8
         if k_bytes + 3 * per_sample * size > o.max_memory:
@@ -103,7 +104,7 @@ class SketchMethod:
                       for i in range(blocks) if cuts[i + 1] > cuts[i]]
         info = {"sketch_dim": self.k, "layers": len(owners), "batch_size": size, "seed": o.seed,
                 "dims_min": min(self.dims.values()), "dims_max": max(self.dims.values())}
-        return Plan("sketch", x1.n, x1.n if sym else x2.n, self.c, sym, order1, order2, [Pass(produce, contribute)],
+        return Plan("sketch", x1.n, other.n, self.c, sym, order1, order2, [Pass(produce, contribute)],
                     spill, info)
 
     def _trace_shares(self, x1: Inputs, owners: list[str]) -> list[float]:
@@ -141,7 +142,7 @@ class SketchMethod:
 
     def compute_unit(self, unit: Unit, store: Store) -> Artifact | Block:
         if unit.kind == "sketch":
-            x = self.x1 if unit.data["side"] == 1 else self.x2
+            x = self.x1 if unit.data["side"] == 1 or self.x2 is None else self.x2
             ids, mask = x.take(unit.data["rows"])
             cap = capture(self.model, self.entries, self.fallback, ids.to(self.opt.device), mask.to(self.opt.device))
             return Artifact({"S": self._project(cap.feats, cap.alias)})
@@ -150,8 +151,9 @@ class SketchMethod:
         dev = self.opt.device
         rows = torch.cat([store.get(f"s1-b{i}", ["S"])[0]["S"].to(dev) for i in range(a, b)])
         start = a if sym else 0
-        ids = [f"s1-b{i}" for i in range(start, len(self.b1))] if sym else [f"s2-b{i}" for i in range(len(self.b2))]
-        cols = torch.cat([store.get(u, ["S"])[0]["S"].to(dev) for u in ids])
+        col_units = [f"s1-b{i}" for i in range(start, len(self.b1))] if sym else \
+            [f"s2-b{i}" for i in range(len(self.b2))]
+        cols = torch.cat([store.get(u, ["S"])[0]["S"].to(dev) for u in col_units])
         acc = dev if self.opt.accumulate == "device" else torch.device("cpu")
         k = (rows @ cols.T).to(acc, torch.float64)
         row0 = sum(len(x) for x in self.b1[:a]) * self.c
@@ -160,7 +162,7 @@ class SketchMethod:
 
     def _project(self, f: dict, alias: dict) -> torch.Tensor:
         get = lambda n: f.get(alias.get(n, n))  # noqa: E731
-        parts = []
+        parts: list[torch.Tensor | None] = []
         rows = None
         for i, (w, k_l) in enumerate(self.dims.items()):
             e = next((x for x in self.entries if x.name == w), None)
@@ -169,8 +171,8 @@ class SketchMethod:
                 g = get(w + ".G")
                 s = None if g is None else g.reshape(g.shape[0], -1) @ self._dense(i, g.shape[-1], k_l, g)
             elif e.kind == "embedding":
-                d = get(w + ".D")
-                s = None if d is None else self._embedding(i, e, get(w + ".ids"), d, k_l)
+                d, tok = get(w + ".D"), get(w + ".ids")
+                s = None if d is None or tok is None else self._embedding(i, e, tok, d, k_l)
             else:
                 s = self._linear(i, e, get(w + ".A"), get(w + ".D"), get(w + ".Gb"), k_l)
             if s is None:  # layer not reached: its coordinates are zero

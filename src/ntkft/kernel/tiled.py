@@ -46,19 +46,20 @@ class TiledMethod:
                               f"(this method needs ~{2 * per / 2**20:.0f} MiB for two samples)")
         size = int(min(self.opt.batch_size or self.default_batch, fit))
         sym = x2 is None
+        other = x1 if x2 is None else x2
         self.b1 = batches(x1, sort_by_length(x1), size)
-        self.b2 = self.b1 if sym else batches(x2, sort_by_length(x2), size)
+        self.b2 = self.b1 if sym else batches(other, sort_by_length(other), size)
         order1 = [i for b in self.b1 for i in b]
         order2 = [i for b in self.b2 for i in b]
         n_cols = len(self.b2)
         units = [Unit(f"r{i}", "tiles", float(n_cols - i if sym else n_cols), {"row": i}) for i in range(len(self.b1))]
-        return Plan(self.name, x1.n, x1.n if sym else x2.n, self.c, sym, order1, order2, [Pass([], units)], False,
+        return Plan(self.name, x1.n, other.n, self.c, sym, order1, order2, [Pass([], units)], False,
                     {"batch_size": size})
 
     def compute_unit(self, unit: Unit, store: Store) -> Block:
         i = unit.data["row"]
         sym = self.x2 is None
-        x2 = self.x1 if sym else self.x2
+        x2 = self.x1 if self.x2 is None else self.x2
         dev = self.opt.device
         fi = self.features(*(t.to(dev) for t in self.x1.take(self.b1[i])))
         j0 = i if sym else 0

@@ -3,90 +3,117 @@ and hold-out early stopping on the kernel GD path."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from ..errors import ConfigError
-from ..spectrum.eig import as_kernel, eigh_desc
-from .kgd import KernelGD
+from ..spectrum.checks import bad, count, positive
+from ..spectrum.eig import Array, as_kernel, eigenvalues, eigh_desc
+from ..spectrum.result import Result
+from .kgd import KernelGD, _cross, _vector
 
 
 class KernelRidge:
     """f = f0 + K/N (K/N + lambda I)^{-1} (y - f0); predict from the unnormalised cross kernel."""
 
     def __init__(self, ridge: float = 1e-3) -> None:
-        if ridge <= 0:
-            raise ConfigError(f"ridge must be positive, got {ridge}")
-        self.ridge = ridge
+        self.ridge = positive("ridge", ridge)
 
-    def fit(self, k, y, f0=None) -> KernelRidge:
-        k = as_kernel(k)
-        self.n_ = k.shape[0]
-        self.lams_, self.u_ = eigh_desc(k)
-        self.f0_ = np.zeros(self.n_) if f0 is None else np.asarray(f0, dtype=np.float64)
-        self.proj_ = self.u_.T @ (np.asarray(y, dtype=np.float64) - self.f0_)
+    def fit(self, k: Any, y: ArrayLike, f0: ArrayLike | None = None) -> KernelRidge:
+        """Decompose K/N once and project the residual y - f0 on its eigenvectors."""
+        kk = as_kernel(k)
+        self.n_ = kk.shape[0]
+        self.lams_, self.u_ = eigh_desc(kk)
+        self.f0_ = np.zeros(self.n_) if f0 is None else _vector(f0, self.n_, "f0")
+        self.proj_ = self.u_.T @ (_vector(y, self.n_, "y") - self.f0_)
         return self
 
-    def filters(self) -> np.ndarray:
-        return self.lams_ / (self.lams_ + self.ridge)
+    def filters(self) -> Array:
+        """lambda_i / (lambda_i + ridge)."""
+        out: Array = self.lams_ / (self.lams_ + self.ridge)
+        return out
 
-    def fitted(self) -> np.ndarray:
-        return self.f0_ + self.u_ @ (self.filters() * self.proj_)
+    def fitted(self) -> Array:
+        """The fit on the training inputs."""
+        out: Array = self.f0_ + self.u_ @ (self.filters() * self.proj_)
+        return out
 
-    def predict(self, k_cross, f0=None) -> np.ndarray:
-        kc = np.asarray(k_cross, dtype=np.float64)
+    def predict(self, k_cross: Any, f0: ArrayLike | None = None) -> Array:
+        """The fit on new inputs from K(X_new, X_train) (unnormalised) and f0(X_new)."""
+        kc = _cross(k_cross, self.n_)
         c = self.u_ @ (self.proj_ / (self.lams_ + self.ridge)) / self.n_
-        return (0 if f0 is None else np.asarray(f0, dtype=np.float64)) + kc @ c
-
-
-def cv_ridge(k, y, ridges=None, folds: int = 5, seed: int = 0, f0=None) -> dict:
-    """k-fold cross-validation of the ridge; returns the best ridge and the CV curve."""
-    k = as_kernel(k)
-    n = k.shape[0]
-    if folds < 2 or folds > n:
-        raise ConfigError(f"folds must be in [2, N={n}], got {folds}")
-    y = np.asarray(y, dtype=np.float64)
-    f0 = np.zeros(n) if f0 is None else np.asarray(f0, dtype=np.float64)
-    top = np.linalg.eigvalsh(k / n)[-1]
-    ridges = np.logspace(-6, 1, 29) * top if ridges is None else np.asarray(ridges, dtype=np.float64)
-    perm = np.random.default_rng(seed).permutation(n)
-    parts = np.array_split(perm, folds)
-    curve = np.zeros(len(ridges))
-    for part in parts:
-        tr = np.setdiff1d(perm, part)
-        for i, lam in enumerate(ridges):
-            m = KernelRidge(lam).fit(k[np.ix_(tr, tr)], y[tr], f0[tr])
-            pred = m.predict(k[np.ix_(part, tr)], f0[part])
-            curve[i] += np.sum((pred - y[part]) ** 2) / n
-    best = int(np.argmin(curve))
-    return {"ridge": float(ridges[best]), "eta": float(1 / ridges[best]), "ridges": ridges.tolist(),
-            "cv_mse": curve.tolist()}
+        base = np.zeros(kc.shape[0]) if f0 is None else _vector(f0, kc.shape[0], "f0")
+        out: Array = base + kc @ c
+        return out
 
 
 @dataclass
-class HoldoutResult:
+class RidgeCV(Result):
+    """k-fold cross-validation of the ridge: the best ridge, its GD time eta = 1/ridge, and the CV curve."""
+
+    ridge: float
+    eta: float
+    ridges: list[float]
+    cv_mse: list[float]
+    folds: int
+
+
+def cv_ridge(k: Any, y: ArrayLike, ridges: ArrayLike | None = None, folds: int = 5, seed: int = 0,
+             f0: ArrayLike | None = None) -> RidgeCV:
+    """k-fold cross-validation of the ridge; returns the best ridge and the CV curve."""
+    kk = as_kernel(k)
+    n = kk.shape[0]
+    folds = count("folds", folds, 2)
+    if folds > n:
+        raise bad("folds", f"must be in [2, N={n}], got {folds}")
+    yv = _vector(y, n, "y")
+    f0v = np.zeros(n) if f0 is None else _vector(f0, n, "f0")
+    top = float(eigenvalues(kk)[0])
+    grid = np.logspace(-6, 1, 29) * top if ridges is None else np.asarray(ridges, dtype=np.float64).reshape(-1)
+    if len(grid) == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
+        raise bad("ridges", "must be a non-empty list of finite numbers > 0")
+    perm = np.random.default_rng(seed).permutation(n)
+    curve = np.zeros(len(grid))
+    for part in np.array_split(perm, folds):
+        tr = np.setdiff1d(perm, part)
+        for i, lam in enumerate(grid):
+            m = KernelRidge(float(lam)).fit(kk[np.ix_(tr, tr)], yv[tr], f0v[tr])
+            pred = m.predict(kk[np.ix_(part, tr)], f0v[part])
+            curve[i] += np.sum((pred - yv[part]) ** 2) / n
+    best = int(np.argmin(curve))
+    return RidgeCV(float(grid[best]), float(1 / grid[best]), grid.tolist(), curve.tolist(), folds)
+
+
+@dataclass
+class HoldoutResult(Result):
+    """Hold-out early stopping on the kernel GD path: the best step, its validation MSE, where it stopped."""
+
     best_t: int
     best_val_mse: float
     stopped_at: int
-    val_curve: list[float]
+    val_curve: list[float] = field(default_factory=list)
 
 
-def holdout_stop(k_train, y_train, k_val_train, y_val, step: float, t_max: int = 10000, patience: int = 10,
-                 eval_every: int = 1, min_delta: float = 0.0, f0_train=None, f0_val=None) -> HoldoutResult:
+def holdout_stop(k_train: Any, y_train: ArrayLike, k_val_train: Any, y_val: ArrayLike, step: float,
+                 t_max: int = 10000, patience: int = 10, eval_every: int = 1, min_delta: float = 0.0,
+                 f0_train: ArrayLike | None = None, f0_val: ArrayLike | None = None) -> HoldoutResult:
     """Hold-out early stopping on the kernel GD path: evaluate every `eval_every` steps, stop after
     `patience` evaluations without an improvement larger than `min_delta`, report the best t."""
+    t_max, patience, eval_every = count("t_max", t_max, 0), count("patience", patience), count("eval_every", eval_every)
     gd = KernelGD(step=step).fit(k_train, y_train, f0_train)
-    best_t, best, bad, curve, t = 0, np.inf, 0, [], 0
+    kv = _cross(k_val_train, gd.n_)
+    yv = _vector(y_val, kv.shape[0], "y_val")
+    best_t, best, bad_evals, curve, t = 0, np.inf, 0, [], 0
     while t <= t_max:
-        pred = gd.predict(k_val_train, f0_val, t=t)
-        mse = float(np.mean((pred - np.asarray(y_val, dtype=np.float64)) ** 2))
+        mse = float(np.mean((gd.predict(kv, f0_val, t=t) - yv) ** 2))
         curve.append(mse)
         if mse < best - min_delta:
-            best, best_t, bad = mse, t, 0
+            best, best_t, bad_evals = mse, t, 0
         else:
-            bad += 1
-            if bad >= patience:
+            bad_evals += 1
+            if bad_evals >= patience:
                 break
         t += eval_every
-    return HoldoutResult(best_t, best, t, curve)
+    return HoldoutResult(best_t, float(best), t, curve)

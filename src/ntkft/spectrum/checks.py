@@ -1,0 +1,39 @@
+"""Argument checks shared by spectrum and stopping: one-line ConfigErrors that name the parameter."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+def bad(param: str, problem: str) -> ConfigError:
+    """A ConfigError `param: problem` with `err.param` set (the CLI shows it as --param)."""
+    err = ConfigError(f"{param}: {problem}")
+    err.param = param
+    return err
+
+
+def positive(param: str, value: Any) -> float:
+    """A finite number > 0 (bools, NaN and inf refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)) or value <= 0:
+        raise bad(param, f"must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def count(param: str, value: Any, low: int = 1) -> int:
+    """An integer >= low."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise bad(param, f"must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def level(value: Any, param: str = "level") -> float:
+    """A probability strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise bad(param, f"must be in (0, 1), got {value!r}")
+    return float(value)
