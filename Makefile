@@ -17,7 +17,7 @@ $(BIN)/ntkft: pyproject.toml
 install: $(BIN)/ntkft
 
 demo: install
-	$(BIN)/ntkft demo --out runs/demo
+	$(BIN)/ntkft reproduce --quick --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -47,7 +47,7 @@ def test_every_method_is_registered_and_meets_the_protocol():
     assert set(_REGISTRY) == set(Method) - {Method.AUTO}
     for m in _REGISTRY:
         cls = implementation(m)
-        assert callable(getattr(cls, "plan")) and callable(getattr(cls, "compute_unit")) and hasattr(cls, "exact")
+        assert callable(cls.plan) and callable(cls.compute_unit) and hasattr(cls, "exact")
 
 
 def test_readout_meets_the_model_contract(tiny):

@@ -126,6 +126,7 @@ class RankStore:
 
 
 def rank_dir(work_dir: str | Path, rank: int) -> Path:
+    """The work folder of one rank inside the shared checkpoint folder."""
     return Path(work_dir) / f"rank{rank:03d}"
 
 

@@ -230,6 +230,7 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
 
 
 def correlations_csv(res: RankingsResult) -> str:
+    """The rank correlations as CSV text (one row per family and measure)."""
     cols = ["model", "group", "measure", "estimator", "rho", "p_one_sided", "p_two_sided", "exact", "tasks"]
     lines = [",".join(cols)]
     for c in res.correlations:

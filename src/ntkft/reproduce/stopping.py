@@ -138,6 +138,7 @@ def run(ctx: Context, curves: CurvesResult) -> StoppingResult:
 
 
 def stopping_csv(res: StoppingResult) -> str:
+    """The stopping table (RWY, hold-out, oracle) as CSV text."""
     cols = list(StopRow.__dataclass_fields__)
     lines = [",".join(cols)]
     for r in res.rows:

@@ -41,6 +41,7 @@ def _fields(ctx: Context) -> dict:
 
 
 def taskvec_model(ctx: Context) -> str:
+    """The model the task-vector stage fine-tunes and merges, from the run config."""
     return ctx.cfg.taskvec_model or ctx.cfg.models[0].name
 
 

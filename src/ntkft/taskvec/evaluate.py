@@ -46,6 +46,7 @@ class Encoded:
 
 
 def encode_rows(loaded: LoadedModel, data: TaskData, max_length: int) -> Encoded:
+    """Encode task rows for the model that evaluates them."""
     enc = encode(loaded.tokenizer, loaded.kind, data, max_length=max_length)
     dtype = torch.float32 if data.task.type == "regression" else torch.long
     return Encoded(enc["input_ids"], enc["attention_mask"], torch.as_tensor(np.asarray(data.labels), dtype=dtype),
@@ -166,6 +167,7 @@ def validation_rows(spec: TaskSpec, ck: Checkpoint | None, n: int, seed: int, da
 
 
 def test_rows(spec: TaskSpec, n: int, seed: int, data_dir: str | None) -> TaskData:
+    """The seeded test rows of a task used for every evaluation."""
     test = load_task(spec, spec.test_split, data_dir)
     return subsample(test, min(n, len(test)), seed=seed)
 

@@ -61,10 +61,12 @@ def student(cfg: LabConfig, width: int, seed: int, emb: torch.Tensor) -> Referen
 
 
 def snapshot(model: torch.nn.Module) -> list[torch.Tensor]:
+    """A detached copy of the model's parameters (to restore or compare later)."""
     return [p.detach().clone() for p in model.parameters()]
 
 
 def load(model: torch.nn.Module, theta: list[torch.Tensor]) -> None:
+    """Copy a parameter snapshot back into the model."""
     with torch.no_grad():
         for p, v in zip(model.parameters(), theta):
             p.copy_(v)
@@ -77,10 +79,12 @@ def distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 @torch.no_grad()
 def predict(model: ReferenceTransformer, ids: torch.Tensor) -> torch.Tensor:
+    """Model outputs on inputs, without gradients."""
     return model(ids).squeeze(-1).double()
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared error between predictions and targets."""
     return float(((a.double() - b.double()) ** 2).mean())
 
 

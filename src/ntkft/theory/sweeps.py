@@ -242,6 +242,7 @@ def _ms(v) -> dict:
 
 
 def sample_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, dict]]) -> None:
+    """Figures of the sample-size sweep (error against N with fitted slopes)."""
     infos = [r[0] for name, r in results.items() if name != "pretrain"]
     panels = []
     for r, label in SAMPLE_RULES.items():
@@ -302,6 +303,7 @@ def _design_value(info: dict, design: str, q: str) -> float:
 
 
 def summarise_arithmetic(results: dict[str, tuple[dict, dict]]) -> dict:
+    """Summary table of the task-arithmetic lab over widths and designs."""
     infos = [r[0] for r in results.values()]
     widths = sorted({i["width"] for i in infos})
     qs = ["cross_kernel_ratio", "leakage", *[f"leakage_dir{r}" for r in RANKS], "disentanglement", "normalised_mse_mean",
@@ -322,6 +324,7 @@ def summarise_arithmetic(results: dict[str, tuple[dict, dict]]) -> dict:
 
 
 def arithmetic_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, dict]]) -> None:
+    """Figures of the task-arithmetic lab."""
     infos = [r[0] for r in results.values()]
     panels = [{"title": f["label"], "x": [i["width"] for i in infos], "y": [_design_value(i, *k.split(".")) for i in infos],
                "fit": f["fit"], "predicted": ARITH_LAWS[tuple(k.split("."))][1]} for k, f in summary["fits"].items()]

@@ -61,6 +61,7 @@ def token_range(vocab: int, which: str) -> tuple[int, int]:
 
 
 def sequences(n: int, seq_len: int, vocab: int, which: str, gen: torch.Generator) -> torch.Tensor:
+    """Seeded random token sequences for the synthetic lab tasks."""
     lo, hi = token_range(vocab, which)
     return torch.randint(lo, hi, (n, seq_len), generator=gen)
 
@@ -91,12 +92,14 @@ class Teacher:
 
 def make_teacher(vocab: int, embed_dim: int, seq_len: int, width: int, qk: float, seed: int,
                  emb: torch.Tensor) -> Teacher:
+    """A seeded teacher reference transformer that defines a synthetic task."""
     spec = RefSpec(width=width, heads=2, vocab=vocab, embed_dim=embed_dim, sigma_q=qk, sigma_k=qk, sigma_b=0.1)
     ref = sequences(4096, seq_len, vocab, "all", torch.Generator().manual_seed(seed + 7))
     return Teacher(ReferenceTransformer(spec, seed=seed, embedding=emb), ref)
 
 
 def labelled(fn: Teacher, ids: torch.Tensor, noise: float, gen: torch.Generator) -> Split:
+    """Inputs labelled by a teacher plus Gaussian noise."""
     f = fn(ids)
     return Split(ids, f, f + noise * torch.randn(f.shape, generator=gen, dtype=torch.float64))
 
