@@ -22,13 +22,13 @@ def heatmap(matrix, rows: Sequence[str], cols: Sequence[str], path: str | Path, 
     ax.set_xticklabels([str(c) for c in cols], rotation=45 if max(len(str(c)) for c in cols) > 4 else 0, ha="right")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([str(r) for r in rows])
-    finite = m[np.isfinite(m)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             v = m[i, j]
+            r, g, b, _ = im.cmap(im.norm(v)) if np.isfinite(v) else (1.0, 1.0, 1.0, 1.0)
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # text colour readable on the cell's colour
             ax.text(j, i, "nan" if not np.isfinite(v) else fmt.format(v), ha="center", va="center", fontsize=8,
-                    color="white" if np.isfinite(v) and v < mid else "black")
+                    color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
