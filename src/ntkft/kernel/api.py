@@ -59,21 +59,11 @@ def resolve_device(device: str | torch.device | None, model) -> torch.device:
     return dev
 
 
-def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
-                  method: Method | str = Method.AUTO, max_memory: float | None = None,
-                  batch_size: int | None = None, checkpoint_dir: str | Path | None = None,
-                  progress: bool = True, *, max_disk: float | None = None, device: str | torch.device | None = None,
-                  accumulate: str = "host", sketch_dim: int | None = None, seed: int = 0) -> torch.Tensor:
-    """Unnormalised eNTK K_ij = <grad f(x_i), grad f(x_j)> (float64, on the host).
-
-    `model` meets `KernelModel` (e.g. a Readout); with C outputs the result is (N1*C, N2*C), rows ordered
-    sample-major. `x2=None` gives the symmetric K(X1, X1), computing each block of the upper triangle once.
-    `max_memory` (bytes; default a quarter of the available host memory, or 80% of the free GPU memory) and
-    `max_disk` (bytes of scratch files, default no limit) bound the work: factors that do not fit go to disk,
-    and layer groups (one forward/backward each) keep both within budget at any N. With `checkpoint_dir`,
-    finished units are kept there, a rerun resumes from them, and the files are removed after success (only
-    files the kernel wrote). `device` must be the model's; `accumulate` = "host" or "device" says where float64
-    K is summed. `sketch_dim`/`seed` belong to method "sketch" (an unbiased estimate, not the exact K)."""
+def checked_args(model, x1: dict, x2: dict | None, params: ParamGroup | str, method: Method | str,
+                 max_memory: float | None, max_disk: float | None, batch_size: int | None,
+                 device: str | torch.device | None, accumulate: str, sketch_dim: int | None):
+    """Every argument of a kernel computation validated once (one-line errors naming the parameter):
+    (model, inputs 1, inputs 2 or None, selected parameters, method, memory bytes, disk bytes, device)."""
     model = check_model(model)
     in1 = Inputs.of(x1, "x1")
     in2 = Inputs.of(x2, "x2") if x2 is not None else None
@@ -90,16 +80,38 @@ def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | 
             raise _bad("sketch_dim", f"method sketch needs an integer sketch_dim >= 1, got {sketch_dim!r}")
     elif sketch_dim is not None:
         raise _bad("sketch_dim", f"applies to method sketch only, not {meth.value}")
-    dev = resolve_device(device, model)
+    return model, in1, in2, sel, meth, mem, disk, resolve_device(device, model)
+
+
+def work_key(model, in1: Inputs, in2: Inputs | None, sel: dict, meth: Method, plan, opts: Options) -> dict:
+    """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan and options."""
+    return {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
+            "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(model),
+            "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key()}
+
+
+def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
+                  method: Method | str = Method.AUTO, max_memory: float | None = None,
+                  batch_size: int | None = None, checkpoint_dir: str | Path | None = None,
+                  progress: bool = True, *, max_disk: float | None = None, device: str | torch.device | None = None,
+                  accumulate: str = "host", sketch_dim: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Unnormalised eNTK K_ij = <grad f(x_i), grad f(x_j)> (float64, on the host).
+
+    `model` meets `KernelModel` (e.g. a Readout); with C outputs the result is (N1*C, N2*C), rows ordered
+    sample-major. `x2=None` gives the symmetric K(X1, X1), computing each block of the upper triangle once.
+    `max_memory` (bytes; default a quarter of the available host memory, or 80% of the free GPU memory) and
+    `max_disk` (bytes of scratch files, default no limit) bound the work: factors that do not fit go to disk,
+    and layer groups (one forward/backward each) keep both within budget at any N. With `checkpoint_dir`,
+    finished units are kept there, a rerun resumes from them, and the files are removed after success (only
+    files the kernel wrote). `device` must be the model's; `accumulate` = "host" or "device" says where float64
+    K is summed. `sketch_dim`/`seed` belong to method "sketch" (an unbiased estimate, not the exact K)."""
+    model, in1, in2, sel, meth, mem, disk, dev = checked_args(model, x1, x2, params, method, max_memory, max_disk,
+                                                              batch_size, device, accumulate, sketch_dim)
     opts = Options(max_memory=mem if mem is not None else default_max_memory(dev), max_disk=disk, batch_size=batch_size,
                    device=dev, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed, progress=progress)
     with differentiating(model, sel):
         impl, plan = plan_units(model, in1, in2, sel, meth, opts)
-        key = None
-        if checkpoint_dir is not None:
-            key = {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
-                   "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(model),
-                   "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key()}
+        key = work_key(model, in1, in2, sel, meth, plan, opts) if checkpoint_dir is not None else None
         stores = open_stores(plan, checkpoint_dir, key)
         try:
             acc_dev = dev if accumulate == "device" else torch.device("cpu")

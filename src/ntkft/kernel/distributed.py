@@ -21,10 +21,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, KernelError
-from .api import _bad, _bytes, resolve_device
+from .api import checked_args, work_key
 from .checkpoint import Accumulator, Checkpoint
-from .contract import HEAD_PREFIX, check_model, differentiating
-from .engine import assemble, plan_units, weights_digest
+from .contract import check_model, differentiating
+from .engine import assemble, plan_units
 from .params import ParamGroup, select_params
 from .plan import Artifact, Block, Inputs, Options, Plan, default_max_memory
 from .registry import KernelMethod, Method, parse_method, resolve_method
@@ -244,21 +244,8 @@ def distributed_kernel_matrix(model, x1: dict, x2: dict | None = None, params: P
     """`kernel_matrix` with its units shared over the torchrun ranks: K (float64, caller's order) on rank 0,
     None elsewhere. Same arguments; `work_dir` (seen by every rank) holds the checkpointed units, removed
     after success unless `keep_work` (then call `finish_work` yourself once K is saved)."""
-    model = check_model(model)
-    in1 = Inputs.of(x1, "x1")
-    in2 = Inputs.of(x2, "x2") if x2 is not None else None
-    sel = select_params(model, params)
-    meth = resolve_method(parse_method(method), model, sel)
-    mem = _bytes("max_memory", max_memory)
-    disk = _bytes("max_disk", max_disk, allow_zero=True)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise _bad("batch_size", f"must be an integer >= 1, got {batch_size!r}")
-    if accumulate not in ("host", "device"):
-        raise _bad("accumulate", f"must be 'host' or 'device', got {accumulate!r}")
-    if meth == Method.SKETCH and (sketch_dim is None or isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int)
-                                  or sketch_dim < 1):
-        raise _bad("sketch_dim", f"method sketch needs an integer sketch_dim >= 1, got {sketch_dim!r}")
-    dev = resolve_device(device, model)
+    model, in1, in2, sel, meth, mem, disk, dev = checked_args(model, x1, x2, params, method, max_memory, max_disk,
+                                                              batch_size, device, accumulate, sketch_dim)
     init_group(dev)
     if mem is None:  # every rank must plan with the same budget: rank 0's default
         box = [default_max_memory()]
@@ -268,9 +255,7 @@ def distributed_kernel_matrix(model, x1: dict, x2: dict | None = None, params: P
                    sketch_dim=sketch_dim, seed=seed, progress=progress)
     with differentiating(model, sel):
         impl, plan = plan_units(model, in1, in2, sel, meth, opts)
-        key = {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
-               "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(model),
-               "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key()}
+        key = work_key(model, in1, in2, sel, meth, plan, opts)
         acc_dev = dev if accumulate == "device" else torch.device("cpu")
         k, own = execute_distributed(impl, plan, work_dir, key, progress, acc_dev)
     out = assemble(plan, k).detach() if k is not None else None
