@@ -12,6 +12,7 @@ import typer
 
 from ._common import DataDir, app
 from ._common import task_arg as _task_arg
+from .kernel import budgets
 
 
 def compute_kernel_file_distributed(model: str, task, out: str | Path, device: str | None = None, **kw):
@@ -88,18 +89,13 @@ def kernel_distributed(model: str = typer.Option("smollm2-135m"), task: str = ty
                        text_columns: str | None = None, label_column: str | None = None,
                        task_type: str | None = None, data_dir: str | None = DataDir) -> None:
     """`ntkft kernel` over the ranks of a torchrun launch (each work unit once; resumable); rank 0 writes the file."""
-    from ..config import finite_positive
 
-    mem = finite_positive("max_memory_gb", max_memory_gb)
-    disk = None
-    if max_disk_gb is not None:
-        disk = 0.0 if max_disk_gb == 0 else finite_positive("max_disk_gb", max_disk_gb)
+    max_memory, max_disk = budgets(max_memory_gb, max_disk_gb)
     spec = _task_arg(task, text_columns, label_column, task_type)
     kf = compute_kernel_file_distributed(model, spec, out=out, device=device, n=n, max_length=max_length, seed=seed,
                                          params=params, method=method, layers=layers, split=split,
                                          data_dir=data_dir, batch_size=batch_size,
-                                         max_memory=int(mem * 2**30) if mem is not None else None,
-                                         max_disk=int(disk * 2**30) if disk is not None else None,
+                                         max_memory=max_memory, max_disk=max_disk,
                                          overwrite=overwrite, accumulate=accumulate, sketch_dim=sketch_dim)
     if kf is not None:
         import torch.distributed as dist
