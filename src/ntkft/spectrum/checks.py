@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import ConfigError
 
@@ -37,3 +38,13 @@ def level(value: Any, param: str = "level") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise bad(param, f"must be in (0, 1), got {value!r}")
     return float(value)
+
+
+def vector(y: Any, n: int, param: str) -> NDArray[np.float64]:
+    """A finite float64 vector of length n (targets, outputs or residuals beside an n x n kernel)."""
+    arr = np.asarray(y, dtype=np.float64).reshape(-1)
+    if arr.shape[0] != n:
+        raise bad(param, f"has {arr.shape[0]} values but the kernel is {n} x {n}")
+    if not np.isfinite(arr).all():
+        raise bad(param, "contains NaN or inf")
+    return arr

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import ConfigError, KernelError
-from ..spectrum.checks import bad, count, positive
+from ..spectrum.checks import count, positive, vector
 from ..spectrum.eig import Array, as_kernel, eigh_desc
 
 Steps = float | Sequence[float] | Array
@@ -34,15 +34,6 @@ def step_schedule(steps: Steps, t_max: int) -> Array:
     if np.any(alphas <= 0) or not np.isfinite(alphas).all():
         raise ConfigError("step sizes must be positive and finite")
     return alphas
-
-
-def _vector(y: ArrayLike, n: int, name: str) -> Array:
-    arr = np.asarray(y, dtype=np.float64).reshape(-1)
-    if arr.shape[0] != n:
-        raise bad(name, f"has {arr.shape[0]} values but the kernel is {n} x {n}")
-    if not np.isfinite(arr).all():
-        raise bad(name, "contains NaN or inf")
-    return arr
 
 
 def _cross(k_cross: Any, n: int) -> Array:
@@ -66,8 +57,8 @@ class KernelGD:
         """K: the unnormalised N x N Gram matrix of the training inputs; f0: warm start f_PT(X) or None."""
         kk = as_kernel(k)
         n = kk.shape[0]
-        self.y_ = _vector(y, n, "y")
-        self.f0_ = np.zeros(n) if f0 is None else _vector(f0, n, "f0")
+        self.y_ = vector(y, n, "y")
+        self.f0_ = np.zeros(n) if f0 is None else vector(f0, n, "f0")
         self.lams_, self.u_ = eigh_desc(kk)
         self.n_ = n
         top = float(self.lams_[0])
@@ -113,13 +104,13 @@ class KernelGD:
                 steps: Steps | None = None) -> Array:
         """f^t on new inputs from K(X_new, X_train) (unnormalised) and f0(X_new)."""
         kc = _cross(k_cross, self.n_)
-        base = np.zeros(kc.shape[0]) if f0 is None else _vector(f0, kc.shape[0], "f0")
+        base = np.zeros(kc.shape[0]) if f0 is None else vector(f0, kc.shape[0], "f0")
         out: Array = base + kc @ self.coef(t, steps)
         return out
 
     def path_mse(self, t_max: int, target: ArrayLike | None = None) -> Array:
         """||f^t - target||_N^2 for t = 0..t_max (target defaults to y) with a constant step."""
-        tgt = self.y_ if target is None else _vector(target, self.n_, "target")
+        tgt = self.y_ if target is None else vector(target, self.n_, "target")
         tp = self.u_.T @ (tgt - self.f0_)
         ts = np.arange(count("t_max", t_max, 0) + 1)
         q = 1.0 - (1.0 - self._step() * self.lams_[None, :]) ** ts[:, None]
@@ -134,8 +125,8 @@ def iterate_gd(k: Any, y: ArrayLike, steps: Steps, t: int, f0: ArrayLike | None 
     kk = as_kernel(k)
     n = kk.shape[0]
     kn = kk / n
-    f = np.zeros(n) if f0 is None else _vector(f0, n, "f0").copy()
-    yv = _vector(y, n, "y")
+    f = np.zeros(n) if f0 is None else vector(f0, n, "f0").copy()
+    yv = vector(y, n, "y")
     for a in step_schedule(steps, t):
         f = f + a * kn @ (yv - f)
     return f

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..spectrum.checks import bad, count, positive
+from ..spectrum.checks import bad, count, positive, vector
 from ..spectrum.eig import Array, as_kernel, eigenvalues, eigh_desc
 from ..spectrum.result import Result
-from .kgd import KernelGD, _cross, _vector
+from .kgd import KernelGD, _cross
 
 
 class KernelRidge:
@@ -26,8 +26,8 @@ class KernelRidge:
         kk = as_kernel(k)
         self.n_ = kk.shape[0]
         self.lams_, self.u_ = eigh_desc(kk)
-        self.f0_ = np.zeros(self.n_) if f0 is None else _vector(f0, self.n_, "f0")
-        self.proj_ = self.u_.T @ (_vector(y, self.n_, "y") - self.f0_)
+        self.f0_ = np.zeros(self.n_) if f0 is None else vector(f0, self.n_, "f0")
+        self.proj_ = self.u_.T @ (vector(y, self.n_, "y") - self.f0_)
         return self
 
     def filters(self) -> Array:
@@ -44,7 +44,7 @@ class KernelRidge:
         """The fit on new inputs from K(X_new, X_train) (unnormalised) and f0(X_new)."""
         kc = _cross(k_cross, self.n_)
         c = self.u_ @ (self.proj_ / (self.lams_ + self.ridge)) / self.n_
-        base = np.zeros(kc.shape[0]) if f0 is None else _vector(f0, kc.shape[0], "f0")
+        base = np.zeros(kc.shape[0]) if f0 is None else vector(f0, kc.shape[0], "f0")
         out: Array = base + kc @ c
         return out
 
@@ -68,8 +68,8 @@ def cv_ridge(k: Any, y: ArrayLike, ridges: ArrayLike | None = None, folds: int =
     folds = count("folds", folds, 2)
     if folds > n:
         raise bad("folds", f"must be in [2, N={n}], got {folds}")
-    yv = _vector(y, n, "y")
-    f0v = np.zeros(n) if f0 is None else _vector(f0, n, "f0")
+    yv = vector(y, n, "y")
+    f0v = np.zeros(n) if f0 is None else vector(f0, n, "f0")
     top = float(eigenvalues(kk)[0])
     grid = np.logspace(-6, 1, 29) * top if ridges is None else np.asarray(ridges, dtype=np.float64).reshape(-1)
     if len(grid) == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
@@ -104,7 +104,7 @@ def holdout_stop(k_train: Any, y_train: ArrayLike, k_val_train: Any, y_val: Arra
     t_max, patience, eval_every = count("t_max", t_max, 0), count("patience", patience), count("eval_every", eval_every)
     gd = KernelGD(step=step).fit(k_train, y_train, f0_train)
     kv = _cross(k_val_train, gd.n_)
-    yv = _vector(y_val, kv.shape[0], "y_val")
+    yv = vector(y_val, kv.shape[0], "y_val")
     best_t, best, bad_evals, curve, t = 0, np.inf, 0, [], 0
     while t <= t_max:
         mse = float(np.mean((gd.predict(kv, f0_val, t=t) - yv) ** 2))

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ..errors import ConfigError, KernelError
-from ..spectrum.checks import bad, count, positive
+from ..spectrum.checks import bad, count, positive, vector
 from ..spectrum.eig import Array, as_kernel, eigh_desc
 from ..spectrum.result import Result
 
@@ -109,22 +109,13 @@ def _eig(k: Any, eig: Eig | None) -> Eig:
     return eig if eig is not None else eigh_desc(k)
 
 
-def _vector(y: ArrayLike, n: int, name: str) -> Array:
-    arr = np.asarray(y, dtype=np.float64).reshape(-1)
-    if arr.shape[0] != n:
-        raise bad(name, f"has {arr.shape[0]} values but the kernel is {n} x {n}")
-    if not np.isfinite(arr).all():
-        raise bad(name, "contains NaN or inf")
-    return arr
-
-
 def estimate_radius(k: Any, r: ArrayLike, rcond: float = 1e-10, eig: Eig | None = None) -> float:
     """R = sqrt(r^T G^+ r): the RKHS norm of the smallest interpolant of the residual r = y - f_PT(X).
 
     G = K is the unnormalised Gram matrix; `eig` are the eigenpairs of K/N if already computed."""
     lams, u = _eig(k, eig)
     n = len(lams)
-    res = _vector(r, n, "r")
+    res = vector(r, n, "r")
     keep = lams > rcond * lams[0]
     proj = u[:, keep].T @ res
     return float(math.sqrt(np.sum(proj ** 2 / (n * lams[keep]))))
@@ -136,7 +127,7 @@ def estimate_sigma(k: Any, y: ArrayLike, f0: ArrayLike | None = None, grid: Arra
     sigma^2 = ||(I - S) r||^2 / (N - 2 tr S + tr S^2). Returns (sigma, ridge)."""
     lams, u = _eig(k, eig)
     n = len(lams)
-    r = _vector(y, n, "y") - (0.0 if f0 is None else _vector(f0, n, "f0"))
+    r = vector(y, n, "y") - (0.0 if f0 is None else vector(f0, n, "f0"))
     p = u.T @ r
     ridges = np.logspace(-8, 2, 61) * max(lams[0], 1e-300) if grid is None else np.asarray(grid, dtype=np.float64)
     best: tuple[float, float, Array, float] | None = None
@@ -201,8 +192,8 @@ def stop_report(k: Any, y: ArrayLike, f0: ArrayLike | None = None, step: float |
     lams = eig[0]
     if lams[0] <= 0:
         raise KernelError("kernel has no positive eigenvalue")
-    yv = _vector(y, n, "y")
-    f0v = None if f0 is None else _vector(f0, n, "f0")
+    yv = vector(y, n, "y")
+    f0v = None if f0 is None else vector(f0, n, "f0")
     limit = min(1.0, 1.0 / float(lams[0]))
     step = step if step is not None else limit
     if step > limit * (1 + 1e-9):
