@@ -46,3 +46,22 @@ def killed_on_call(fn, n: int):
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """`ntkft ARGS` in-process (fast): (exit code, stdout, stderr)."""
+    import sys
+
+    from ntkft.cli import main
+
+    old = sys.argv
+    sys.argv = ["ntkft", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

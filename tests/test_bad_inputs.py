@@ -5,10 +5,11 @@ as a real subprocess in test_cli.py."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_cli
 
 TINY = ["--model", "tiny-bert", "--max-length", "24", "--n-test", "8", "--max-steps", "1"]
 PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
@@ -145,21 +146,6 @@ CASES = [
 ]
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    from ntkft.cli import main
-
-    old = sys.argv
-    sys.argv = ["ntkft", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
-
-
 def snapshot(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
@@ -177,7 +163,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, tmp_path, data_d
     if "--out" not in args:
         args += ["--out", str(out)]
     monkeypatch.setenv("NTKFT_CACHE", str(tmp_path / "cache"))
-    code, err = run_cli(args, capsys)
+    code, _, err = run_cli(args, capsys)
     lines = [ln for ln in err.splitlines() if ln.startswith("ntkft: error")]
     assert code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from conftest import run_cli
 from ntkft.errors import KernelError
 from ntkft.kernel.io import load_kernel
 
@@ -126,22 +127,6 @@ def test_bad_kernel_files_are_refused_naming_the_file(case, tmp_path):
 
 
 # ------------------------------------------------------------------ the CLI, in-process
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from ntkft.cli import main
-
-    old = sys.argv
-    sys.argv = ["ntkft", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def good(d: Path) -> str:
