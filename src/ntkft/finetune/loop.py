@@ -376,7 +376,7 @@ class Trainer:
         assert self.rf is not None
         info = {"setting": self.cfg.setting, "layers": self.cfg.layers, "task": self.cfg.task,
                 "base_model": self.cfg.model, "kind": self.loaded.kind, "out_dim": int(self.model.out_dim),
-                "weights_fingerprint": self.run_key()["weights"]}
+                "weights_fingerprint": self.rf.key["weights"]}
         save_finetuned(readout_of(self.model), self.loaded.tokenizer, self.rf.path("model"), info)
 
     def _log(self, rec: dict) -> None:
