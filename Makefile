@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/ntkft reproduce --quick --out runs/demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -117,10 +117,9 @@ def _nngeometry(r, x):
 
 
 def child(method: str, model: str, n: int, max_length: int, task: str, out: str, extra: dict, threads: int) -> None:
-    import resource
-
     import torch
 
+    from ntkft._io import peak_rss_mb
     from ntkft.kernel import kernel_matrix
     from ntkft.kernel.plan import available_memory
 
@@ -145,7 +144,7 @@ def child(method: str, model: str, n: int, max_length: int, task: str, out: str,
     else:
         raise SystemExit(f"unknown method {method}")
     seconds, cpu = time.time() - t, time.process_time() - c
-    row = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    row = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
            "tokens": int(x["attention_mask"].sum()), "threads": torch.get_num_threads(), **info}
     if k is not None:
         from safetensors.torch import save_file

@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,17 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | Non
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process in MiB. Linux's VmHWM is this program's own; ru_maxrss (the fallback)
+    also counts the parent's peak before exec, so a child of a big process would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
 
 
 def git_commit() -> str | None:
