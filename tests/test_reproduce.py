@@ -236,7 +236,7 @@ def test_report_tables_parse_back_to_their_json(real_run):
     for row, s in zip(beta[1:], spectra, strict=True):
         assert _close(row[head.index("beta (paper est.)")], s["beta_paper_mean"])
         assert _close(row[head.index("sd")], s["beta_paper_sd"])
-        assert _close(row[head.index("beta (window)")], s["beta_window_mean"])
+        assert _close(row[head.index("beta (ntkft)")], s["beta_ntkft_mean"])
         assert _close(row[head.index("CI low")], s["ci_low"])
     comp = {r[0]: r for r in html_t["paper-comparison"][1:]}
     assert _close(comp["beta STS-B"][1], 0.54) and _close(comp["beta RTE"][2], spectra[1]["beta_paper_mean"])

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -100,6 +100,10 @@ class Trainer:
         self.task_type = self.data.task_type
         self.num_classes = self.data.num_classes
         self.model: Any = self.setting.build(self.loaded, self.data.out_dim, cfg.layers, cfg.sigma, cfg.seed).to(self.device)
+        if cfg.center and self.task_type == "regression":
+            head = cast(nn.Linear, self.model.head)  # Readout and Linearized both expose .head (ntkft.kernel.contract)
+            with torch.no_grad():  # a random N(0, sigma^2) bias against targets in [0, 5] costs many steps
+                head.bias.copy_(self.train.y.to(head.bias.dtype).reshape(len(self.train), -1).mean(0))
         if self.setting.frozen_backbone:
             cache_features(self.model, [self.train, self.val, self.test], self.device)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}

@@ -37,7 +37,7 @@ def _grid(n: int, width: float = 3.2, height: float = 2.7):
 
 def spectra_figure(spectra: list[dict], title: str) -> bytes:
     """Paper Figures 4-9: log-log eigenvalues of K/N per task (every draw), the paper's fit through lambda_1
-    (dashed) and the windowed fit (dotted) of the first draw."""
+    (dashed) and ntkft's scale-matched beta over its window (dotted) of the first draw."""
     fig, axes = _grid(len(spectra))
     for ax, s in zip(axes, spectra, strict=False):
         for d, lams in enumerate(s["eigenvalues"]):
@@ -51,10 +51,11 @@ def spectra_figure(spectra: list[dict], title: str) -> bytes:
         ax.loglog(k, lam[0] * k ** (-2 * s["beta_paper"][0]), "--", color="k", lw=1,
                   label=f"paper fit, beta={s['beta_paper_mean']:.3f}")
         a, b = s["window"]
-        kk = np.arange(a, b + 1)
-        # the windowed fit's intercept is not stored per draw; anchor it at lambda_a of the first draw
-        ax.loglog(kk, lam[a - 1] * (kk / a) ** (-2 * s["beta_window"][0]), ":", color="r", lw=1.2,
-                  label=f"window fit, beta={s['beta_window_mean']:.3f}")
+        if 1 <= a <= min(b, len(lam)) and np.isfinite(s["beta_ntkft"][0]):
+            kk = np.arange(a, b + 1)
+            # a slope, not a fit line: anchored at lambda_a of the first draw
+            ax.loglog(kk, lam[a - 1] * (kk / a) ** (-2 * s["beta_ntkft"][0]), ":", color="r", lw=1.2,
+                      label=f"ntkft, beta={s['beta_ntkft_mean']:.3f}")
         ax.set_title(f"{label(s['task'])}", fontsize=9)
         ax.set_xlabel("k", fontsize=8)
         ax.set_ylabel("lambda_k", fontsize=8)

@@ -90,7 +90,7 @@ class Efficiency:
     model: str
     task: str
     beta: float
-    beta_window: float
+    beta_ntkft: float
     auc: float
     n_frac: float
     best_skill: float
@@ -178,7 +178,7 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
                 cs = [x for x in curves.cells if x["model"] == plan.id and x["task"] == c.task and "baseline" in x]
                 major = float(np.mean([x["baseline"]["accuracy_majority"] for x in cs])) if cs else None
             kg = _kgd_skill(c, major)
-            effs.append(Efficiency(plan.id, c.task, s.beta_paper_mean, s.beta_window_mean, auc(sizes, sk),
+            effs.append(Efficiency(plan.id, c.task, s.beta_paper_mean, s.beta_ntkft_mean, auc(sizes, sk),
                                    n_to_fraction(sizes, sk, fraction), float(np.nanmax(sk)),
                                    auc(c.kgd_sizes, kg) if kg else None))
     corrs: list[Correlation] = []
@@ -191,7 +191,7 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
         for group, tasks in groups.items():
             if len(tasks) < 2:
                 continue
-            for estimator, bkey in (("paper", "beta"), ("window", "beta_window")):
+            for estimator, bkey in (("paper", "beta"), ("ntkft", "beta_ntkft")):
                 b = [getattr(mine[t], bkey) for t in tasks]
                 for measure, vals in (("auc", [mine[t].auc for t in tasks]),
                                       ("n_frac", [-mine[t].n_frac for t in tasks]),

@@ -93,30 +93,29 @@ def _spectra_section(root: Path, d: dict | None, cfg: dict, figs: dict[str, byte
         return sec
     sec.text.append(f"eNTK of f_PT (scalar readout, head seed 0) on {cfg.get('kernel_n')} random training samples per "
                     f"task, {cfg.get('draws')} draws. beta by the paper's estimator (least squares of "
-                    "log(lambda_k/lambda_1) on log k, k = 1..N, eq 31-32) and by ntkft's default (free intercept, "
-                    "k in [5, 100], weights 1/k) with a 90% subsampling interval on the first draw. Kernel parameters "
-                    "per model: " + ", ".join(f"{m}: {p}" for m, p in d["kernel_params"].items()) + ".")
+                    "log(lambda_k/lambda_1) on log k, k = 1..N, eq 31-32) and by ntkft's default (the scale-matched "
+                    "estimate of `ntkft spectrum`: the k-th eigenvalue of K against the matching one of its "
+                    "half-subsets, corrected for finite N) with its 90% subsampling interval on the first draw. "
+                    "Kernel parameters per model: " + ", ".join(f"{m}: {p}" for m, p in d["kernel_params"].items()) + ".")
     for model in dict.fromkeys(s["model"] for s in d["spectra"]):
         mine = [s for s in d["spectra"] if s["model"] == model]
         t = Table(f"beta-{slug(model)}", f"beta per task, {model} (paper: GPT-Neo-1.3B)",
                   f"spectra/spectra.json: spectra[model={model}]",
-                  ["task", "paper beta", "paper sd", "beta (paper est.)", "sd", "beta (window)", "sd (window)",
+                  ["task", "paper beta", "paper sd", "beta (paper est.)", "sd", "beta (ntkft)", "sd (ntkft)",
                    "CI low", "CI high", "R2 (paper est.)", "decay"])
-        off = [label(s["task"]) for s in mine if not (s["ci_low"] <= s["beta_window"][0] <= s["ci_high"])]
+        off = [label(s["task"]) for s in mine if not (s["ci_low"] <= s["beta_ntkft"][0] <= s["ci_high"])]
         if off:
-            t.note = (f"The subsampling interval (ntkft.spectrum.subsample_ci, m = N/2) excludes its own estimate for "
-                      f"{', '.join(off)}: the window fit on m samples ends at k = m and sees a steeper tail, so the "
-                      "interval is biased here; read the sd over draws instead.")
+            t.note = f"No subsampling interval around the first draw's estimate for {', '.join(off)} (too few samples)."
         for s in mine:
             pb = PAPER_BETA.get(s["task"])
             t.rows.append([label(s["task"]), pb[0] if pb else None, pb[1] if pb else None, s["beta_paper_mean"],
-                           s["beta_paper_sd"], s["beta_window_mean"], s["beta_window_sd"], s["ci_low"], s["ci_high"],
+                           s["beta_paper_sd"], s["beta_ntkft_mean"], s["beta_ntkft_sd"], s["ci_low"], s["ci_high"],
                            s["r2_paper"], s["decay_model"]])
         sec.tables.append(t)
         name = f"spectra_{slug(model)}.png"
         figs[name] = plots.spectra_figure(mine, f"eNTK eigenvalue decay, {model}")
         sec.figures.append((name, f"Eigenvalues of K/N per task and draw, {model}; dashed: the paper's fit, "
-                                  "dotted: the windowed fit."))
+                                  "dotted: ntkft's scale-matched estimate over its window."))
         sec.text.append(f"Predicted order of sample efficiency for {model} (larger beta first): "
                         f"{fmt(d['predicted_order'][model])}.")
     return sec
@@ -211,9 +210,9 @@ def _rankings_section(d: dict | None, figs: dict[str, bytes]) -> Section:
         eff = [e for e in d["efficiency"] if e["model"] == model]
         t = Table(f"efficiency-{slug(model)}", f"sample efficiency per task, {model}",
                   f"rankings/rankings.json: efficiency[model={model}]",
-                  ["task", "beta (paper est.)", "beta (window)", "auc", "n_frac", "best score", "kernel-GD auc"])
+                  ["task", "beta (paper est.)", "beta (ntkft)", "auc", "n_frac", "best score", "kernel-GD auc"])
         for e in eff:
-            t.rows.append([label(e["task"]), e["beta"], e["beta_window"], e["auc"], e["n_frac"], e["best_skill"],
+            t.rows.append([label(e["task"]), e["beta"], e["beta_ntkft"], e["auc"], e["n_frac"], e["best_skill"],
                            e["kgd_auc"]])
         sec.tables.append(t)
         c = Table(f"correlations-{slug(model)}", f"rank correlation of beta with sample efficiency, {model}",

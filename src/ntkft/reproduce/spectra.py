@@ -1,7 +1,8 @@
 """Stage 1: eNTK spectra of f_PT on random training samples (paper Section 7.1, Figures 4-9).
 
 Per model, task and draw: the kernel of `kernel_n` seeded training samples; per model and task: beta by the
-paper's estimator (eq 31-32) and by ntkft's windowed fit, mean +- sd over draws, a subsampling interval,
+paper's estimator (eq 31-32) and by ntkft's default (the scale-matched estimate of `ntkft spectrum`), mean +- sd
+over draws, its subsampling interval on the first draw,
 power law against exponential decay, and the predicted ranking of sample efficiency (larger beta first)."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import NtkftError
 from ..kernel import kernel_matrix
-from ..spectrum import compare_models, eigenvalues, fit_beta, paper_beta, rate_exponent, subsample_ci
+from ..spectrum import BetaCI, compare_models, eigenvalues, paper_beta, rate_exponent, subsample_ci
 from ..tasks import encode, subsample
 from .config import ModelPlan
 from .context import Context, load_tensors, read_json, slug
@@ -32,22 +33,21 @@ class TaskSpectrum:
     n: int
     draws: int
     beta_paper: list[float]
-    beta_window: list[float]
+    beta_ntkft: list[float]
     beta_paper_mean: float
     beta_paper_sd: float
-    beta_window_mean: float
-    beta_window_sd: float
-    ci_low: float
+    beta_ntkft_mean: float
+    beta_ntkft_sd: float
+    ci_low: float  # the interval of the first draw's ntkft estimate (nan when N is too small for one)
     ci_high: float
     ci_level: float
     r2_paper: float
-    r2_window: float
     decay_model: str
     rate_exponent_paper: float | None
-    rate_exponent_window: float | None
+    rate_exponent_ntkft: float | None
     lambda_1: float
     eigenvalues: list[list[float]] = field(default_factory=list)
-    window: tuple[int, int] = (0, 0)
+    window: tuple[int, int] = (0, 0)  # the first draw's ntkft fit window (k_min, k_max)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,18 +59,18 @@ class SpectraResult:
 
     spectra: list[TaskSpectrum]
     predicted_order: dict[str, list[str]]  # model -> tasks, largest paper-beta first
-    predicted_order_window: dict[str, list[str]]
+    predicted_order_ntkft: dict[str, list[str]]
     kernel_params: dict[str, str]
 
     def to_dict(self) -> dict:
         return {"spectra": [s.to_dict() for s in self.spectra], "predicted_order": self.predicted_order,
-                "predicted_order_window": self.predicted_order_window, "kernel_params": self.kernel_params}
+                "predicted_order_ntkft": self.predicted_order_ntkft, "kernel_params": self.kernel_params}
 
     @classmethod
     def from_dict(cls, d: dict) -> SpectraResult:
         """Read back `to_dict()`'s output."""
         return cls([TaskSpectrum(**{**s, "window": tuple(s["window"])}) for s in d["spectra"]], d["predicted_order"],
-                   d["predicted_order_window"], d["kernel_params"])
+                   d["predicted_order_ntkft"], d["kernel_params"])
 
     def get(self, model: str, task: str) -> TaskSpectrum | None:
         return next((s for s in self.spectra if s.model == model and s.task == task), None)
@@ -132,8 +132,21 @@ def run(ctx: Context) -> SpectraResult:
     return res
 
 
+def _ours(k: torch.Tensor, draws: int, what: str) -> BetaCI | None:
+    """ntkft's default beta (scale-matched) with its interval when `draws` > 0; None (logged) when K has too few
+    positive eigenvalues for a fit."""
+    try:
+        res = subsample_ci(k, draws=draws, seed=0)
+    except NtkftError as e:
+        log.warning("%s: no ntkft beta (%s)", what, e)
+        return None
+    if draws and (res.low is None or res.high is None):
+        log.warning("%s: no subsampling interval (%s)", what, res.note)
+    return res
+
+
 def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> SpectraResult:
-    """beta per draw by both estimators, mean +- sd, a subsampling CI on the first draw, decay model."""
+    """beta per draw by both estimators, mean +- sd, the first draw's subsampling CI, decay model."""
     cfg = ctx.cfg
     out = []
     for plan in cfg.models:
@@ -141,39 +154,35 @@ def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> 
             ks = [kernels[(plan.id, task, d)] for d in range(cfg.draws)]
             lams = [eigenvalues(k) for k in ks]
             paper = [paper_beta(lam) for lam in lams]
-            window = [fit_beta(lam) for lam in lams]
-            bp, bw = np.array([f.beta for f in paper]), np.array([f.beta for f in window])
-            try:
-                ci = subsample_ci(ks[0], draws=cfg.ci_draws, seed=0)
-                ci_low, ci_high, level = ci.low, ci.high, ci.level
-            except NtkftError as e:
-                log.warning("%s %s: no subsampling interval (%s)", plan.id, task, e)
-                ci_low = ci_high = float("nan")
-                level = 0.9
+            ours = [_ours(k, cfg.ci_draws if d == 0 else 0, f"{plan.id} {task} draw {d}") for d, k in enumerate(ks)]
+            bp, bw = np.array([f.beta for f in paper]), np.array([c.beta if c else np.nan for c in ours])
+            ci = ours[0]
+            ci_low = float("nan") if ci is None or ci.low is None else ci.low
+            ci_high = float("nan") if ci is None or ci.high is None else ci.high
             sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
             out.append(TaskSpectrum(
                 model=plan.id, task=task, n=int(ks[0].shape[0]), draws=len(ks),
-                beta_paper=bp.tolist(), beta_window=bw.tolist(),
+                beta_paper=bp.tolist(), beta_ntkft=bw.tolist(),
                 beta_paper_mean=float(bp.mean()), beta_paper_sd=sd(bp),
-                beta_window_mean=float(bw.mean()), beta_window_sd=sd(bw),
-                ci_low=float(ci_low), ci_high=float(ci_high), ci_level=float(level),
-                r2_paper=float(np.mean([f.r2 for f in paper])), r2_window=float(np.mean([f.r2 for f in window])),
+                beta_ntkft_mean=float(bw.mean()), beta_ntkft_sd=sd(bw),
+                ci_low=ci_low, ci_high=ci_high, ci_level=ci.level if ci else 0.9,
+                r2_paper=float(np.mean([f.r2 for f in paper])),
                 decay_model=compare_models(lams[0])["better"],
                 rate_exponent_paper=rate_exponent(bp.mean()) if bp.mean() > 0 else None,
-                rate_exponent_window=rate_exponent(bw.mean()) if bw.mean() > 0 else None,
+                rate_exponent_ntkft=rate_exponent(bw.mean()) if bw.mean() > 0 else None,
                 lambda_1=float(np.mean([lam[0] for lam in lams])),
-                eigenvalues=[lam.tolist() for lam in lams], window=(window[0].k_min, window[0].k_max)))
+                eigenvalues=[lam.tolist() for lam in lams], window=(ci.k_min, ci.k_max) if ci else (0, 0)))
     order = {p.id: [s.task for s in sorted((s for s in out if s.model == p.id), key=lambda s: -s.beta_paper_mean)]
              for p in cfg.models}
     order_w = {p.id: [s.task for s in sorted((s for s in out if s.model == p.id),
-                                                 key=lambda s: -s.beta_window_mean)] for p in cfg.models}
+                                                 key=lambda s: -s.beta_ntkft_mean)] for p in cfg.models}
     return SpectraResult(out, order, order_w, {p.id: p.kernel_params for p in cfg.models})
 
 
 def beta_csv(res: SpectraResult) -> str:
     """One row per (model, task): both estimators' mean and sd, the interval and the decay model."""
-    cols = ["model", "task", "n", "draws", "beta_paper_mean", "beta_paper_sd", "beta_window_mean", "beta_window_sd",
-            "ci_low", "ci_high", "r2_paper", "r2_window", "decay_model", "lambda_1"]
+    cols = ["model", "task", "n", "draws", "beta_paper_mean", "beta_paper_sd", "beta_ntkft_mean", "beta_ntkft_sd",
+            "ci_low", "ci_high", "r2_paper", "decay_model", "lambda_1"]
     lines = [",".join(cols)]
     for s in res.spectra:
         d = s.to_dict()
