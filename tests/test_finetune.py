@@ -334,3 +334,18 @@ def test_minilm_probe_with_default_settings_beats_predicting_the_mean(tmp_path, 
     train_mean = float(np.mean(subsample(load_task("stsb", "train"), 2000, seed=0).labels))
     y = subsample(load_task("stsb", "test"), 300, seed=0).labels
     assert res.test_best["mse"] < float(np.mean((y - train_mean) ** 2)) and res.test_best["pearson"] > 0.3
+
+
+@pytest.mark.parametrize("setting", ["full", "linearized"])
+def test_regression_head_starts_at_the_training_mean(setting, data_dir):
+    """center: f starts near mean(y) (the bias is not part of the eNTK's shape); off: the N(0, sigma^2) bias."""
+    on = Trainer(cfg(setting=setting), progress=False)
+    off = Trainer(cfg(setting=setting, center=False), progress=False)
+    mean = float(on.train.y.double().mean())
+    b_on, b_off = on.model.head.bias.item(), off.model.head.bias.item()
+    assert abs(b_on - mean) < 1e-5 and abs(b_off - mean) > 1e-3
+    assert torch.equal(on.model.head.weight, off.model.head.weight)
+    assert on.evaluate(on.train)["mse"] < off.evaluate(off.train)["mse"]
+    rte = Trainer(cfg(task="rte", n_train=40, n_test=20), progress=False)  # classification: untouched
+    assert torch.equal(rte.model.head.bias, Trainer(cfg(task="rte", n_train=40, n_test=20, center=False),
+                                                    progress=False).model.head.bias)

@@ -3,10 +3,12 @@
 from ..errors import TrainingError
 from .config import DEFAULT_LR, FinetuneConfig
 from .curve import learning_curve
+from .data import load_splits
 from .early_stopping import EarlyStopping
 from .loop import FinetuneResult, Trainer, finetune
 from .models import Linearized, probe_closed_form
 from .settings import SETTINGS, Setting, build, get_setting
 
 __all__ = ["DEFAULT_LR", "SETTINGS", "EarlyStopping", "FinetuneConfig", "FinetuneResult", "Linearized", "Setting",
-           "Trainer", "TrainingError", "build", "finetune", "get_setting", "learning_curve", "probe_closed_form"]
+           "Trainer", "TrainingError", "build", "finetune", "get_setting", "learning_curve", "load_splits",
+           "probe_closed_form"]

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError, ModelError
 from ..kernel._common import trim
 from ..models import LoadedModel, Readout, load_model, truncate_backbone
 from ..models.checkpoint import load_finetuned
-from ..tasks import TaskData, TaskSpec, encode, get_spec, holdout, load_task, subsample, task_metrics
+from ..tasks import TaskData, TaskSpec, encode, get_spec, load_task, subsample, task_metrics
 from .merge import load_into, module_names
 from .sources import Checkpoint, Head, Pretrained
 from .vector import TaskVector
@@ -136,15 +136,9 @@ def task_spec(ck: Checkpoint) -> TaskSpec:
 
 def _trainer_val(cfg: dict[str, Any], data_dir: str | None) -> TaskData:
     """The validation rows the fine-tuning run held out (its early-stopping split), drawn as the trainer drew them."""
-    try:
-        from ..finetune import FinetuneConfig
-        from ..finetune.data import load_splits  # type: ignore[import-not-found]
+    from ..finetune import FinetuneConfig, load_splits
 
-        return load_splits(FinetuneConfig(**cfg), data_dir)[2]
-    except ImportError:
-        spec = get_spec(cfg["task"])
-        full = subsample(load_task(spec, "train", data_dir), cfg.get("n_train"), seed=cfg.get("seed", 0))
-        return holdout(full, cfg.get("val", 0.2), seed=cfg.get("seed", 0))[1]
+    return load_splits(FinetuneConfig(**cfg), data_dir)[2]
 
 
 def validation_rows(spec: TaskSpec, ck: Checkpoint | None, n: int, seed: int, data_dir: str | None) -> tuple[TaskData, str]:
