@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ class Context:
         it beyond its file name. A unit whose key differs is recomputed, never read back."""
         return digest({"weights": self.model_fingerprint(model), "data": self.data_fp(task), **extra})
 
-    def stage_key(self, stage: str, fields: dict[str, Any], upstream: list[str] = ()) -> dict:
+    def stage_key(self, stage: str, fields: dict[str, Any], upstream: Sequence[str] = ()) -> dict:
         """A stage folder's resume key: the config fields every unit of the stage shares and the upstream stages'
         keys. Models, tasks, sizes, seeds and draws are not in it: units are named by them and carry their own
         key (weights, data, setting), so extending a list reuses every finished unit."""

@@ -222,7 +222,9 @@ def run(ctx: Context) -> CurvesResult:
         bar.update(1)
         return got
 
-    cells, lr_choice, kgd_points = [], {}, []
+    cells: list[dict] = []
+    lr_choice: dict[str, dict] = {}
+    kgd_points: list[dict] = []
     for plan in cfg.models:
         lr_choice[plan.id] = {}
         for task in cfg.curve_tasks:
@@ -288,7 +290,8 @@ def aggregate(ctx: Context, lr_choice: dict, cells: list[dict], kgd_points: list
                     and "failed" not in c]
             names = ["mse", "nmse", "pearson", "spearman", "skill"] if ttype == "regression" else \
                 ["accuracy", "f1", "skill"]
-            mean, sd = {k: [] for k in names}, {k: [] for k in names}
+            mean: dict[str, list[float]] = {k: [] for k in names}
+            sd: dict[str, list[float]] = {k: [] for k in names}
             sizes, errs_x, errs_y = [], [], []
             for size in cfg.sizes:
                 at = [c for c in mine if c["size"] == size]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,14 +48,14 @@ def n_to_fraction(sizes: list[int], scores: list[float], fraction: float) -> flo
     return math.inf
 
 
-def ranks(x: list[float]) -> np.ndarray:
+def ranks(x: Sequence[float]) -> np.ndarray:
     """Average ranks (1 = smallest), ties shared; inf allowed."""
     from scipy.stats import rankdata
 
     return rankdata(np.asarray(x, dtype=np.float64))
 
 
-def spearman(x: list[float], y: list[float]) -> float:
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho: the Pearson correlation of the ranks."""
     rx, ry = ranks(x), ranks(y)
     if rx.std() == 0 or ry.std() == 0:
@@ -62,7 +63,7 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def permutation_p(x: list[float], y: list[float], permutations: int = 10000, seed: int = 0) -> dict:
+def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int = 10000, seed: int = 0) -> dict:
     """One- (rho >= observed) and two-sided (|rho| >= |observed|) permutation p-values of Spearman's rho."""
     rho = spearman(x, y)
     n = len(x)
@@ -193,12 +194,14 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
                 continue
             for estimator, bkey in (("paper", "beta"), ("ntkft", "beta_ntkft")):
                 b = [getattr(mine[t], bkey) for t in tasks]
+                if any(v is None or not math.isfinite(v) for v in b):
+                    continue
                 for measure, vals in (("auc", [mine[t].auc for t in tasks]),
                                       ("n_frac", [-mine[t].n_frac for t in tasks]),
                                       ("kgd_auc", [mine[t].kgd_auc for t in tasks])):
                     if any(v is None for v in vals):
                         continue
-                    p = permutation_p(b, vals, permutations)
+                    p = permutation_p(b, [float(v) for v in vals if v is not None], permutations)
                     corrs.append(Correlation(plan.id, group, measure, estimator, tasks, p["rho"], p["p_one_sided"],
                                              p["p_two_sided"], p["exact"]))
         orders[plan.id] = {

@@ -340,15 +340,15 @@ def _paper_section(spectra: dict | None, rankings: dict | None, taskvec: dict | 
     for task, (b, _) in PAPER_BETA.items():
         vals = []
         for m in models:
-            s = next((x for x in spectra["spectra"] if x["model"] == m and x["task"] == task), None)
+            s = next((x for x in (spectra or {}).get("spectra", []) if x["model"] == m and x["task"] == task), None)
             vals.append(s["beta_paper_mean"] if s else None)
         t.rows.append([f"beta {label(task)}", b] + vals)
     for fam in [*FAMILIES, "all"]:
         paper_b = sorted([x for x in PAPER_BETA if fam == "all" or x in FAMILIES[fam]], key=lambda x: -PAPER_BETA[x][0])
         fam_paper = fam != "all"  # the paper ranks curves within a family only
-        row_b = [f"beta order ({fam})", fmt(paper_b)]
-        row_m = [f"measured order ({fam})", fmt(paper_b) if fam_paper else "not compared"]
-        row_r = [f"Spearman rho(beta, auc) ({fam})", 1.0 if fam_paper else None]
+        row_b: list[Any] = [f"beta order ({fam})", fmt(paper_b)]
+        row_m: list[Any] = [f"measured order ({fam})", fmt(paper_b) if fam_paper else "not compared"]
+        row_r: list[Any] = [f"Spearman rho(beta, auc) ({fam})", 1.0 if fam_paper else None]
         for m in models:
             ag = next((a for a in (rankings or {}).get("paper_agreement", []) if a["model"] == m and a["family"] == fam),
                       None)
@@ -359,7 +359,7 @@ def _paper_section(spectra: dict | None, rankings: dict | None, taskvec: dict | 
             row_r.append(cr["rho"] if cr else None)
         t.rows += [row_b, row_m, row_r]
     rep = (taskvec or {}).get("report")
-    if rep:
+    if rep and taskvec is not None:
         names = {m.get("label") or m["name"]: m["name"] for m in cfg.get("models", [])}
         owner = next((m for m in models if names.get(m, m) == taskvec["model"]), None)
         for task, v in rep["addition"]["test"].items():

@@ -105,14 +105,15 @@ def summarise(rows: list[StopRow]) -> dict:
     """Per model: how far T_hat is from the oracle (median log10 ratio) and how much test MSE it gives away."""
     out = {}
     for model in dict.fromkeys(r.model for r in rows):
-        mine = [r for r in rows if r.model == model and r.t_hat is not None]
+        mine = [r for r in rows if r.model == model and r.t_hat is not None and r.mse_t_hat is not None]
         if not mine:
             continue
-        ratio = [math.log10(max(r.t_hat, 1) / max(r.t_oracle, 1)) for r in mine]
-        excess_hat = [r.mse_t_hat / r.mse_oracle - 1 for r in mine if r.mse_oracle > 0]
+        t_hat = [int(r.t_hat or 0) for r in mine]
+        ratio = [math.log10(max(t, 1) / max(r.t_oracle, 1)) for t, r in zip(t_hat, mine, strict=True)]
+        excess_hat = [float(r.mse_t_hat or 0.0) / r.mse_oracle - 1 for r in mine if r.mse_oracle > 0]
         excess_ho = [r.mse_holdout / r.mse_oracle - 1 for r in mine if r.mse_oracle > 0]
         out[model] = {"rows": len(mine), "median_log10_t_hat_over_oracle": float(np.median(ratio)),
-                      "t_hat_before_oracle": int(sum(r.t_hat < r.t_oracle for r in mine)),
+                      "t_hat_before_oracle": int(sum(t < r.t_oracle for t, r in zip(t_hat, mine, strict=True))),
                       "median_excess_mse_t_hat": float(np.median(excess_hat)),
                       "median_excess_mse_holdout": float(np.median(excess_ho))}
     return out
