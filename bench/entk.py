@@ -173,7 +173,8 @@ def run(method: str, model: str, n: int, args, tmp: Path, extra: dict | None = N
                 "load_before": load}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
-        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+        errs = [ln for ln in p.stderr.splitlines() if "Error" in ln or "Exception" in ln]
+        tail = errs[-1] if errs else f"exit code {p.returncode}" + (" (killed: out of memory?)" if p.returncode < 0 else "")
         return {"method": method, "model": model, "n": n, "error": tail[:300], "wall_s": time.time() - t,
                 "load_before": load}
     row = {"method": method, "model": model, "n": n, **json.loads(lines[-1][7:]), "load_before": load,

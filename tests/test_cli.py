@@ -10,7 +10,15 @@ import sys
 import pytest
 
 
-def run(*args, env=None):
+def run(*args, env=None, capsys=None):
+    """`ntkft ARGS`: in-process when given capsys (fast), else in a fresh interpreter (with `env`)."""
+    if capsys is not None and env is None:
+        from types import SimpleNamespace
+
+        from conftest import run_cli
+
+        code, out, err = run_cli([str(a) for a in args], capsys)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "ntkft.cli", *args], capture_output=True, text=True, env=e,
                           timeout=600)
@@ -30,31 +38,32 @@ def test_models_and_tasks_listing(data_dir):
     assert "rte              classification" in p.stdout and "train=2490" in p.stdout and "train=67349" in p.stdout
 
 
-def test_bad_inputs_exit_with_one_line(tmp_path, data_dir):
-    assert "unknown task 'nope'" in one_error_line(run("kernel", "--model", "tiny-bert", "--task", "nope"))
-    assert "unknown model 'nope'" in one_error_line(run("kernel", "--model", "nope", "--task", "rte"))
+def test_bad_inputs_exit_with_one_line(tmp_path, data_dir, capsys):
+    assert "unknown task 'nope'" in one_error_line(run("kernel", "--model", "tiny-bert", "--task", "nope", capsys=capsys))
+    assert "unknown model 'nope'" in one_error_line(run("kernel", "--model", "nope", "--task", "rte", capsys=capsys))
     assert "unknown parameter group" in one_error_line(
         run("kernel", "--model", "tiny-bert", "--task", "rte", "--n", "4", "--params", "weights",
-            "--out", str(tmp_path / "k")))
+            "--out", str(tmp_path / "k"), capsys=capsys))
     bad = tmp_path / "bad.csv"
     bad.write_text("a,y\nhello,1\nworld,oops\n")
     line = one_error_line(run("kernel", "--model", "tiny-bert", "--task", str(bad), "--text-columns", "a",
-                              "--label-column", "y", "--task-type", "regression", "--n", "2"))
+                              "--label-column", "y", "--task-type", "regression", "--n", "2", capsys=capsys))
     assert "bad.csv:3: score 'oops' is not a number" in line
-    assert "kernel file not found" in one_error_line(run("stop", str(tmp_path / "none")))
+    assert "kernel file not found" in one_error_line(run("stop", str(tmp_path / "none"), capsys=capsys))
 
 
-def test_kernel_spectrum_stop_commands(tmp_path, data_dir):
+def test_kernel_spectrum_stop_commands(tmp_path, data_dir, capsys):
     out = tmp_path / "k"
-    p = run("kernel", "--model", "tiny-gpt2", "--task", "stsb", "--n", "24", "--max-length", "24", "--out", str(out))
+    p = run("kernel", "--model", "tiny-gpt2", "--task", "stsb", "--n", "24", "--max-length", "24", "--out", str(out),
+            capsys=capsys)
     assert p.returncode == 0, p.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["n"] == 24 and meta["method"] == "factored" and meta["task"] == "stsb" and meta["num_params"] > 0
-    p = run("spectrum", str(out), "--out", str(tmp_path / "s"))
+    p = run("spectrum", str(out), "--out", str(tmp_path / "s"), capsys=capsys)
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "s" / "spectrum.json").read_text())
     assert rep["stsb"]["beta_window"]["beta"] > 0 and (tmp_path / "s" / "spectrum.png").stat().st_size > 1000
-    p = run("stop", str(out), "--batch-size", "8")
+    p = run("stop", str(out), "--batch-size", "8", capsys=capsys)
     assert p.returncode == 0, p.stderr
     st = json.loads((out / "stop" / "stop.json").read_text())  # a run folder of its own inside the kernel's
     assert st["t_hat"] >= 0 and "estimated" in st["sigma_source"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -73,3 +74,15 @@ def test_kernel_file_records_the_sketch(tmp_path, data_dir):
     assert back.meta["method"] == "sketch" and back.meta["sketch"]["dim"] == 512
     exact = compute_kernel_file("tiny-bert", "stsb", n=5, max_length=16, progress=False)
     assert 0 < rel(kf.K, exact.K) < 1 and math.isfinite(float(kf.K.sum()))
+
+
+def test_spectrum_says_a_kernel_is_a_sketch(tmp_path, data_dir, capsys):
+    from conftest import run_cli
+    from ntkft.pipeline import compute_kernel_file
+
+    compute_kernel_file("tiny-bert", "stsb", n=16, max_length=16, method="sketch", sketch_dim=256,
+                        out=tmp_path / "k", progress=False)
+    code, out, err = run_cli(["spectrum", str(tmp_path / "k"), "--out", str(tmp_path / "s"), "--ci-draws", "20"], capsys)
+    assert code == 0, err
+    assert "sketched eNTK (k = 256" in out
+    assert json.loads((tmp_path / "s" / "spectrum.json").read_text())["stsb"]["sketch"]["dim"] == 256

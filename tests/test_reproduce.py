@@ -274,6 +274,23 @@ def test_report_cli_rebuilds_and_rejects_other_folders(real_run, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("ntkft: error:") and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_reproduce_cli_on_a_finished_run_prints_its_results(real_run, tmp_path, capsys):
+    """The command line over the same config reads every stage back (nothing recomputed) and prints both betas."""
+    import yaml
+
+    from conftest import run_cli
+
+    out, res = real_run
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    code, printed, err = run_cli(["reproduce", "--config", str(cfg), "--out", str(out)], capsys)
+    assert code == 0, err
+    s = res.stages["spectra"].spectra[0]
+    assert f"{s.model} {s.task}: beta (paper est.) {s.beta_paper_mean:.3f}" in printed
+    assert f"beta (ntkft) {s.beta_ntkft_mean:.3f}" in printed and "report:" in printed
+
+
 # ---------------------------------------------------------------- resume
 
 

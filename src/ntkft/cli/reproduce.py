@@ -20,18 +20,20 @@ FLAGS = [option("out", "runs/repro", "output run folder (stages cache here; a re
 
 def _reproduce(cfg: ReproConfig, out: str, overwrite: bool, data_dir: str | None) -> None:
     from ..reproduce import reproduce
+    from ..reproduce.rankings import RankingsResult
+    from ..reproduce.spectra import SpectraResult
 
     res = reproduce(cfg, out, data_dir=data_dir, overwrite=overwrite)
     for name, sec in res.seconds.items():
         typer.echo(f"stage {name}: {sec:.0f}s")
     sp = res.stages.get("spectra")
-    if sp is not None:
-        for s in sp.spectra:  # type: ignore[attr-defined]
+    if isinstance(sp, SpectraResult):
+        for s in sp.spectra:
             typer.echo(f"{s.model} {s.task}: beta (paper est.) {s.beta_paper_mean:.3f} +- {s.beta_paper_sd:.3f}, "
-                       f"beta (window) {s.beta_window_mean:.3f}")
+                       f"beta (ntkft) {s.beta_ntkft_mean:.3f} +- {s.beta_ntkft_sd:.3f}")
     rk = res.stages.get("rankings")
-    if rk is not None:
-        for c in rk.correlations:  # type: ignore[attr-defined]
+    if isinstance(rk, RankingsResult):
+        for c in rk.correlations:
             if c.measure == "auc" and c.estimator == "paper":
                 typer.echo(f"{c.model} {c.group}: Spearman rho(beta, efficiency) {c.rho:+.2f}, p {c.p_one_sided:.3f}")
     tv = res.stages.get("taskvec")

@@ -104,6 +104,7 @@ class _Row:
     mats: list[Any]
     where: str
     precision: float = 0.0
+    sketch: dict[str, Any] | None = None  # the kernel file's sketch record (dim k, seed) when K is a sketch
 
 
 def _analyse_rows(rows: list[_Row], cfg: SpectrumConfig) -> tuple[dict[str, Any], dict[str, SpectrumReport]]:
@@ -123,6 +124,8 @@ def _analyse_rows(rows: list[_Row], cfg: SpectrumConfig) -> tuple[dict[str, Any]
         except NtkftError as e:
             raise _in_file(row.where, e) from None
         reports[row.name], result[row.name] = rep, rep.to_dict()
+        if row.sketch:
+            result[row.name]["sketch"] = row.sketch
     if cfg.draws_of:
         floor = max(FLOOR, 2 * max(r.precision for r in rows))
         try:
@@ -138,6 +141,10 @@ def _analyse_rows(rows: list[_Row], cfg: SpectrumConfig) -> tuple[dict[str, Any]
 
 def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport]) -> None:
     for name, rep in reports.items():
+        sk = result[name].get("sketch")
+        if sk:
+            typer.echo(f"{name}: a sketched eNTK (k = {sk.get('dim')}, seed {sk.get('seed')}, unbiased for K): "
+                       "its small eigenvalues carry the sketch's noise")
         _print_spectrum(rep, f"{name}: ")
         for est, od in rep.over_draws.items():
             typer.echo(f"{name}:   {est} beta over {len(od.betas)} draws = {od.mean:.4f} +- {od.std:.4f}")
@@ -171,7 +178,8 @@ def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite
         loaded = [load_kernel(f) for f in files]
         key["kernels"] = _kernel_key(loaded, files)
         names = _unique([lk.name for lk in loaded], files)
-        rows = [_Row(nm, [lk.K], str(lk.source), lk.precision) for nm, lk in zip(names, loaded)]
+        rows = [_Row(nm, [lk.K], str(lk.source), lk.precision, lk.meta.get("sketch") or None)
+                for nm, lk in zip(names, loaded)]
         result, reports = _analyse_rows(rows, cfg)
         rf = RunFolder(out, "spectrum", key, overwrite=overwrite)
         rf.open()
