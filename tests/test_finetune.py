@@ -136,7 +136,7 @@ def test_minilm_closed_form_probe_matches_trained_probe(data_dir):
     ridge = 1e-2
     t = Trainer(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="probe", n_train=120, n_test=60,
                                     max_length=48, optimizer="adamw", lr=1e-2, ridge=ridge, max_steps=5000,
-                                    eval_every=5000, batch_size=120), progress=False)  # one eval: final = best
+                                    eval_every=5000, batch_size=120, standardize=False), progress=False)  # one eval: final = best
     t.fit()
     w, b = probe_closed_form(t.train.h, t.train.y, ridge)
     closed = (t.test.h.double() @ w.T + b).reshape(-1)
@@ -337,15 +337,27 @@ def test_minilm_probe_with_default_settings_beats_predicting_the_mean(tmp_path, 
 
 
 @pytest.mark.parametrize("setting", ["full", "linearized"])
-def test_regression_head_starts_at_the_training_mean(setting, data_dir):
-    """center: f starts near mean(y) (the bias is not part of the eNTK's shape); off: the N(0, sigma^2) bias."""
-    on = Trainer(cfg(setting=setting), progress=False)
-    off = Trainer(cfg(setting=setting, center=False), progress=False)
-    mean = float(on.train.y.double().mean())
-    b_on, b_off = on.model.head.bias.item(), off.model.head.bias.item()
-    assert abs(b_on - mean) < 1e-5 and abs(b_off - mean) > 1e-3
+def test_standardised_regression_starts_at_the_mean_and_saves_in_target_units(setting, tmp_path, data_dir):
+    """standardize: f starts at mean(y) (bias 0 in training units); the loss is in training units, metrics and the
+    saved model in the targets' units; off: the theory's N(0, sigma^2) bias on raw targets."""
+    on = Trainer(cfg(setting=setting), tmp_path / "on", progress=False)
+    off = Trainer(cfg(setting=setting, standardize=False), progress=False)
+    y = on.train.y.double()
+    assert on.model.head.bias.item() == 0.0 and abs(off.model.head.bias.item()) > 1e-3
     assert torch.equal(on.model.head.weight, off.model.head.weight)
-    assert on.evaluate(on.train)["mse"] < off.evaluate(off.train)["mse"]
+    assert on.shift == pytest.approx(float(y.mean())) and on.scale == pytest.approx(float(y.std(unbiased=False)))
+    ev = on.evaluate(on.train)
+    assert ev["loss"] == pytest.approx(ev["mse"] / on.scale ** 2, rel=1e-5)
+    assert ev["mse"] < off.evaluate(off.train)["mse"]
+    res = on.fit()
+    from ntkft.models.checkpoint import load_finetuned
+
+    _, back, _ = load_finetuned(tmp_path / "on" / "model")
+    test = on.test
+    with torch.no_grad():
+        f = back(test.ids, test.mask).reshape(-1)
+    tol = 1e-4 if setting == "full" else 1e-2  # linearized saves theta_PT + delta, a nonlinear model near f_lin
+    torch.testing.assert_close(f.float(), on.predict(test).reshape(-1), rtol=tol, atol=tol * on.scale)
+    assert res.test_best["mse"] == pytest.approx(float(((on.predict(test) - test.y) ** 2).mean()), rel=1e-4)
     rte = Trainer(cfg(task="rte", n_train=40, n_test=20), progress=False)  # classification: untouched
-    assert torch.equal(rte.model.head.bias, Trainer(cfg(task="rte", n_train=40, n_test=20, center=False),
-                                                    progress=False).model.head.bias)
+    assert (rte.shift, rte.scale) == (0.0, 1.0)

@@ -68,8 +68,9 @@ class FinetuneConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
     sigma: float = Field(1.0, gt=0, description="scale of the new head's init: W ~ N(0, sigma^2/n), b ~ N(0, sigma^2)")
-    center: bool = Field(True, description="regression: start the head's bias at the training targets' mean "
-                                           "(the eNTK does not depend on it; the model then fits y - mean(y))")
+    standardize: bool = Field(True, description="regression: train on (y - mean) / sd of the training targets, "
+                              "the head's bias starting at 0 (f starts at the mean; scores in [0, 1] and [0, 5] "
+                              "train alike); metrics are in the targets' units and the saved head absorbs the scale")
     drift_every: int | None = Field(None, ge=1, description="recompute the eNTK on a probe set every k steps")
     drift_n: int = Field(16, ge=2, description="probe samples for the drift kernel")
     save_every: int | None = Field(None, ge=1, description="write a resumable training state every k steps")

@@ -100,10 +100,14 @@ class Trainer:
         self.task_type = self.data.task_type
         self.num_classes = self.data.num_classes
         self.model: Any = self.setting.build(self.loaded, self.data.out_dim, cfg.layers, cfg.sigma, cfg.seed).to(self.device)
-        if cfg.center and self.task_type == "regression":
-            head = cast(nn.Linear, self.model.head)  # Readout and Linearized both expose .head (ntkft.kernel.contract)
-            with torch.no_grad():  # a random N(0, sigma^2) bias against targets in [0, 5] costs many steps
-                head.bias.copy_(self.train.y.to(head.bias.dtype).reshape(len(self.train), -1).mean(0))
+        # regression targets in training units: (y - shift) / scale (0 and 1 unless standardize)
+        self.shift, self.scale = 0.0, 1.0
+        if cfg.standardize and self.task_type == "regression":
+            y = self.train.y.double()
+            self.shift, self.scale = float(y.mean()), float(y.std(unbiased=False)) or 1.0
+            head = cast(nn.Linear, self.model.head)  # Readout and Linearized both expose .head
+            with torch.no_grad():  # f starts at the mean: a random N(0, sigma^2) bias against scores in [0, 5]
+                head.bias.zero_()  # costs a short fine-tune its steps (the eNTK does not depend on the bias)
         if self.setting.frozen_backbone:
             cache_features(self.model, [self.train, self.val, self.test], self.device)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -192,7 +196,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         for ch in self.ranks.shard(idx).split(self.cfg.batch_size):  # all of idx, or this rank's share
-            loss = _loss(self._forward(self.train, ch), self.train.y[ch].to(self.device), self.task_type)
+            loss = _loss(self._forward(self.train, ch), self._target(self.train.y[ch]).to(self.device), self.task_type)
             if self.cfg.ridge:
                 loss = loss + self.cfg.ridge * self.model.head.weight.pow(2).sum()
             (loss * (len(ch) / len(idx))).backward()
@@ -206,15 +210,22 @@ class Trainer:
         self.step += 1
         return total
 
+    def _target(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets in training units (standardised regression targets; classes unchanged)."""
+        return (y - self.shift) / self.scale if self.task_type == "regression" else y
+
     @torch.no_grad()
     def predict(self, split: Split) -> torch.Tensor:
+        """Predictions in the targets' units (regression) or class logits."""
         self.model.eval()
         idx = torch.arange(len(split))
-        return torch.cat([self._forward(split, idx[i:i + 64]) for i in range(0, len(split), 64)]).float().cpu()
+        out = torch.cat([self._forward(split, idx[i:i + 64]) for i in range(0, len(split), 64)]).float().cpu()
+        return out * self.scale + self.shift if self.task_type == "regression" else out
 
     def evaluate(self, split: Split) -> dict:
+        """The training objective ("loss", in training units) and the task's metrics (in the targets' units)."""
         out = self.predict(split)
-        loss = float(_loss(out, split.y, self.task_type))
+        loss = float(_loss(self._target(out), self._target(split.y), self.task_type))
         if not math.isfinite(loss):
             return {"loss": loss}
         pred = out.reshape(-1).numpy() if self.task_type == "regression" else out.numpy()
@@ -381,7 +392,18 @@ class Trainer:
         info = {"setting": self.cfg.setting, "layers": self.cfg.layers, "task": self.cfg.task,
                 "base_model": self.cfg.model, "kind": self.loaded.kind, "out_dim": int(self.model.out_dim),
                 "weights_fingerprint": self.rf.key["weights"]}
-        save_finetuned(readout_of(self.model), self.loaded.tokenizer, self.rf.path("model"), info)
+        readout = readout_of(self.model)
+        head = readout.head
+        before = head.weight.detach().clone(), head.bias.detach().clone()
+        try:
+            with torch.no_grad():  # the saved head predicts in the targets' units: scale * (w.h + b) + shift
+                head.weight.mul_(self.scale)
+                head.bias.mul_(self.scale).add_(self.shift)
+            save_finetuned(readout, self.loaded.tokenizer, self.rf.path("model"), info)
+        finally:
+            with torch.no_grad():
+                head.weight.copy_(before[0])
+                head.bias.copy_(before[1])
 
     def _log(self, rec: dict) -> None:
         self.history.append(rec)

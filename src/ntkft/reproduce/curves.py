@@ -176,9 +176,11 @@ def _inputs(ctx: Context) -> str:
 
 
 def cell_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
-    """Key of a fine-tuning cell beyond its name: weights, data and the plan's training settings."""
-    return ctx.unit_fp(plan.name, task, setting=plan.setting, layers=plan.layers, batch_size=plan.batch_size,
-                       max_steps=plan.max_steps, eval_every=plan.eval_every, patience=plan.patience)
+    """Key of a fine-tuning cell beyond its name (size, seed, lr): weights, data and every other field of its
+    FinetuneConfig, defaults included, so that a changed default is a new cell, never a stale one."""
+    ft = finetune_config(ctx, plan, task, ctx.cfg.sizes[0], 0, plan.lrs[0]).model_dump()
+    shared = {k: v for k, v in ft.items() if k not in ("n_train", "seed", "lr")}
+    return ctx.unit_fp(plan.name, task, finetune=shared)
 
 
 def kgd_fp(ctx: Context, plan: ModelPlan, task: str) -> str:

@@ -31,6 +31,14 @@ def targets(labels: np.ndarray, task_type: str) -> np.ndarray:
     return y if task_type == "regression" else 2.0 * y - 1.0
 
 
+def units(y_train: np.ndarray, task_type: str) -> tuple[float, float]:
+    """(shift, scale) of the training units: regression targets standardised as fine-tuning does
+    (FinetuneConfig.standardize), so f_PT, the model's output, is read in those units; classes unchanged."""
+    if task_type != "regression":
+        return 0.0, 1.0
+    return float(y_train.mean()), float(y_train.std()) or 1.0
+
+
 def kgd_kernels(ctx: Context, plan: ModelPlan, task: str, seed: int) -> dict[str, torch.Tensor]:
     """K(pool, pool), K(test, pool), f_PT on both, and the labels: the whole kernel-GD unit of one seed."""
     cfg = ctx.cfg
@@ -125,9 +133,11 @@ def curve(unit: dict[str, torch.Tensor], sizes: list[int], val: float, task_type
     out = []
     for n in sizes:
         tr, va = split_pool(n, val)
-        path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr])
-        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
-        test_pred = path.predict(kt[:, tr], ft, ts)
+        shift, scale = units(yp[tr], task_type)
+        path = KgdPath(kp[np.ix_(tr, tr)], (yp[tr] - shift) / scale, fp[tr])
+        val_pred = path.predict(kp[np.ix_(va, tr)], fp[va], ts) * scale + shift
+        val_mse = ((val_pred - yp[va][:, None]) ** 2).mean(0)
+        test_pred = path.predict(kt[:, tr], ft, ts) * scale + shift
         test_mse = ((test_pred - yt[:, None]) ** 2).mean(0)
         i_val, i_or = int(np.argmin(val_mse)), int(np.argmin(test_mse))
         out.append(KgdPoint(n, seed, len(tr), len(va), float(path.alpha), int(ts[i_val]), int(ts[i_or]),

@@ -135,7 +135,10 @@ def _curves_section(root: Path, d: dict | None, spectra: dict | None, cfg: dict,
         "R^2 = 1 - MSE/Var(y_test) for regression, (accuracy - majority)/(1 - majority) for classification; "
         "0 = a model that ignores its input. Kernel GD: closed-form gradient descent from f_PT on the eNTK of the "
         "same model (train and test kernels, step 1/lambda_1, t chosen on the hold-out rows), i.e. the linearised "
-        "model's exact learning curve; classification is kernel regression on -1/+1 labels.")
+        "model's exact learning curve; classification is kernel regression on -1/+1 labels. Regression targets are "
+        "standardised on each cell's training rows, for fine-tuning (FinetuneConfig.standardize) and kernel GD alike "
+        "(the new head's bias starts at 0, so f starts at the training mean; f_PT is read in those units); metrics "
+        "are in the targets' units.")
     betas: dict[str, dict[str, float]] = {}
     for s in (spectra or {}).get("spectra", []):
         betas.setdefault(s["model"], {})[s["task"]] = s["beta_paper_mean"]
@@ -150,7 +153,7 @@ def _curves_section(root: Path, d: dict | None, spectra: dict | None, cfg: dict,
         for task, ch in d["lr_choice"].get(model, {}).items():
             grid = "; ".join(f"{g['lr']:g}: " + ("failed" if g.get("failed") else fmt(g.get("best_val")))
                              for g in ch["grid"])
-            lr.rows.append([label(task), grid, ch["lr"]])
+            lr.rows.append([label(task), grid, f"{ch['lr']:g}"])
         sec.tables.append(lr)
         sk = Table(f"score-{slug(model)}", f"scale-free test score by training size, {model} (mean over seeds)",
                    f"curves/curves.json: curves[model={model}].metrics.skill, .slope, .kgd_slope",
@@ -236,7 +239,8 @@ def _stopping_section(d: dict | None, figs: dict[str, bytes]) -> Section:
         return sec
     sec.text.append("Kernel GD on the eNTK with step alpha = 1/lambda_1 of K/N (one full-batch step = one epoch): "
                     "T_hat from the rule with R = sqrt(r^T G^+ r) and sigma from a pilot kernel-ridge fit (both "
-                    "estimated), the hold-out step and the oracle step (best test MSE) on the same path, the test MSE "
+                    "estimated, in standardised units for regression), the hold-out step and the oracle step (best test MSE) "
+                    "on the same path, the test MSE "
                     "on the regression targets at each; beside them the fine-tuning cell of the same size and seed: "
                     "its hold-out best step, where it stopped, and the step with the best test score (AdamW steps; "
                     "epochs = steps / ceil(n_train / batch)). Step counts on the kernel path lie on a log grid.")

@@ -18,7 +18,7 @@ from ..stopping import stop_report
 from ..tasks import get_spec
 from .context import Context, load_tensors
 from .curves import CurvesResult, kgd_fp, kgd_name
-from .kgd import KgdPath, split_pool, t_grid, targets
+from .kgd import KgdPath, split_pool, t_grid, targets, units
 
 
 @dataclass
@@ -64,18 +64,21 @@ def rows_for(unit: dict, model: str, task: str, seed: int, sizes: list[int], val
     out = []
     for n in sizes:
         tr, va = split_pool(n, val)
-        path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr])
-        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
-        test_mse = ((path.predict(kt[:, tr], ft, ts) - yt[:, None]) ** 2).mean(0)
+        shift, scale = units(yp[tr], ttype)  # the rule and the path in training units, MSEs in the targets'
+        y_tr = (yp[tr] - shift) / scale
+        path = KgdPath(kp[np.ix_(tr, tr)], y_tr, fp[tr])
+        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) * scale + shift - yp[va][:, None]) ** 2).mean(0)
+        test_mse = ((path.predict(kt[:, tr], ft, ts) * scale + shift - yt[:, None]) ** 2).mean(0)
         i_val, i_or = int(np.argmin(val_mse)), int(np.argmin(test_mse))
         note, rep = "", None
         try:
-            rep = stop_report(kp[np.ix_(tr, tr)], yp[tr], fp[tr], step=path.alpha)
+            rep = stop_report(kp[np.ix_(tr, tr)], y_tr, fp[tr], step=path.alpha)
         except NtkftError as e:
             note = f"RWY rule: {e}"
         mse_hat = None
         if rep is not None:
-            mse_hat = float(((path.predict(kt[:, tr], ft, np.array([rep.t_hat])) [:, 0] - yt) ** 2).mean())
+            at = path.predict(kt[:, tr], ft, np.array([rep.t_hat]))[:, 0] * scale + shift
+            mse_hat = float(((at - yt) ** 2).mean())
         cell = next((c for c in cells if c["model"] == model and c["task"] == task and c["size"] == n
                      and c["seed"] == seed and not c.get("tuning") and "failed" not in c), None)
         spe = cell["steps_per_epoch"] if cell else None
