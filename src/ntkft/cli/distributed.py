@@ -77,7 +77,7 @@ def kernel_distributed(model: str = typer.Option("smollm2-135m"), task: str = ty
                                                                    "out/work/rankNNN)"),
                        overwrite: bool = typer.Option(False, help="replace another run in --out"),
                        max_memory_gb: float | None = typer.Option(None, help="memory budget per rank for factors, tiles "
-                                                                             "and K [default: half of rank 0's available]"),
+                                                                             "and K [default: a quarter of rank 0's available]"),
                        max_disk_gb: float | None = typer.Option(None, help="disk budget for spilled factors "
                                                                            "[default: no limit]"),
                        batch_size: int | None = typer.Option(None, help="samples per forward/backward "
