@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
-from .contract import HEAD_PREFIX, check_model, differentiating, model_device
+from .contract import HEAD_PREFIX, KernelModel, check_model, differentiating, model_device
 from .engine import assemble, execute, open_stores, plan_units, weights_digest
 from .params import ParamGroup, select_params
-from .plan import Inputs, Options, default_max_memory
+from .plan import Inputs, Options, Plan, default_max_memory
 from .registry import Method, parse_method, resolve_method
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def parse_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def resolve_device(device: str | torch.device | None, model) -> torch.device:
+def resolve_device(device: str | torch.device | None, model: KernelModel) -> torch.device:
     """The device to compute on: the model's unless given, and then it must be the model's."""
     if device is None:
         return model_device(model)
@@ -59,9 +61,11 @@ def resolve_device(device: str | torch.device | None, model) -> torch.device:
     return dev
 
 
-def checked_args(model, x1: dict, x2: dict | None, params: ParamGroup | str, method: Method | str,
+def checked_args(model: Any, x1: dict, x2: dict | None, params: ParamGroup | str, method: Method | str,
                  max_memory: float | None, max_disk: float | None, batch_size: int | None,
-                 device: str | torch.device | None, accumulate: str, sketch_dim: int | None):
+                 device: str | torch.device | None, accumulate: str, sketch_dim: int | None,
+                 ) -> tuple[KernelModel, Inputs, Inputs | None, dict[str, nn.Parameter], Method, int | None, int | None,
+                            torch.device]:
     """Every argument of a kernel computation validated once (one-line errors naming the parameter):
     (model, inputs 1, inputs 2 or None, selected parameters, method, memory bytes, disk bytes, device)."""
     model = check_model(model)
@@ -83,14 +87,15 @@ def checked_args(model, x1: dict, x2: dict | None, params: ParamGroup | str, met
     return model, in1, in2, sel, meth, mem, disk, resolve_device(device, model)
 
 
-def work_key(model, in1: Inputs, in2: Inputs | None, sel: dict, meth: Method, plan, opts: Options) -> dict:
+def work_key(model: KernelModel, in1: Inputs, in2: Inputs | None, sel: dict, meth: Method, plan: Plan,
+             opts: Options) -> dict:
     """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan and options."""
     return {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
-            "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(model),
+            "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(cast(nn.Module, model)),
             "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key()}
 
 
-def kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
+def kernel_matrix(model: Any, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
                   method: Method | str = Method.AUTO, max_memory: float | None = None,
                   batch_size: int | None = None, checkpoint_dir: str | Path | None = None,
                   progress: bool = True, *, max_disk: float | None = None, device: str | torch.device | None = None,

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -234,7 +235,7 @@ def finish_work(work_dir: str | Path) -> None:
             pass
 
 
-def distributed_kernel_matrix(model, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
+def distributed_kernel_matrix(model: Any, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
                               method: Method | str = Method.AUTO, max_memory: float | None = None,
                               batch_size: int | None = None, work_dir: str | Path = "ntkft-work",
                               progress: bool = True, *, max_disk: float | None = None,

@@ -13,6 +13,7 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,7 +104,7 @@ def execute(impl: KernelMethod, plan: Plan, stores: Stores, progress: bool = Tru
     return acc.k
 
 
-def _run(impl: KernelMethod, plan: Plan, stores: Stores, acc: Accumulator, bar, writer) -> None:
+def _run(impl: KernelMethod, plan: Plan, stores: Stores, acc: Accumulator, bar: Any, writer: Any) -> None:
     for p in plan.passes:
         if all(acc.has(u.id) for u in p.contribute):
             bar.update(len(p.produce) + len(p.contribute))

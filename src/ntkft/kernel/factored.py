@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -357,7 +358,8 @@ def _ghost(ai: torch.Tensor, di: torch.Tensor, aj: torch.Tensor, dj: torch.Tenso
     return out
 
 
-def _blockwise(k: torch.Tensor, r: list[dict], c: list[dict], sym: bool, d_name: str, fn) -> None:
+def _blockwise(k: torch.Tensor, r: list[dict], c: list[dict], sym: bool, d_name: str,
+               fn: Callable[[dict, dict], torch.Tensor]) -> None:
     """k += fn(batch_i, batch_j) tile by tile (upper tiles only when symmetric); rows are D's rows."""
     def offsets(bs: list[dict]) -> list[int]:
         out = [0]

@@ -5,20 +5,24 @@ Samples are looped over rather than vmapped: Hugging Face mask code branches on 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+from torch import nn
 from torch.func import functional_call, jacrev
 
 from ..errors import KernelError
+from .contract import KernelModel
 from .tiled import TiledMethod
 
 
-def per_sample_jacobian(model, params: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def per_sample_jacobian(model: KernelModel, params: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """J of shape (B, C, P): d f_c(x_b) / d theta over the selected parameters, flattened in order."""
     names = list(params)
     detached = {n: p.detach() for n, p in params.items()}
 
     def f_one(p, i, m):
-        out = functional_call(model, p, (i[None], m[None]), strict=False)
+        out = functional_call(cast(nn.Module, model), p, (i[None], m[None]), strict=False)
         return out.reshape(-1)
 
     rows = []

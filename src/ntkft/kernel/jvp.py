@@ -6,7 +6,11 @@ gradient through f on the row block. Costs a forward-mode pass per column: a cro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
+from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
 
 from ..errors import KernelError
@@ -18,13 +22,13 @@ class JvpMethod(TiledMethod):
 
     name = "jvp"
 
-    def _f(self, ids, mask):
-        return lambda p: functional_call(self.model, p, (ids, mask), strict=False).reshape(ids.shape[0], -1)
+    def _f(self, ids: torch.Tensor, mask: torch.Tensor) -> Callable[[dict], torch.Tensor]:
+        return lambda p: functional_call(cast(nn.Module, self.model), p, (ids, mask), strict=False).reshape(ids.shape[0], -1)
 
     def _primals(self) -> dict:
         return {n: p.detach() for n, p in self.params.items()}
 
-    def features(self, ids: torch.Tensor, mask: torch.Tensor):
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         f = self._f(ids, mask)
         res = vjp(f, self._primals())
         out, pullback = res[0], res[1]
@@ -33,7 +37,7 @@ class JvpMethod(TiledMethod):
         (grads,) = vmap(pullback)(eye)  # dict of (b*c, *shape)
         return ids, mask, grads
 
-    def tile(self, fi, fj) -> torch.Tensor:
+    def tile(self, fi: Any, fj: Any) -> torch.Tensor:
         ids, mask, _ = fi
         _, _, grads_j = fj
         f = self._f(ids, mask)

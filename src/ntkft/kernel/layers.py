@@ -16,6 +16,7 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ _METADATA = {"__get__", "size", "dim", "numel", "element_size", "is_floating_poi
 _FUNCS = {F.linear: ("linear", 1), F.embedding: ("embedding", 1), F.layer_norm: ("layernorm", 2)}
 
 
-def _arg(args: tuple, kwargs: dict, i: int, name: str):
+def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
     return args[i] if len(args) > i else kwargs.get(name)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -192,7 +193,7 @@ class SketchMethod:
     def _dense(self, i: int, p: int, k_l: int, like: torch.Tensor) -> torch.Tensor:
         return _gauss((p, k_l), _seed(self.opt.seed, i, "dense"), like.dtype).to(like.device)
 
-    def _linear(self, i: int, e: Entry, a, d, gb, k_l: int) -> torch.Tensor | None:
+    def _linear(self, i: int, e: Entry, a: Any, d: Any, gb: Any, k_l: int) -> torch.Tensor | None:
         if d is None and gb is None:
             return None
         if e.weight and e.bias:  # one Kronecker block for [W b] = D^T [A 1]
