@@ -93,13 +93,16 @@ def split_pool(n: int, val: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 class KgdPath:
-    """Closed-form kernel GD from f_PT on one training set, evaluated on any rows of the cross kernel."""
+    """Closed-form kernel GD from f_PT on one training set, evaluated on any rows of the cross kernel. The path
+    runs in training units y_train = (y - shift) / scale (see `units`); predictions come back in y's units."""
 
-    def __init__(self, k_train: np.ndarray, y: np.ndarray, f0: np.ndarray) -> None:
-        self.n = len(y)
+    def __init__(self, k_train: np.ndarray, y: np.ndarray, f0: np.ndarray, shift: float = 0.0,
+                 scale: float = 1.0) -> None:
+        self.n, self.shift, self.scale = len(y), shift, scale
+        self.y_train = (y - shift) / scale
         self.lams, self.u = eigh_desc(k_train)
         self.alpha = 1.0 / self.lams[0] if self.lams[0] > 1 else 1.0
-        self.proj = self.u.T @ (y - f0)
+        self.proj = self.u.T @ (self.y_train - f0)
 
     def coefs(self, ts: np.ndarray) -> np.ndarray:
         """(N, T): c_t with f^t(x) = f0(x) + K(x, X) c_t."""
@@ -108,8 +111,8 @@ class KgdPath:
         return self.u @ (ratio * self.proj[None, :]).T / self.n
 
     def predict(self, k_cross: np.ndarray, f0: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """(M, T) predictions along the path."""
-        return f0[:, None] + k_cross @ self.coefs(ts)
+        """(M, T) predictions along the path, in y's units."""
+        return (f0[:, None] + k_cross @ self.coefs(ts)) * self.scale + self.shift
 
 
 def metrics(pred: np.ndarray, y_target: np.ndarray, labels: np.ndarray, task_type: str) -> dict:
@@ -133,11 +136,9 @@ def curve(unit: dict[str, torch.Tensor], sizes: list[int], val: float, task_type
     out = []
     for n in sizes:
         tr, va = split_pool(n, val)
-        shift, scale = units(yp[tr], task_type)
-        path = KgdPath(kp[np.ix_(tr, tr)], (yp[tr] - shift) / scale, fp[tr])
-        val_pred = path.predict(kp[np.ix_(va, tr)], fp[va], ts) * scale + shift
-        val_mse = ((val_pred - yp[va][:, None]) ** 2).mean(0)
-        test_pred = path.predict(kt[:, tr], ft, ts) * scale + shift
+        path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr], *units(yp[tr], task_type))
+        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
+        test_pred = path.predict(kt[:, tr], ft, ts)
         test_mse = ((test_pred - yt[:, None]) ** 2).mean(0)
         i_val, i_or = int(np.argmin(val_mse)), int(np.argmin(test_mse))
         out.append(KgdPoint(n, seed, len(tr), len(va), float(path.alpha), int(ts[i_val]), int(ts[i_or]),

@@ -64,21 +64,18 @@ def rows_for(unit: dict, model: str, task: str, seed: int, sizes: list[int], val
     out = []
     for n in sizes:
         tr, va = split_pool(n, val)
-        shift, scale = units(yp[tr], ttype)  # the rule and the path in training units, MSEs in the targets'
-        y_tr = (yp[tr] - shift) / scale
-        path = KgdPath(kp[np.ix_(tr, tr)], y_tr, fp[tr])
-        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) * scale + shift - yp[va][:, None]) ** 2).mean(0)
-        test_mse = ((path.predict(kt[:, tr], ft, ts) * scale + shift - yt[:, None]) ** 2).mean(0)
+        path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr], *units(yp[tr], ttype))  # MSEs in the targets' units
+        val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
+        test_mse = ((path.predict(kt[:, tr], ft, ts) - yt[:, None]) ** 2).mean(0)
         i_val, i_or = int(np.argmin(val_mse)), int(np.argmin(test_mse))
         note, rep = "", None
         try:
-            rep = stop_report(kp[np.ix_(tr, tr)], y_tr, fp[tr], step=path.alpha)
+            rep = stop_report(kp[np.ix_(tr, tr)], path.y_train, fp[tr], step=path.alpha)  # the rule in training units
         except NtkftError as e:
             note = f"RWY rule: {e}"
         mse_hat = None
         if rep is not None:
-            at = path.predict(kt[:, tr], ft, np.array([rep.t_hat]))[:, 0] * scale + shift
-            mse_hat = float(((at - yt) ** 2).mean())
+            mse_hat = float(((path.predict(kt[:, tr], ft, np.array([rep.t_hat]))[:, 0] - yt) ** 2).mean())
         cell = next((c for c in cells if c["model"] == model and c["task"] == task and c["size"] == n
                      and c["seed"] == seed and not c.get("tuning") and "failed" not in c), None)
         spe = cell["steps_per_epoch"] if cell else None
