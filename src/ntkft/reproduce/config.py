@@ -29,6 +29,8 @@ class ModelPlan(StrictModel):
     batch_size: int = Field(16, ge=1, description="fine-tuning batch size")
     eval_every: int | None = Field(None, ge=1, description="evaluate every k steps (default: each epoch)")
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
+    sizes: list[int] | None = Field(None, description="this model's training sizes: a subset of the run's sizes "
+                                    "that holds the tuning size (default: all of them); a larger model can run fewer")
     kernel_params: Literal["all", "backbone", "head", "no-embeddings"] = Field(
         "all", description="parameters the eNTK differentiates")
 
@@ -151,6 +153,13 @@ class ReproConfig(StrictModel):
     def _tune(self) -> ReproConfig:
         if self.tune_size is not None and self.tune_size not in self.sizes:
             raise ValueError(f"tune_size {self.tune_size} is not one of the sizes {self.sizes}")
+        for m in self.models:
+            if m.sizes is not None:
+                extra = sorted(set(m.sizes) - set(self.sizes))
+                if extra:
+                    raise ValueError(f"models: {m.id}'s sizes {extra} are not among the run's sizes {self.sizes}")
+                if self.tuning_size not in m.sizes:
+                    raise ValueError(f"models: {m.id}'s sizes {sorted(m.sizes)} lack the tuning size {self.tuning_size}")
         names = [m.id for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: two plans share the name {names} (give one a label)")
@@ -160,6 +169,10 @@ class ReproConfig(StrictModel):
     def tuning_size(self) -> int:
         """The training size the learning rate is chosen at."""
         return self.tune_size or self.sizes[len(self.sizes) // 2]
+
+    def plan_sizes(self, plan: ModelPlan) -> list[int]:
+        """The training sizes of one model's curves (its own subset, or the run's)."""
+        return sorted(set(plan.sizes)) if plan.sizes is not None else list(self.sizes)
 
     @property
     def kgd_sizes(self) -> list[int]:

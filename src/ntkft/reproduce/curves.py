@@ -210,7 +210,7 @@ def run(ctx: Context) -> CurvesResult:
     if rf.complete and got is not None and got.get("inputs") == inputs:
         return CurvesResult.from_dict(got)
     n_tune = sum(len(m.lrs) for m in cfg.models) * len(cfg.curve_tasks)
-    n_cells = len(cfg.models) * len(cfg.curve_tasks) * len(cfg.sizes) * cfg.seeds
+    n_cells = sum(len(cfg.plan_sizes(m)) for m in cfg.models) * len(cfg.curve_tasks) * cfg.seeds
     n_kgd = len(cfg.models) * len(cfg.curve_tasks) * cfg.kgd_seeds if cfg.kgd and cfg.kgd_sizes else 0
     bar = tqdm(total=n_tune + n_cells + n_kgd, desc="stage 2: learning curves", disable=not ctx.progress, unit="run")
 
@@ -242,7 +242,7 @@ def run(ctx: Context) -> CurvesResult:
             if lr is None:
                 log.warning("%s %s: every learning rate failed; no curve", plan.id, task)
                 continue
-            for size in cfg.sizes:
+            for size in cfg.plan_sizes(plan):
                 for seed in range(cfg.seeds):
                     cells.append(cell(plan, task, size, seed, lr) | {"tuning": False})
             if n_kgd:
@@ -295,7 +295,7 @@ def aggregate(ctx: Context, lr_choice: dict, cells: list[dict], kgd_points: list
             mean: dict[str, list[float]] = {k: [] for k in names}
             sd: dict[str, list[float]] = {k: [] for k in names}
             sizes, errs_x, errs_y = [], [], []
-            for size in cfg.sizes:
+            for size in cfg.plan_sizes(plan):
                 at = [c for c in mine if c["size"] == size]
                 if not at:
                     continue
