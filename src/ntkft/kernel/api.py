@@ -61,7 +61,8 @@ def resolve_device(device: str | torch.device | None, model: KernelModel) -> tor
     return dev
 
 
-def checked_args(model: Any, x1: dict, x2: dict | None, params: ParamGroup | str, method: Method | str,
+def checked_args(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None,
+                 params: ParamGroup | str, method: Method | str,
                  max_memory: float | None, max_disk: float | None, batch_size: int | None,
                  device: str | torch.device | None, accumulate: str, sketch_dim: int | None,
                  ) -> tuple[KernelModel, Inputs, Inputs | None, dict[str, nn.Parameter], Method, int | None, int | None,
@@ -87,15 +88,16 @@ def checked_args(model: Any, x1: dict, x2: dict | None, params: ParamGroup | str
     return model, in1, in2, sel, meth, mem, disk, resolve_device(device, model)
 
 
-def work_key(model: KernelModel, in1: Inputs, in2: Inputs | None, sel: dict, meth: Method, plan: Plan,
-             opts: Options) -> dict:
+def work_key(model: KernelModel, in1: Inputs, in2: Inputs | None, sel: dict[str, nn.Parameter], meth: Method,
+             plan: Plan, opts: Options) -> dict[str, Any]:
     """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan and options."""
     return {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
             "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(cast(nn.Module, model)),
             "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key()}
 
 
-def kernel_matrix(model: Any, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
+def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None = None,
+                  params: ParamGroup | str = "all",
                   method: Method | str = Method.AUTO, max_memory: float | None = None,
                   batch_size: int | None = None, checkpoint_dir: str | Path | None = None,
                   progress: bool = True, *, max_disk: float | None = None, device: str | torch.device | None = None,

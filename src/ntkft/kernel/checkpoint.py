@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -32,9 +32,10 @@ class Store(Protocol):
 
     def has(self, name: str) -> bool: ...
 
-    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict | None = None, durable: bool = True) -> None: ...
+    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None,
+            durable: bool = True) -> None: ...
 
-    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict]: ...
+    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
 
     def remove(self, name: str) -> None: ...
 
@@ -47,15 +48,15 @@ class MemoryStore:
     """A Store in this process's memory (nothing survives a kill)."""
 
     def __init__(self) -> None:
-        self.items: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
+        self.items: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 
     def has(self, name: str) -> bool:
         return name in self.items
 
-    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict | None = None, durable: bool = True) -> None:
+    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None, durable: bool = True) -> None:
         self.items[name] = (tensors, dict(meta or {}))
 
-    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = self.items[name]
         if keys is None:
             return tensors, meta
@@ -84,7 +85,7 @@ class Checkpoint:
     """A Store in a folder, tied to one computation by `key`: a different key never reuses (or deletes) anything
     but the files this class listed in the folder's manifest."""
 
-    def __init__(self, root: str | Path, key: dict) -> None:
+    def __init__(self, root: str | Path, key: dict[str, Any]) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise KernelError(f"{self.root}: checkpoint path exists and is not a folder")
@@ -103,7 +104,7 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ manifest
 
-    def _read_manifest(self) -> dict | None:
+    def _read_manifest(self) -> dict[str, Any] | None:
         p = self.root / MANIFEST
         if not p.is_file():
             return None
@@ -137,7 +138,7 @@ class Checkpoint:
         fname = self._file(name)
         return fname in self.files and (self.root / fname).is_file()
 
-    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict | None = None, durable: bool = True) -> None:
+    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None, durable: bool = True) -> None:
         """Write a unit's tensors atomically (temp file + rename); `durable=False` skips the fsync (scratch data)."""
         from safetensors.torch import save, save_file
 
@@ -152,7 +153,7 @@ class Checkpoint:
         save_file(flat, str(tmp), metadata=md)
         os.replace(tmp, path)
 
-    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The unit's tensors (copies: the file is unmapped again, so reading back adds nothing to this process's
         resident memory beyond what it keeps)."""
         from safetensors import SafetensorError, safe_open

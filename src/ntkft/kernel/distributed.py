@@ -93,11 +93,11 @@ class RankStore:
     def has(self, name: str) -> bool:
         return self.own.has(name) or self._where(name) is not None
 
-    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict | None = None, durable: bool = True) -> None:
+    def put(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None, durable: bool = True) -> None:
         # artifacts made for memory may be views of one buffer; safetensors wants separate storages
         self.own.put(name, {k: v.detach().cpu().clone() for k, v in tensors.items()}, meta, durable)
 
-    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         from safetensors import SafetensorError, safe_open
 
         if self.own.has(name):
@@ -145,7 +145,7 @@ class Share:
     reduce_bytes: int
     serial: str = "plan + assemble + writing K on rank 0; one reduce of K"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
@@ -161,7 +161,7 @@ def shares(plan: Plan, world_size: int) -> list[Share]:
 # ------------------------------------------------------------------ execution
 
 
-def execute_distributed(impl: KernelMethod, plan: Plan, work_dir: str | Path, key: dict, progress: bool = True,
+def execute_distributed(impl: KernelMethod, plan: Plan, work_dir: str | Path, key: dict[str, Any], progress: bool = True,
                         accumulate_on: torch.device | str = "cpu") -> tuple[torch.Tensor | None, Checkpoint]:
     """This rank's share of every pass; K (float64, sorted order) summed onto rank 0 (None on other ranks).
     Returns the rank's checkpoint too: clear it (`finish_work`) once K is safely written."""
@@ -235,7 +235,8 @@ def finish_work(work_dir: str | Path) -> None:
             pass
 
 
-def distributed_kernel_matrix(model: Any, x1: dict, x2: dict | None = None, params: ParamGroup | str = "all",
+def distributed_kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None = None,
+                              params: ParamGroup | str = "all",
                               method: Method | str = Method.AUTO, max_memory: float | None = None,
                               batch_size: int | None = None, work_dir: str | Path = "ntkft-work",
                               progress: bool = True, *, max_disk: float | None = None,
@@ -266,7 +267,7 @@ def distributed_kernel_matrix(model: Any, x1: dict, x2: dict | None = None, para
     return out
 
 
-def plan_shares(model: nn.Module, x1: dict, world_size: int, params: ParamGroup | str = "all",
+def plan_shares(model: nn.Module, x1: dict[str, torch.Tensor], world_size: int, params: ParamGroup | str = "all",
                 method: Method | str = Method.AUTO, max_memory: float = 2**30,
                 batch_size: int | None = None) -> list[Share]:
     """Without a process group: how `world_size` ranks would split this kernel (for scaling estimates)."""

@@ -58,7 +58,7 @@ class Stores:
     artifacts: Store
     accumulator: Store
     checkpoint: Checkpoint | None
-    scratch: tempfile.TemporaryDirectory | None = None
+    scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def finish(self) -> None:
         """After success: drop every file this run wrote (the caller's other files are never touched)."""
@@ -72,7 +72,7 @@ class Stores:
             self.scratch = None
 
 
-def open_stores(plan: Plan, checkpoint_dir: str | Path | None, key: dict | None) -> Stores:
+def open_stores(plan: Plan, checkpoint_dir: str | Path | None, key: dict[str, Any] | None) -> Stores:
     """A checkpoint folder holds finished units and the accumulator; artifacts stay in memory unless the plan
     spills them (then to the checkpoint, or to a temporary folder removed at the end)."""
     ckpt = Checkpoint(checkpoint_dir, key or {}) if checkpoint_dir is not None else None
@@ -109,7 +109,7 @@ def _run(impl: KernelMethod, plan: Plan, stores: Stores, acc: Accumulator, bar: 
         if all(acc.has(u.id) for u in p.contribute):
             bar.update(len(p.produce) + len(p.contribute))
             continue
-        pending: Future | None = None  # spilled artifacts are written while the next unit computes
+        pending: Future[None] | None = None  # spilled artifacts are written while the next unit computes
         for u in p.produce:
             if not stores.artifacts.has(u.id):
                 art = impl.compute_unit(u, stores.artifacts)

@@ -264,8 +264,8 @@ def _names(e: Entry | None, owner: str) -> list[str]:
 # ------------------------------------------------------------------ contractions (float64 accumulation)
 
 
-def _contract(owner: str, e: Entry | None, names: list[str], r: list[dict], c: list[dict], sym: bool,
-              k: torch.Tensor, chunk: int = CHUNK_BYTES) -> None:
+def _contract(owner: str, e: Entry | None, names: list[str], r: list[dict[str, torch.Tensor]],
+              c: list[dict[str, torch.Tensor]], sym: bool, k: torch.Tensor, chunk: int = CHUNK_BYTES) -> None:
     """k += this entry's Gram contribution (upper tiles only when symmetric)."""
     if e is None or e.kind in ("layernorm", "elementwise"):
         _vec(r, c, names[0], sym, k)
@@ -291,7 +291,7 @@ def _contract(owner: str, e: Entry | None, names: list[str], r: list[dict], c: l
         _materialised(r, c, a_name, d_name, sym, k, chunk)
 
 
-def _vec(r: list[dict], c: list[dict], name: str, sym: bool, k: torch.Tensor) -> None:
+def _vec(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tensor]], name: str, sym: bool, k: torch.Tensor) -> None:
     gr = torch.cat([x[name].reshape(x[name].shape[0], -1) for x in r])
     gc = gr if sym else torch.cat([x[name].reshape(x[name].shape[0], -1) for x in c])
     k += (gr @ gc.T).to(k.device, torch.float64)
@@ -302,7 +302,7 @@ def _rep(a: torch.Tensor, rows: int) -> torch.Tensor:
     return a if a.shape[0] == rows else a.repeat_interleave(rows // a.shape[0], 0)
 
 
-def _psg(batches: list[dict], a_name: str, d_name: str, o0: int, o1: int, out: torch.Tensor) -> None:
+def _psg(batches: list[dict[str, torch.Tensor]], a_name: str, d_name: str, o0: int, o1: int, out: torch.Tensor) -> None:
     """out[rows] = D[:, :, o0:o1]^T A per sample, flattened: per-sample gradients of output rows o0..o1."""
     off = 0
     for x in batches:
@@ -312,8 +312,8 @@ def _psg(batches: list[dict], a_name: str, d_name: str, o0: int, o1: int, out: t
         off += n
 
 
-def _materialised(r: list[dict], c: list[dict], a_name: str, d_name: str, sym: bool, k: torch.Tensor,
-                  chunk: int = CHUNK_BYTES) -> None:
+def _materialised(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tensor]], a_name: str, d_name: str, sym: bool,
+                  k: torch.Tensor, chunk: int = CHUNK_BYTES) -> None:
     n_r, n_c = k.shape
     din, dout = r[0][a_name].shape[-1], r[0][d_name].shape[-1]
     dtype, dev = r[0][d_name].dtype, r[0][d_name].device
@@ -358,10 +358,10 @@ def _ghost(ai: torch.Tensor, di: torch.Tensor, aj: torch.Tensor, dj: torch.Tenso
     return out
 
 
-def _blockwise(k: torch.Tensor, r: list[dict], c: list[dict], sym: bool, d_name: str,
-               fn: Callable[[dict, dict], torch.Tensor]) -> None:
+def _blockwise(k: torch.Tensor, r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tensor]], sym: bool, d_name: str,
+               fn: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]) -> None:
     """k += fn(batch_i, batch_j) tile by tile (upper tiles only when symmetric); rows are D's rows."""
-    def offsets(bs: list[dict]) -> list[int]:
+    def offsets(bs: list[dict[str, torch.Tensor]]) -> list[int]:
         out = [0]
         for x in bs:
             out.append(out[-1] + x[d_name].shape[0])

@@ -16,13 +16,14 @@ from .contract import KernelModel
 from .tiled import TiledMethod
 
 
-def per_sample_jacobian(model: KernelModel, params: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def per_sample_jacobian(model: KernelModel, params: dict[str, nn.Parameter], ids: torch.Tensor,
+                        mask: torch.Tensor) -> torch.Tensor:
     """J of shape (B, C, P): d f_c(x_b) / d theta over the selected parameters, flattened in order."""
     names = list(params)
     detached = {n: p.detach() for n, p in params.items()}
 
-    def f_one(p, i, m):
-        out = functional_call(cast(nn.Module, model), p, (i[None], m[None]), strict=False)
+    def f_one(p: dict[str, torch.Tensor], i: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = functional_call(cast(nn.Module, model), p, (i[None], m[None]), strict=False)
         return out.reshape(-1)
 
     rows = []

@@ -22,13 +22,13 @@ class JvpMethod(TiledMethod):
 
     name = "jvp"
 
-    def _f(self, ids: torch.Tensor, mask: torch.Tensor) -> Callable[[dict], torch.Tensor]:
+    def _f(self, ids: torch.Tensor, mask: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         return lambda p: functional_call(cast(nn.Module, self.model), p, (ids, mask), strict=False).reshape(ids.shape[0], -1)
 
-    def _primals(self) -> dict:
+    def _primals(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.params.items()}
 
-    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         f = self._f(ids, mask)
         res = vjp(f, self._primals())
         out, pullback = res[0], res[1]
@@ -42,7 +42,7 @@ class JvpMethod(TiledMethod):
         _, _, grads_j = fj
         f = self._f(ids, mask)
         primals = self._primals()
-        cols = vmap(lambda t: jvp(f, (primals,), (t,))[1])(grads_j)  # (bj*c, bi, c)
+        cols: torch.Tensor = vmap(lambda t: jvp(f, (primals,), (t,))[1])(grads_j)  # (bj*c, bi, c)
         k = cols.permute(1, 2, 0).reshape(-1, cols.shape[0])
         if not torch.isfinite(k).all():
             raise KernelError("a JVP kernel tile contains NaN or inf (the model produced non-finite values)")

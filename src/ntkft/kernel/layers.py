@@ -15,8 +15,9 @@ import functools
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,7 @@ _METADATA = {"__get__", "size", "dim", "numel", "element_size", "is_floating_poi
 _FUNCS = {F.linear: ("linear", 1), F.embedding: ("embedding", 1), F.layer_norm: ("layernorm", 2)}
 
 
-def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str) -> Any:
     return args[i] if len(args) > i else kwargs.get(name)
 
 
@@ -129,10 +130,11 @@ class _Recorder(TorchFunctionMode):
     def __init__(self, entries: list[Entry]) -> None:
         super().__init__()
         self.by_weight = {id(e.module.weight): e for e in entries if e.via_function}
-        self.calls: dict[str, list] = defaultdict(list)
+        self.calls: dict[str, list[_Call]] = defaultdict(list)
         self.misuse: set[str] = set()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         spec = _FUNCS.get(func)
@@ -154,13 +156,13 @@ class _Recorder(TorchFunctionMode):
 class _Call:
     """One recorded call of a layer: its arguments, its output, and the version counters of its tensors then."""
 
-    args: tuple
-    kwargs: dict
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     out: torch.Tensor
-    versions: list
+    versions: list[tuple[torch.Tensor, int]]
 
     @classmethod
-    def of(cls, args: tuple, kwargs: dict, out: torch.Tensor) -> _Call:
+    def of(cls, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> _Call:
         ts = [t for t in list(args) + list(kwargs.values()) + [out] if isinstance(t, torch.Tensor)]
         return cls(args, kwargs, out, [(t, t._version) for t in ts])
 
@@ -225,10 +227,10 @@ def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Par
     `keep_graph` keeps the autograd graph of f (in `Captured.f`) for one more backward."""
     b = ids.shape[0]
     rec = _Recorder(entries)
-    hooked: dict[str, list] = defaultdict(list)
+    hooked: dict[str, list[_Call]] = defaultdict(list)
 
-    def hook(name):
-        def fn(_mod, args, kwargs, out):
+    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]:
+        def fn(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             hooked[name].append(_Call.of(args, kwargs, out))
         return fn
 
@@ -272,7 +274,7 @@ def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Par
             fb_rows.append(rows)
     feats: dict[str, torch.Tensor] = {}
     alias: dict[str, str] = {}
-    seen_a: dict[tuple, str] = {}
+    seen_a: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}  # (data_ptr, shape, stride) of a layer input
     pos = 0
     flat = set()
     for e in live:
@@ -288,8 +290,9 @@ def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Par
     return Captured(feats, alias, f.detach(), flat, f if keep_graph else None)
 
 
-def _entry_features(e: Entry, calls: list, ds: list[list], lay: _Layout, c: int, feats: dict, alias: dict,
-                    seen_a: dict) -> None:
+def _entry_features(e: Entry, calls: list[_Call], ds: list[list[torch.Tensor | None]], lay: _Layout, c: int,
+                    feats: dict[str, torch.Tensor], alias: dict[str, str],
+                    seen_a: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str]) -> None:
     if e.kind in ("linear", "conv1d"):
         a_parts, d_parts = [], []
         for call, dk in zip(calls, ds):
@@ -341,7 +344,7 @@ def _entry_features(e: Entry, calls: list, ds: list[list], lay: _Layout, c: int,
         feats[e.name + ".G"] = functools.reduce(torch.add, gs)
 
 
-def _elementwise_grads(e: Entry, call: _Call, dk: list, lay: _Layout, c: int) -> torch.Tensor:
+def _elementwise_grads(e: Entry, call: _Call, dk: list[torch.Tensor | None], lay: _Layout, c: int) -> torch.Tensor:
     """Per-sample gradients of an elementwise-affine module, exactly as its own forward computes them."""
     mod, b = e.module, lay.b
     names = [n for n, on in (("weight", e.weight), ("bias", e.bias)) if on]
@@ -369,10 +372,11 @@ def _elementwise_grads(e: Entry, call: _Call, dk: list, lay: _Layout, c: int) ->
 # ------------------------------------------------------------------ checks against autograd
 
 
-def _reconstruct(e: Entry, feats: dict, alias: dict, row: int, sample: int) -> dict[str, torch.Tensor]:
+def _reconstruct(e: Entry, feats: dict[str, torch.Tensor], alias: dict[str, str], row: int,
+                 sample: int) -> dict[str, torch.Tensor]:
     """Entry's per-sample gradients for one row (sample*C + output) from its factors."""
-    def get(n):
-        return feats.get(alias.get(n, n))
+    def get(n: str) -> torch.Tensor:
+        return cast(torch.Tensor, feats.get(alias.get(n, n)))  # present: the entry was captured
 
     out = {}
     if e.kind in ("linear", "conv1d"):
@@ -404,7 +408,7 @@ def tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-5, torch.float32: 1e-3}.get(dtype, 5e-2)  # float64 models still upcast norms to float32
 
 
-def verify(model: KernelModel, entries: list[Entry], fallback: dict, ids: torch.Tensor,
+def verify(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Parameter], ids: torch.Tensor,
            mask: torch.Tensor) -> tuple[list[Entry], dict[str, nn.Parameter], Captured, list[str]]:
     """Capture on a probe batch (two samples of different length) and compare the factored gradients of one
     module of each class and layout (and of every elementwise module) with autograd; entries that fail move
@@ -431,7 +435,8 @@ def verify(model: KernelModel, entries: list[Entry], fallback: dict, ids: torch.
     raise KernelError("factored: could not find a consistent set of layer factors for this model; use method jacobian")
 
 
-def _demote(entries: list[Entry], fallback: dict, names: set[str]) -> tuple[list[Entry], dict]:
+def _demote(entries: list[Entry], fallback: dict[str, nn.Parameter],
+            names: set[str]) -> tuple[list[Entry], dict[str, nn.Parameter]]:
     fb = dict(fallback)
     for e in entries:
         if e.name in names:
@@ -440,7 +445,7 @@ def _demote(entries: list[Entry], fallback: dict, names: set[str]) -> tuple[list
 
 
 def _check(entries: list[Entry], cap: Captured) -> set[str]:
-    seen: set[tuple] = set()
+    seen: set[tuple[type[nn.Module], bool]] = set()
     chosen = []
     for e in entries:  # one module per class and layout; every elementwise module (they are small)
         sig = (type(e.module), e.name in cap.flat)

@@ -82,7 +82,7 @@ class Options:
     seed: int = 0
     progress: bool = True
 
-    def to_key(self) -> dict:
+    def to_key(self) -> dict[str, Any]:
         """The options that change the result beyond the plan (budgets and batch size act through the plan)."""
         return {"sketch_dim": self.sketch_dim, "seed": self.seed, "accumulate": self.accumulate}
 
@@ -94,7 +94,7 @@ class Unit:
     id: str
     kind: str
     cost: float = 1.0
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Plan:
     order2: list[int]
     passes: list[Pass]
     spill: bool = False  # produced artifacts go to disk (a checkpoint or a temporary folder)
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -131,7 +131,7 @@ class Plan:
     def units(self) -> list[Unit]:
         return [u for p in self.passes for u in p.produce + p.contribute]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def digest(self) -> str:
@@ -156,7 +156,7 @@ class Artifact:
     """A produced result: tensors plus JSON-able metadata, kept in a store until its pass is done."""
 
     tensors: dict[str, torch.Tensor]
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

@@ -64,7 +64,8 @@ def parse_method(method: Method | str) -> Method:
 def implementation(method: Method) -> type[KernelMethod]:
     """The class registered for `method` (not AUTO)."""
     module, cls = _REGISTRY[method].split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    impl: type[KernelMethod] = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return impl
 
 
 def resolve_method(method: Method | str, model: KernelModel | nn.Module, params: dict[str, nn.Parameter]) -> Method:

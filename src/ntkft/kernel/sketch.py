@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -118,7 +119,7 @@ class SketchMethod:
         for w in owners:
             e = by.get(w)
             f = cap.feats
-            get = lambda n, f=f: f.get(cap.alias.get(n, n))  # noqa: E731
+            get: Callable[..., Any] = lambda n, f=f: f.get(cap.alias.get(n, n))  # noqa: E731
             tr = 0.0
             if e is None or e.kind in ("layernorm", "elementwise"):
                 g = get(w + ".G")
@@ -161,8 +162,8 @@ class SketchMethod:
         col0 = sum(len(x) for x in self.b1[:a]) * self.c if sym else 0
         return Block(row0, col0, k)
 
-    def _project(self, f: dict, alias: dict) -> torch.Tensor:
-        get = lambda n: f.get(alias.get(n, n))  # noqa: E731
+    def _project(self, f: dict[str, torch.Tensor], alias: dict[str, str]) -> torch.Tensor:
+        get: Callable[[str], torch.Tensor | None] = lambda n: f.get(alias.get(n, n))  # noqa: E731
         parts: list[torch.Tensor | None] = []
         rows = None
         for i, (w, k_l) in enumerate(self.dims.items()):
@@ -199,13 +200,13 @@ class SketchMethod:
         if e.weight and e.bias:  # one Kronecker block for [W b] = D^T [A 1]
             a = torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)], -1)
         elif not e.weight:
-            return gb @ self._dense(i, gb.shape[-1], k_l, gb)
+            return cast(torch.Tensor, gb @ self._dense(i, gb.shape[-1], k_l, gb))  # a, d, gb: Any (read by name)
         u = _gauss((d.shape[-1], k_l), _seed(self.opt.seed, i, "out"), d.dtype).to(d.device)
         v = _gauss((a.shape[-1], k_l), _seed(self.opt.seed, i, "in"), a.dtype).to(a.device)
         av = a @ v
         if av.shape[0] != d.shape[0]:
             av = av.repeat_interleave(d.shape[0] // av.shape[0], 0)
-        return ((d @ u) * av).sum(1)
+        return cast(torch.Tensor, ((d @ u) * av).sum(1))
 
     def _embedding(self, i: int, e: Entry, ids: torch.Tensor, d: torch.Tensor, k_l: int) -> torch.Tensor:
         v = _gauss((d.shape[-1], k_l), _seed(self.opt.seed, i, "emb"), d.dtype).to(d.device)
