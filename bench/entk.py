@@ -19,6 +19,7 @@ Usage (one command; the defaults are the README table):
   .venv/bin/python bench/entk.py --models smollm2-135m --sizes 100 --methods factored --repeats 3
   .venv/bin/python bench/entk.py --large                # factored at N = 1000 (smollm2, 8 GB / 20 GB budget)
   .venv/bin/python bench/entk.py --sketch               # sketch error and beta vs exact at N = 100, k = 1k/4k/16k
+  .venv/bin/python bench/entk.py --sketch-large         # sketch time at N = 10,000 (minilm-l6, SST-2, k = 4k)
 Writes bench/results/entk.json (or --out) and prints the README table.
 """
 
@@ -255,6 +256,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="minilm-l6, N = 16, factored and peer, one repeat")
     ap.add_argument("--large", action="store_true", help="factored at N = 1000 on smollm2 (8 GB RAM, 20 GB disk)")
     ap.add_argument("--sketch", action="store_true", help="sketch error and beta vs exact, N = 100, k = 1k, 4k, 16k")
+    ap.add_argument("--sketch-large", action="store_true", help="sketch time and memory at N = 10,000 "
+                    "(minilm-l6, SST-2 train, k = 4096, one run)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "entk.json"))
     args = ap.parse_args()
     if args.child:
@@ -263,6 +266,10 @@ def main() -> None:
         return
     if args.quick:
         args.models, args.sizes, args.methods, args.repeats = "minilm-l6", "16", "factored,peer", 1
+    if args.sketch_large:
+        args.task, args.repeats = "sst2", 1
+        if args.out == ap.get_default("out"):
+            args.out = str(ROOT / "bench" / "results" / "entk-sketch-large.json")
     tmp = Path(tempfile.mkdtemp(prefix="ntkft-bench-"))
     rows: list[dict] = []
     configs = [(m, model, int(n), None) for model in args.models.split(",") for n in args.sizes.split(",")
@@ -273,6 +280,8 @@ def main() -> None:
         configs = [("factored", model, 100, None) for model in args.models.split(",")]
         configs += [("sketch", model, 100, {"sketch_dim": k}) for model in args.models.split(",")
                     for k in (1024, 4096, 16384)]
+    if args.sketch_large:
+        configs = [("sketch", "minilm-l6", 10000, {"sketch_dim": 4096})]
     for rep in range(args.repeats):
         for method, model, n, extra in (configs if rep % 2 == 0 else configs[::-1]):  # alternate the order
             row = run(method, model, n, args, tmp, extra)
@@ -281,7 +290,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "k_file"}), flush=True)
     _compare(rows)
-    best = _best(rows) if not args.sketch else rows
+    best = _best(rows) if not (args.sketch or args.sketch_large) else rows
     rate = gemm_rate()
     import torch
     import transformers

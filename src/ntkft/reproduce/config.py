@@ -29,6 +29,9 @@ class ModelPlan(StrictModel):
     batch_size: int = Field(16, ge=1, description="fine-tuning batch size")
     eval_every: int | None = Field(None, ge=1, description="evaluate every k steps (default: each epoch)")
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
+    sigma: float = Field(1.0, gt=0, description="scale of the new head's init, W ~ N(0, sigma^2/n), for fine-tuning "
+                         "and kernel GD; a backbone whose features are large (a decoder's last token) needs a smaller "
+                         "head to start near the mean (stage 1's spectra always use 1.0)")
     sizes: list[int] | None = Field(None, description="this model's training sizes: a subset of the run's sizes "
                                     "that holds the tuning size (default: all of them); a larger model can run fewer")
     kernel_params: Literal["all", "backbone", "head", "no-embeddings"] = Field(

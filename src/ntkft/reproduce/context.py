@@ -45,12 +45,13 @@ class Context:
             self._models[name] = load_model(name)
         return self._models[name]
 
-    def readout(self, plan: ModelPlan, out_dim: int = 1, seed: int = 0) -> tuple[LoadedModel, Readout]:
-        """The model a plan fine-tunes, as the theory's readout: truncated after `layers` blocks if set."""
+    def readout(self, plan: ModelPlan, out_dim: int = 1, seed: int = 0, sigma: float = 1.0) -> tuple[LoadedModel, Readout]:
+        """The model a plan fine-tunes, as the theory's readout: truncated after `layers` blocks if set, its head's
+        init scaled by `sigma`."""
         loaded = self.loaded(plan.name)
         if plan.layers is not None:
             loaded = loaded.truncate(plan.layers)
-        return loaded, Readout.from_loaded(loaded, out_dim=out_dim, sigma=1.0, seed=seed)
+        return loaded, Readout.from_loaded(loaded, out_dim=out_dim, sigma=sigma, seed=seed)
 
     def model_fingerprint(self, name: str) -> str:
         """Fingerprint of the pretrained weights (part of every unit's key), taken on one thread: the float64

@@ -35,7 +35,7 @@ def finetune_config(ctx: Context, plan: ModelPlan, task: str, size: int, seed: i
     return make(FinetuneConfig, model=plan.name, task=task, setting=plan.setting, layers=plan.layers, n_train=size,
                 val=ctx.cfg.val, n_test=ctx.cfg.n_test, max_length=ctx.cfg.max_length, seed=seed, optimizer="adamw",
                 lr=lr, batch_size=plan.batch_size, max_steps=plan.max_steps, eval_every=plan.eval_every,
-                patience=plan.patience, save_model=False)
+                patience=plan.patience, sigma=plan.sigma, save_model=False)
 
 
 def _fit(ft_cfg, data_dir: str | None, track_test: bool):
@@ -187,7 +187,8 @@ def kgd_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
     """Key of a kernel-GD unit beyond its name: weights, data and the kernel's model and parameters."""
     from .kgd import kernel_params
 
-    return ctx.unit_fp(plan.name, task, layers=plan.layers, params=kernel_params(plan))
+    head = {} if plan.sigma == 1.0 else {"sigma": plan.sigma}  # (units from before sigma was a setting stay valid)
+    return ctx.unit_fp(plan.name, task, layers=plan.layers, params=kernel_params(plan), **head)
 
 
 def cell_name(plan: ModelPlan, task: str, size: int, seed: int, lr: float) -> str:

@@ -45,7 +45,7 @@ def kgd_kernels(ctx: Context, plan: ModelPlan, task: str, seed: int) -> dict[str
     pool = subsample(ctx.task_data(task, "train"), cfg.kgd_max_n, seed=seed)
     test_all = ctx.task_data(task)
     test = subsample(test_all, min(cfg.kgd_n_test, len(test_all)), seed=seed)
-    loaded, f = ctx.readout(plan)
+    loaded, f = ctx.readout(plan, sigma=plan.sigma)
     xp = encode(loaded.tokenizer, loaded.kind, pool, max_length=cfg.max_length)
     xt = encode(loaded.tokenizer, loaded.kind, test, max_length=cfg.max_length)
     params = kernel_params(plan)

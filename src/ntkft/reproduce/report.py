@@ -145,7 +145,8 @@ def _curves_section(root: Path, d: dict | None, spectra: dict | None, cfg: dict,
     for model in dict.fromkeys(c["model"] for c in d["curves"]):
         plan = models.get(model, {})
         setting = plan.get("setting", "?") + (f", backbone cut after block {plan['layers']}" if plan.get("layers")
-                                              else "")
+                                              else "") + (f", head init sigma {plan['sigma']:g}"
+                                                          if plan.get("sigma", 1.0) != 1.0 else "")
         mine = [c for c in d["curves"] if c["model"] == model]
         sizes = sorted({s for c in mine for s in c["sizes"]})
         lr = Table(f"lr-{slug(model)}", f"learning rate chosen on validation, {model} ({setting})",
