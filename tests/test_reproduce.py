@@ -103,11 +103,30 @@ def test_configs_ship_and_validate():
     bad = [{"curve_tasks": ["nope"]}, {"sizes": [32, 64], "tune_size": 128}, {"stages": [6]},
            {"models": [{"name": "minilm-l6", "layers": 2}]}, {"kernel_n": float("nan")}, {"sizes": [4, 16]},
            {"models": [{"name": "minilm-l6", "lrs": [-1.0]}]}, {"permutations": 5},
-           {"models": ["minilm-l6", {"name": "minilm-l6", "setting": "probe"}]}]
+           {"models": ["minilm-l6", {"name": "minilm-l6", "setting": "probe"}]},
+           {"models": [{"name": "minilm-l6", "sizes": [32, 1024]}]}, {"models": [{"name": "minilm-l6", "sizes": [32]}]},
+           {"models": [{"name": "minilm-l6", "sigma": 0.0}]}]
     for kw in bad:
         with pytest.raises(ConfigError) as e:
             make(ReproConfig, **kw)
         assert "\n" not in str(e.value)
+
+
+def test_a_plan_runs_its_own_sizes_and_head_scale(tmp_path):
+    """A plan's sizes subset and sigma reach the cells it fine-tunes; the other plan keeps the run's sizes."""
+    from ntkft.config import make
+    from ntkft.reproduce import ReproConfig
+    from ntkft.reproduce.context import Context
+    from ntkft.reproduce.curves import finetune_config
+
+    cfg = make(ReproConfig, models=[{"name": "smollm2-135m", "setting": "head", "layers": 6, "sigma": 0.1,
+                                     "sizes": [512, 32, 128]}, "minilm-l6"], sizes=[32, 64, 128, 256, 512])
+    big, small = cfg.models
+    assert cfg.tuning_size == 128 and cfg.plan_sizes(big) == [32, 128, 512]
+    assert cfg.plan_sizes(small) == [32, 64, 128, 256, 512]
+    ctx = Context(cfg, tmp_path)
+    assert finetune_config(ctx, big, "stsb", 32, 0, 1e-4).sigma == 0.1
+    assert finetune_config(ctx, small, "stsb", 32, 0, 1e-4).sigma == 1.0
 
 
 # ---------------------------------------------------------------- the pipeline on a real model
