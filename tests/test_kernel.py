@@ -219,3 +219,36 @@ def test_smollm2_factored_matches_jacobian_float32(smollm2, data_dir):
     k = kernel_matrix(r, x, method="factored", progress=False)
     assert rel(k, ref) <= 1e-4
     assert torch.linalg.eigvalsh(k).min() > -1e-6 * k.diagonal().max()
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama"])
+def test_layer_check_catches_wrong_embedding_factors(name, pairs):
+    """The probe's check compares an embedding on the rows its tokens used: wrong D or ids are caught, exact ones
+    pass (on a tied or positional table too)."""
+    from ntkft.kernel.layers import _check, capture, find_entries
+    from ntkft.kernel.params import select_params
+
+    m, r = _tiny(name)
+    x = encode(m.tokenizer, m.kind, pairs, max_length=16)
+    entries, fallback = find_entries(r, select_params(r, "all"))
+    emb = [e for e in entries if e.kind == "embedding"]
+    assert emb
+    ids, mask = x["input_ids"][:3], x["attention_mask"][:3]
+
+    def checked(corrupt=None):
+        cap = capture(r, entries, fallback, ids, mask, keep_graph=True)
+        if corrupt:
+            corrupt(cap.feats)
+        return _check(entries, cap)
+
+    assert not checked()
+    name0 = emb[0].name
+
+    def scale_d(f):
+        f[name0 + ".D"][0] *= 1.5
+
+    def shift_ids(f):  # the right gradient, credited to other rows: only visible outside the probe's rows
+        f[name0 + ".ids"] = (f[name0 + ".ids"] + 1) % emb[0].module.weight.shape[0]
+
+    assert name0 in checked(scale_d)
+    assert name0 in checked(shift_ids)
