@@ -120,10 +120,11 @@ def test_a_plan_runs_its_own_sizes_and_head_scale(tmp_path):
     from ntkft.reproduce.curves import finetune_config
 
     cfg = make(ReproConfig, models=[{"name": "smollm2-135m", "setting": "head", "layers": 6, "sigma": 0.1,
-                                     "sizes": [512, 32, 128]}, "minilm-l6"], sizes=[32, 64, 128, 256, 512])
+                                     "sizes": [512, 32, 128], "seeds": 1}, "minilm-l6"], sizes=[32, 64, 128, 256, 512], seeds=3)
     big, small = cfg.models
     assert cfg.tuning_size == 128 and cfg.plan_sizes(big) == [32, 128, 512]
     assert cfg.plan_sizes(small) == [32, 64, 128, 256, 512]
+    assert (cfg.plan_seeds(big), cfg.plan_seeds(small)) == (1, 3)
     ctx = Context(cfg, tmp_path)
     assert finetune_config(ctx, big, "stsb", 32, 0, 1e-4).sigma == 0.1
     assert finetune_config(ctx, small, "stsb", 32, 0, 1e-4).sigma == 1.0

@@ -32,6 +32,7 @@ class ModelPlan(StrictModel):
     sigma: float = Field(1.0, gt=0, description="scale of the new head's init, W ~ N(0, sigma^2/n), for fine-tuning "
                          "and kernel GD; a backbone whose features are large (a decoder's last token) needs a smaller "
                          "head to start near the mean (stage 1's spectra always use 1.0)")
+    seeds: int | None = Field(None, ge=1, description="this model's seeds per size (default: the run's)")
     sizes: list[int] | None = Field(None, description="this model's training sizes: a subset of the run's sizes "
                                     "that holds the tuning size (default: all of them); a larger model can run fewer")
     kernel_params: Literal["all", "backbone", "head", "no-embeddings"] = Field(
@@ -176,6 +177,10 @@ class ReproConfig(StrictModel):
     def plan_sizes(self, plan: ModelPlan) -> list[int]:
         """The training sizes of one model's curves (its own subset, or the run's)."""
         return sorted(set(plan.sizes)) if plan.sizes is not None else list(self.sizes)
+
+    def plan_seeds(self, plan: ModelPlan) -> int:
+        """Seeds per training size of one model's curves (its own, or the run's)."""
+        return plan.seeds if plan.seeds is not None else self.seeds
 
     @property
     def kgd_sizes(self) -> list[int]:

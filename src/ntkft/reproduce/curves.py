@@ -211,7 +211,7 @@ def run(ctx: Context) -> CurvesResult:
     if rf.complete and got is not None and got.get("inputs") == inputs:
         return CurvesResult.from_dict(got)
     n_tune = sum(len(m.lrs) for m in cfg.models) * len(cfg.curve_tasks)
-    n_cells = sum(len(cfg.plan_sizes(m)) for m in cfg.models) * len(cfg.curve_tasks) * cfg.seeds
+    n_cells = sum(len(cfg.plan_sizes(m)) * cfg.plan_seeds(m) for m in cfg.models) * len(cfg.curve_tasks)
     n_kgd = len(cfg.models) * len(cfg.curve_tasks) * cfg.kgd_seeds if cfg.kgd and cfg.kgd_sizes else 0
     bar = tqdm(total=n_tune + n_cells + n_kgd, desc="stage 2: learning curves", disable=not ctx.progress, unit="run")
 
@@ -244,7 +244,7 @@ def run(ctx: Context) -> CurvesResult:
                 log.warning("%s %s: every learning rate failed; no curve", plan.id, task)
                 continue
             for size in cfg.plan_sizes(plan):
-                for seed in range(cfg.seeds):
+                for seed in range(cfg.plan_seeds(plan)):
                     cells.append(cell(plan, task, size, seed, lr) | {"tuning": False})
             if n_kgd:
                 for seed in range(cfg.kgd_seeds):
