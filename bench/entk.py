@@ -304,6 +304,14 @@ def main() -> None:
               "commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": best, "all_runs": rows}
     if args.sketch:
         result["sketch"] = _sketch_report(rows)
+    if args.sketch_large:  # beta of the N = 10,000 sketch by the paper's estimator (one 10k x 10k eigendecomposition)
+        from safetensors.torch import load_file
+
+        for r in rows:
+            if "k_file" in r:
+                t = time.time()
+                r["beta_paper"] = _beta(load_file(r["k_file"])["K"])
+                r["eig_seconds"] = time.time() - t
     print("\n| model | N | method | seconds (best of repeats) | peak RSS (MiB) | spread | ratio vs factored | note |")
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(best, key=lambda r: (r["model"], r["n"], r["method"] != "factored", r["method"])):
@@ -324,6 +332,9 @@ def main() -> None:
             print(f"{r['model']} N={r['n']}: factored {r['seconds']:.1f}s, floor {fl:.1f}s "
                   f"({r['seconds'] / fl:.1f}x the floor)" + (f", best peer {min(peers):.1f}s -> "
                                                               f"{min(peers) / r['seconds']:.1f}x" if peers else ""))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)  # the kernels each run wrote (a sketch at N = 10,000 is 800 MB)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     for r in rows:
