@@ -4,6 +4,7 @@ commands (add / negate / disentangle / orthogonality / cosine) on real task rows
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from ntkft.taskvec import (
     DisentangleConfig,
     NegateConfig,
     Pretrained,
+    ShardWriter,
     TaskVector,
     add,
     cosine_matrix,
@@ -167,8 +169,9 @@ def test_sharded_checkpoints_read_and_written(zoo, tmp_path):
 
 
 def test_streaming_merge_peak_memory_below_one_model(tmp_path):
-    """Three sharded 'models' of 96 MB: merging them holds far less than one model at any time (anonymous RSS,
-    sampled every 2 ms: VmHWM also counts the mmapped shards' pages, which are reclaimable page cache)."""
+    """Three sharded 'models' of 96 MB: merging them holds a few tensors at a time, not a shard and not a model
+    (anonymous RSS, sampled every 2 ms: VmHWM also counts the mmapped shards' pages, which are reclaimable page
+    cache). Streamed: +20 MiB (five 4 MiB tensors); buffering each 8 MiB shard, as the writer once did: +28 MiB."""
     names = [f"layer.{i}.weight" for i in range(24)]
     g = torch.Generator().manual_seed(0)
     size = 0
@@ -200,18 +203,22 @@ def test_streaming_merge_peak_memory_below_one_model(tmp_path):
             while not done.is_set():
                 peak[0] = max(peak[0], anon())
                 time.sleep(0.002)
-        w = threading.Thread(target=watch)
+        w = threading.Thread(target=watch, daemon=True)
         w.start()
         add(vs, 0.5, root / "merged", max_shard_bytes=8 << 20, progress=False)
         done.set()
         w.join()
         print(json.dumps({{"before": before, "peak": max(peak[0], anon())}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # glibc keeps freed multi-MB blocks on its heap once its mmap threshold has risen, so RSS would count memory
+    # the merge already gave back (seen: +20 to +72 MiB for the same run); a fixed threshold returns every freed
+    # block >= 1 MiB at once, and anonymous RSS is then what the merge holds.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     mem = json.loads(proc.stdout.strip().splitlines()[-1])
     grew = mem["peak"] - mem["before"]
-    assert grew < 0.6 * size, f"peak grew by {grew / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB model"
+    assert grew < 0.25 * size, f"peak grew by {grew / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB model"
     merged = load_file(str(tmp_path / "merged" / "model-00001-of-00012.safetensors"))
     pt, a, b = (load_file(str(tmp_path / d / "model-00001-of-00004.safetensors")) for d in ("pt", "a", "b"))
     n = next(iter(merged))
@@ -414,3 +421,33 @@ def test_causal_lm_layout_of_a_decoder_aligns(tmp_path):
     mask[0, :2] = 0
     with torch.no_grad():
         torch.testing.assert_close(s.readout(ck.head)(ids, mask), ft(ids, mask), rtol=0, atol=1e-5)
+
+
+def test_shard_writer_streams_every_dtype_and_rejects_an_unplanned_tensor(tmp_path):
+    """The hand-written safetensors headers read back with safetensors itself: dtypes, a scalar, an empty
+    tensor, shard boundaries and the index; a tensor out of layout order, or one never written, is an error."""
+    ts = {"w": torch.randn(3, 4), "s": torch.tensor(1.5, dtype=torch.bfloat16), "e": torch.zeros(0, dtype=torch.int64),
+          "m": torch.tensor([True, False, True]), "h": torch.randn(7, dtype=torch.float16), "i": torch.arange(5)}
+    layout = [(n, tuple(t.shape), t.dtype) for n, t in ts.items()]
+    (tmp_path / "a").mkdir()
+    w = ShardWriter(tmp_path / "a", layout, max_bytes=40)
+    for n, t in ts.items():
+        w.add(n, t)
+    files = w.close()
+    assert files[-1] == "model.safetensors.index.json" and len(files) > 3
+    wmap = json.loads((tmp_path / "a" / files[-1]).read_text())["weight_map"]
+    for n, t in ts.items():
+        got = load_file(str(tmp_path / "a" / wmap[n]))[n]
+        assert got.dtype == t.dtype and torch.equal(got, t)
+    (tmp_path / "b").mkdir()
+    one = ShardWriter(tmp_path / "b", layout)
+    for n, t in ts.items():
+        one.add(n, t)
+    assert one.close() == ["model.safetensors"] and set(load_file(str(tmp_path / "b" / "model.safetensors"))) == set(ts)
+    (tmp_path / "c").mkdir()
+    bad = ShardWriter(tmp_path / "c", layout)
+    with pytest.raises(ModelError, match="layout expects 'w'"):
+        bad.add("s", ts["s"])
+    bad.add("w", ts["w"])
+    with pytest.raises(ModelError, match="never written"):
+        bad.close()

@@ -8,11 +8,13 @@ safetensors shards of at most `max_shard_bytes`), with each task's own head besi
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import struct
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -38,52 +40,84 @@ def merged_tensor(tv: TaskVector, name: str, lam: float, rd: _Reader) -> torch.T
     return pt + (tau if lam == 1.0 else tau * lam)
 
 
+_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+          torch.bool: "BOOL"}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _CODES[getattr(torch, _name)] = _code
+
+
 class ShardWriter:
-    """Collects tensors into safetensors shards of at most `max_bytes` (one tensor may exceed it) and writes
+    """Streams tensors straight into safetensors shards of at most `max_bytes` (one tensor may exceed it), laid
+    out up front from `layout` (name, shape, dtype in write order), so nothing but the tensor in hand is held:
     `model.safetensors` or `model-0000i-of-0000N.safetensors` + index, the layout transformers reads."""
 
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    def __init__(self, root: Path, layout: list[tuple[str, tuple[int, ...], torch.dtype]],
+                 max_bytes: int = DEFAULT_SHARD_BYTES) -> None:
         if max_bytes <= 0:
             raise ConfigError(f"max_shard_bytes: must be > 0, got {max_bytes}")
-        self.root, self.max_bytes = root, max_bytes
-        self.buf: dict[str, torch.Tensor] = {}
-        self.size = 0
-        self.shards: list[tuple[Path, list[str]]] = []
-        self.total = 0
+        self.root = root
+        self.shards: list[list[tuple[str, tuple[int, ...], torch.dtype, int]]] = [[]]
+        size = 0
+        for name, shape, dtype in layout:
+            if dtype not in _CODES:
+                raise ModelError(f"tensor '{name}': dtype {dtype} cannot be written as safetensors")
+            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if self.shards[-1] and size + nbytes > max_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append((name, tuple(shape), dtype, nbytes))
+            size += nbytes
+        self.total = sum(e[3] for sh in self.shards for e in sh)
+        n = len(self.shards)
+        self.files = [SINGLE] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+        self.order = [(i, j) for i, sh in enumerate(self.shards) for j in range(len(sh))]
+        self.pos = 0
+        self.handle: BinaryIO | None = None
+
+    def _open(self, i: int) -> BinaryIO:
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        off = 0
+        for name, shape, dtype, nbytes in self.shards[i]:
+            header[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [off, off + nbytes]}
+            off += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        f = open(self.root / self.files[i], "wb")
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        return f
 
     def add(self, name: str, t: torch.Tensor) -> None:
-        nbytes = t.numel() * t.element_size()
-        if self.buf and self.size + nbytes > self.max_bytes:
-            self.flush()
-        self.buf[name] = t.detach().contiguous()
-        self.size += nbytes
-        self.total += nbytes
-
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        from safetensors.torch import save_file
-
-        f = self.root / f".shard-{len(self.shards):05d}.safetensors"
-        save_file(self.buf, str(f), metadata={"format": "pt"})
-        self.shards.append((f, list(self.buf)))
-        self.buf, self.size = {}, 0
+        """Write the next tensor of the layout (names must arrive in layout order)."""
+        if self.pos >= len(self.order):
+            raise ModelError(f"tensor '{name}': not in the planned layout")
+        i, j = self.order[self.pos]
+        want, shape, dtype, nbytes = self.shards[i][j]
+        if name != want or tuple(t.shape) != shape or t.dtype != dtype:
+            raise ModelError(f"tensor '{name}' {tuple(t.shape)} {t.dtype}: the layout expects '{want}' {shape} {dtype}")
+        if j == 0:
+            if self.handle is not None:
+                self.handle.close()
+            self.handle = self._open(i)
+        assert self.handle is not None
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        if nbytes:
+            self.handle.write(flat.view(torch.uint8).numpy().data)
+        self.pos += 1
 
     def close(self) -> list[str]:
-        """Finish the shards; returns the file names written."""
-        self.flush()
-        if len(self.shards) == 1:
-            os.replace(self.shards[0][0], self.root / SINGLE)
-            return [SINGLE]
-        n = len(self.shards)
-        wmap, names = {}, []
-        for i, (f, keys) in enumerate(self.shards, 1):
-            final = f"model-{i:05d}-of-{n:05d}.safetensors"
-            os.replace(f, self.root / final)
-            names.append(final)
-            wmap.update({k: final for k in keys})
+        """Finish the shards (every tensor of the layout must have been added); returns the file names written."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        if self.pos != len(self.order):
+            raise ModelError(f"{self.root}: {len(self.order) - self.pos} planned tensors were never written")
+        if len(self.files) == 1:
+            return list(self.files)
+        wmap = {name: self.files[i] for i, sh in enumerate(self.shards) for name, *_ in sh}
         write_json(self.root / INDEX, {"metadata": {"total_size": self.total}, "weight_map": wmap})
-        return names + [INDEX]
+        return self.files + [INDEX]
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
@@ -117,9 +151,11 @@ def write_merged(tv: TaskVector, lam: float, out: str | Path, meta: dict[str, An
     tmp = out.with_name(f".ntkft-tmp-{out.name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        writer = ShardWriter(tmp, max_shard_bytes)
+        names = tv.base.files.names()
+        tm = tv.base.files.meta
+        writer = ShardWriter(tmp, [(n, tm[n].shape, tm[n].dtype) for n in names], max_shard_bytes)
         rd = _Reader(tv.base)
-        for name in tqdm(tv.base.files.names(), desc=f"writing theta_PT + {lam:g} tau", disable=not progress,
+        for name in tqdm(names, desc=f"writing theta_PT + {lam:g} tau", disable=not progress,
                          unit="tensor"):
             writer.add(name, merged_tensor(tv, name, lam, rd))
         files = writer.close()

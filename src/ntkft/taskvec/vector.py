@@ -42,7 +42,7 @@ class _Reader:
         """theta_k - theta_PT at the current name (computed in the tensors' own dtype, as mergekit does)."""
         key = ck.key
         if key not in self.cache:
-            self.cache[key] = ck.get(self.name) - self.pt()  # type: ignore[arg-type]
+            self.cache[key] = ck.get(self.name).sub_(self.pt())  # type: ignore[arg-type]  # a fresh tensor
         return self.cache[key]
 
 
