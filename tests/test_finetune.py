@@ -40,10 +40,10 @@ def test_settings_run_and_write_outputs(setting, tmp_path, data_dir):
     layers = 1 if setting in ("head", "probe") else None
     res = finetune(cfg(setting=setting, layers=layers, lr=1e-2 if setting == "probe" else 1e-3), tmp_path,
                    progress=False)
-    assert res.stopped_step == 12 and res.best_step in (3, 6, 9, 12)
+    assert res.stopped_step == 12 and res.best_step in (0, 3, 6, 9, 12)
     assert set(res.test_best) == {"loss", "mse", "pearson", "spearman"}
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and "val_mse" in json.loads(lines[0])
+    assert len(lines) == 5 and "val_mse" in json.loads(lines[0]) and json.loads(lines[0])["step"] == 0
     assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "head.safetensors").exists()
     from transformers import AutoModel
 
@@ -74,7 +74,7 @@ def test_resume_equals_uninterrupted_minilm(tmp_path, data_dir, monkeypatch):
 
     a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, data_dir):
@@ -321,7 +321,23 @@ def test_per_setting_default_learning_rates():
 def test_warning_when_max_steps_ends_a_run_that_still_improves(data_dir):
     res = Trainer(cfg(setting="probe", layers=1, max_steps=6, eval_every=2, lr=1e-3), progress=False).fit()
     assert res.stop_reason == "reached max_steps=6"
-    assert (res.best_step == 6) == bool(res.warnings)
+    assert (res.best_step == 6) == any("still improving" in w for w in res.warnings)
+
+
+def test_head_starts_at_the_training_mean_and_step_0_competes(data_dir):
+    """f starts at the training mean (the bias absorbs the random head's offset); a run whose every step makes
+    things worse keeps the starting model, and says when the kept model loses to the training mean."""
+    t = Trainer(cfg(setting="full", lr=0.5, max_steps=6, eval_every=2, patience=2), progress=False)
+    assert float(t.predict(t.train).double().mean()) == pytest.approx(float(t.train.y.double().mean()), abs=1e-4)
+    start = t.evaluate(t.val)
+    res = t.fit()
+    assert res.history[0]["step"] == 0 and res.history[0]["train_loss"] is None
+    assert res.best_step == 0 and res.val_best["loss"] == pytest.approx(start["loss"], rel=1e-6)
+    assert res.best_val == pytest.approx(start["loss"], rel=1e-6) and res.stopped_step == 4
+    const = float(((t.val.y.double() - t.train.y.double().mean()) ** 2).mean()) / t.scale ** 2
+    assert (start["loss"] > const) == any("worse than predicting the training mean" in w for w in res.warnings)
+    off = Trainer(cfg(setting="full", lr=0.5, max_steps=6, eval_every=2, eval_at_start=False), progress=False).fit()
+    assert off.history[0]["step"] == 2 and off.best_step > 0
 
 
 @pytest.mark.slow
@@ -338,12 +354,14 @@ def test_minilm_probe_with_default_settings_beats_predicting_the_mean(tmp_path, 
 
 @pytest.mark.parametrize("setting", ["full", "linearized"])
 def test_standardised_regression_starts_at_the_mean_and_saves_in_target_units(setting, tmp_path, data_dir):
-    """standardize: f starts at mean(y) (bias 0 in training units); the loss is in training units, metrics and the
-    saved model in the targets' units; off: the theory's N(0, sigma^2) bias on raw targets."""
+    """standardize: f starts at mean(y) over the training inputs (the bias absorbs the head's offset); the loss is
+    in training units, metrics and the saved model in the targets' units; off: the theory's N(0, sigma^2) bias on
+    raw targets."""
     on = Trainer(cfg(setting=setting), tmp_path / "on", progress=False)
     off = Trainer(cfg(setting=setting, standardize=False), progress=False)
     y = on.train.y.double()
-    assert on.model.head.bias.item() == 0.0 and abs(off.model.head.bias.item()) > 1e-3
+    assert float(on.predict(on.train).double().mean()) == pytest.approx(float(y.mean()), abs=1e-4 * on.scale)
+    assert on.model.head.bias.item() != off.model.head.bias.item()
     assert torch.equal(on.model.head.weight, off.model.head.weight)
     assert on.shift == pytest.approx(float(y.mean())) and on.scale == pytest.approx(float(y.std(unbiased=False)))
     ev = on.evaluate(on.train)

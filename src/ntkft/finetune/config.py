@@ -62,6 +62,8 @@ class FinetuneConfig(StrictModel):
     eval_every: int | None = Field(None, ge=1, description="evaluate every k optimiser steps (default: each epoch, "
                                                            "at least 10 times per run)")
     patience: int = Field(5, ge=1, description="evaluations without improvement before stopping")
+    eval_at_start: bool = Field(True, description="evaluate before the first step too, so early stopping keeps the "
+                                "starting model when training never beats it on the hold-out split")
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
     monitor: str | None = Field(None, description="validation metric to monitor: loss (default) or a task metric")
     mode: Literal["min", "max"] | None = Field(None, description="min or max (default from the metric)")
@@ -69,7 +71,7 @@ class FinetuneConfig(StrictModel):
     bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
     sigma: float = Field(1.0, gt=0, description="scale of the new head's init: W ~ N(0, sigma^2/n), b ~ N(0, sigma^2)")
     standardize: bool = Field(True, description="regression: train on (y - mean) / sd of the training targets, "
-                              "the head's bias starting at 0 (f starts at the mean; scores in [0, 1] and [0, 5] "
+                              "the head's bias set so that f starts at the training mean (scores in [0, 1] and [0, 5] "
                               "train alike); metrics are in the targets' units and the saved head absorbs the scale")
     drift_every: int | None = Field(None, ge=1, description="recompute the eNTK on a probe set every k steps")
     drift_n: int = Field(16, ge=2, description="probe samples for the drift kernel")

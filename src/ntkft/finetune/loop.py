@@ -105,11 +105,10 @@ class Trainer:
         if cfg.standardize and self.task_type == "regression":
             y = self.train.y.double()
             self.shift, self.scale = float(y.mean()), float(y.std(unbiased=False)) or 1.0
-            head = cast(nn.Linear, self.model.head)  # Readout and Linearized both expose .head
-            with torch.no_grad():  # f starts at the mean: a random N(0, sigma^2) bias against scores in [0, 5]
-                head.bias.zero_()  # costs a short fine-tune its steps (the eNTK does not depend on the bias)
         if self.setting.frozen_backbone:
             cache_features(self.model, [self.train, self.val, self.test], self.device)
+        if cfg.standardize and self.task_type == "regression":
+            self._center_head()
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ConfigError(f"setting '{cfg.setting}' leaves nothing to train")
@@ -139,6 +138,14 @@ class Trainer:
         self.out = Path(out) if out is not None else None
         self.rf = RunFolder(out, "finetune", self.run_key(), overwrite) if out is not None and self.ranks.main else None
         self.writer: Any = None
+
+    def _center_head(self) -> None:
+        """Set the head's bias so that f's mean over the training inputs is the training mean: the random head's
+        offset w . mean(h) (a target sd or more) would cost a short fine-tune all its steps; the eNTK has no b in it."""
+        head = cast(nn.Linear, self.model.head)  # Readout and Linearized both expose .head
+        with torch.no_grad():
+            head.bias.zero_()
+            head.bias.sub_(self._target(self.predict(self.train)).mean().to(head.bias))
 
     def _feature_step(self) -> float:
         """1 / (2 lambda_max) of the cached features' second moment M = [h, 1]^T [h, 1] / n: the squared loss has
@@ -247,6 +254,8 @@ class Trainer:
         stop = self.stopper.reason != "" and self.step > 0
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.progress and self.ranks.main),
                    desc=f"{cfg.setting} {cfg.task}")
+        if cfg.eval_at_start and self.step == 0 and not self.history:  # step 0 competes: training may never help
+            stop = self._evaluation(None, bar)
         while not stop and self.step < cfg.max_steps:
             loss = self._train_step()
             if not math.isfinite(loss):
@@ -254,15 +263,7 @@ class Trainer:
             seen += self.per_step
             bar.update(1)
             if self.step % self.eval_every == 0 or self.step == cfg.max_steps:
-                val = self.ranks.broadcast(self.evaluate(self.val) if self.ranks.main else None)  # rank 0 decides
-                value = val.get(self.monitor, float("nan"))
-                improved, stop = self.stopper.update(value, self.step)
-                stop = self.ranks.broadcast(stop)
-                if improved:
-                    self.best = {n: p.detach().clone() for n, p in self.params.items()}
-                self._log({"step": self.step, "train_loss": loss, "lr": self.sched.get_last_lr()[0],
-                           **{f"val_{k}": v for k, v in val.items()}})
-                bar.set_postfix(loss=f"{loss:.4f}", val=f"{value:.4f}")
+                stop = self._evaluation(loss, bar)
                 if cfg.drift_every and self.step % cfg.drift_every == 0:
                     self.drift.append(self.ranks.broadcast(self._drift_point() if self.ranks.main else None))
                 self.save_state()
@@ -286,15 +287,36 @@ class Trainer:
         self.ranks.broadcast(res.to_dict())
         return res
 
+    def _evaluation(self, loss: float | None, bar: Any) -> bool:
+        """Score the hold-out split (rank 0 decides), keep the best weights, log; returns whether to stop."""
+        val = self.ranks.broadcast(self.evaluate(self.val) if self.ranks.main else None)
+        value = val.get(self.monitor, float("nan"))
+        improved, stop = self.stopper.update(value, self.step)
+        stop = self.ranks.broadcast(stop)
+        if improved:
+            self.best = {n: p.detach().clone() for n, p in self.params.items()}
+        self._log({"step": self.step, "train_loss": loss, "lr": self.sched.get_last_lr()[0],
+                   **{f"val_{k}": v for k, v in val.items()}})
+        bar.set_postfix(loss="-" if loss is None else f"{loss:.4f}", val=f"{value:.4f}")
+        return bool(stop)
+
     def _warnings(self) -> list[str]:
-        """A run that ends at max_steps while still improving has not converged: say so."""
-        st = self.stopper
-        if not st.reason and self.step >= self.cfg.max_steps and st.best_step == self.step and len(self.history) > 1:
-            msg = (f"training ended at max_steps={self.cfg.max_steps} while the validation {self.monitor} was still "
-                   "improving; raise max_steps or the learning rate")
+        """Say so when a run ends at max_steps still improving (not converged), or when the kept model is worse
+        on the hold-out split than predicting the training mean (regression, monitoring the loss)."""
+        st, out = self.stopper, []
+        evals = [r for r in self.history if r["step"] > 0]
+        if not st.reason and self.step >= self.cfg.max_steps and st.best_step == self.step and len(evals) > 1:
+            out.append(f"training ended at max_steps={self.cfg.max_steps} while the validation {self.monitor} was "
+                       "still improving; raise max_steps or the learning rate")
+        if self.task_type == "regression" and self.monitor == "loss" and st.best is not None:
+            const = float(self._target(self.val.y.double()).pow(2).mean()) if self.cfg.standardize else \
+                float((self.val.y.double() - self.train.y.double().mean()).pow(2).mean())
+            if st.best > const:
+                out.append(f"the kept model (step {st.best_step}) has validation loss {st.best:.4g}, worse than "
+                           f"predicting the training mean ({const:.4g})")
+        for msg in out:
             log.warning(msg)
-            return [msg]
-        return []
+        return out
 
     def _fail(self, loss: float) -> None:
         self._set_params(self.best)
