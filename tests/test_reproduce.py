@@ -360,6 +360,13 @@ def test_killed_stages_resume_without_recomputing(tmp_path, monkeypatch, data_di
     assert [c.sizes for c in res3.stages["curves"].curves] == [[8, 16, 24]] * 2
     with pytest.raises(ConfigError, match="different"):
         reproduce(make(ReproConfig, **{**RESUME, "n_test": 12}), out, progress=False)
+    # a changed fine-tuning default (here: step 0 no longer evaluated) reruns every cell of the finished stage
+    real_cfg = curves.finetune_config
+    monkeypatch.setattr(curves, "finetune_config", lambda *a: real_cfg(*a).model_copy(update={"eval_at_start": False}))
+    res4 = reproduce(make(ReproConfig, **{**RESUME, "sizes": [8, 16, 24]}), out, progress=False)
+    assert calls == {"kernel": 4, "cell": 12, "kgd": 2}
+    assert all(h["history"][0]["step"] > 0 for h in json.loads((out / "curves/curves.json").read_text())["cells"])
+    assert res4.stages["curves"].curves[0].sizes == [8, 16, 24]
 
 
 def test_cli_quick_and_config_conflict_is_one_line(tmp_path):

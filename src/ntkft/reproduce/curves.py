@@ -172,7 +172,9 @@ def _inputs(ctx: Context) -> str:
                    "tasks": c.curve_tasks, "sizes": c.sizes, "seeds": c.seeds, "tune_size": c.tuning_size,
                    "kgd": c.kgd, "kgd_seeds": c.kgd_seeds, "kgd_t_max": c.kgd_t_max,
                    "fps": {m.name: ctx.model_fingerprint(m.name) for m in c.models},
-                   "data": {t: ctx.data_fp(t) for t in c.curve_tasks}})
+                   "data": {t: ctx.data_fp(t) for t in c.curve_tasks},
+                   "cells": {f"{m.id}/{t}": [cell_fp(ctx, m, t), kgd_fp(ctx, m, t)] for m in c.models
+                             for t in c.curve_tasks}})  # a changed fine-tuning default is a changed result
 
 
 def cell_fp(ctx: Context, plan: ModelPlan, task: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -45,16 +46,22 @@ def taskvec_model(ctx: Context) -> str:
     return ctx.cfg.taskvec_model or ctx.cfg.models[0].name
 
 
-def finetune_task(ctx: Context, model: str, task: str, out) -> dict:
-    """Fully fine-tune `model` on `task` into the checkpoint folder `out` (resumes a killed run)."""
+def finetune_config(ctx: Context, model: str, task: str) -> Any:
+    """The FinetuneConfig of one task's full fine-tune (its every field is part of the stage's key)."""
     from ..config import make
-    from ..finetune import FinetuneConfig, finetune
+    from ..finetune import FinetuneConfig
 
     c = ctx.cfg
-    cfg = make(FinetuneConfig, model=model, task=task, setting="full", n_train=c.taskvec_n_train, val=c.val,
-               n_test=c.taskvec_n_test, max_length=c.max_length, seed=0, lr=c.taskvec_lr, max_steps=c.taskvec_steps,
-               patience=4, save_model=True)
-    res = finetune(cfg, out, data_dir=ctx.data_dir, progress=False)
+    return make(FinetuneConfig, model=model, task=task, setting="full", n_train=c.taskvec_n_train, val=c.val,
+                n_test=c.taskvec_n_test, max_length=c.max_length, seed=0, lr=c.taskvec_lr, max_steps=c.taskvec_steps,
+                patience=4, save_model=True)
+
+
+def finetune_task(ctx: Context, model: str, task: str, out) -> dict:
+    """Fully fine-tune `model` on `task` into the checkpoint folder `out` (resumes a killed run)."""
+    from ..finetune import finetune
+
+    res = finetune(finetune_config(ctx, model, task), out, data_dir=ctx.data_dir, progress=False)
     return {"test_best": res.test_best, "best_step": res.best_step, "stopped_step": res.stopped_step,
             "stop_reason": res.stop_reason}
 
@@ -63,7 +70,8 @@ def run(ctx: Context) -> TaskVecStage:
     """Fine-tune each task, then run the task-vector experiment; skipped (with the reason) if unavailable."""
     c = ctx.cfg
     model = taskvec_model(ctx)
-    key = ctx.stage_key("taskvec", _fields(ctx) | {"weights": ctx.model_fingerprint(model),
+    ft = finetune_config(ctx, model, c.taskvec_tasks[0]).model_dump(exclude={"task"})
+    key = ctx.stage_key("taskvec", _fields(ctx) | {"weights": ctx.model_fingerprint(model), "finetune": ft,
                                                    "data": {t: ctx.data_fp(t) for t in c.taskvec_tasks}})
     rf = ctx.open_stage("taskvec", key)
     if rf.complete and (rf.root / "taskvec.json").is_file():
