@@ -3,6 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export NTKFT_DATA_DIR ?= $(abspath ../shared/data)
+# test processes: one per two cores, at least two (the suite waits on process start-up and I/O much of the time)
+TEST_WORKERS ?= $(shell $(PY) -c 'import os; print(max(2, (os.cpu_count() or 1) // 2))')
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -20,10 +22,10 @@ demo: install
 	$(BIN)/ntkft reproduce --quick --out runs/demo
 
 test: install
-	$(BIN)/python -m pytest -q --durations=30 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -11,7 +11,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NTKFT_DATA_DIR", ROOT.parent / "shared" / "data"))
 os.environ["NTKFT_DATA_DIR"] = str(DATA)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one process, or one of pytest-xdist's workers: the cores shared out, and subprocesses told the same (OpenMP
+# threads beyond the cores spin against each other: 2-10x slower)
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+torch.set_num_threads(_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,10 @@ def one_error_line(p):
     return lines[0]
 
 
-def test_models_and_tasks_listing(data_dir):
-    p = run("models")
+def test_models_and_tasks_listing(data_dir, capsys):
+    p = run("models")  # one fresh interpreter: the installed entry point, end to end
     assert p.returncode == 0 and "smollm2-135m" in p.stdout and "tiny-bert" in p.stdout
-    p = run("tasks")
+    p = run("tasks", capsys=capsys)
     assert p.returncode == 0
     assert "rte              classification" in p.stdout and "train=2490" in p.stdout and "train=67349" in p.stdout
 

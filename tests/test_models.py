@@ -31,7 +31,10 @@ def test_unknown_and_bad_specs(tmp_path, monkeypatch):
 
 
 def test_hub_id_offline_gives_one_line(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, when the hub was imported
     with pytest.raises(ModelError, match=r"could not load model 'gpt-neo-125m' \('EleutherAI/gpt-neo-125m'\) from the Hugging"):
         load_model("gpt-neo-125m")
 

@@ -281,7 +281,7 @@ def test_report_tables_parse_back_to_their_json(real_run):
 
 
 @pytest.mark.slow
-def test_report_cli_rebuilds_and_rejects_other_folders(real_run, tmp_path):
+def test_report_cli_rebuilds_and_rejects_other_folders(real_run, tmp_path, capsys):
     out, _ = real_run
     before = (out / "summary.md").read_text()
     (out / "summary.md").unlink()
@@ -290,8 +290,10 @@ def test_report_cli_rebuilds_and_rejects_other_folders(real_run, tmp_path):
     after = (out / "summary.md").read_text()
     strip = (lambda t: [x for x in t.splitlines() if "report built" not in x])  # noqa: E731
     assert strip(after) == strip(before)
-    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "report", str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().startswith("ntkft: error:") and len(r.stderr.strip().splitlines()) == 1
+    from conftest import run_cli
+
+    code, _, err = run_cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and err.strip().startswith("ntkft: error:") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -369,15 +371,15 @@ def test_killed_stages_resume_without_recomputing(tmp_path, monkeypatch, data_di
     assert res4.stages["curves"].curves[0].sizes == [8, 16, 24]
 
 
-def test_cli_quick_and_config_conflict_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "reproduce", "--quick", "--config", "x.yaml", "--out",
-                        str(tmp_path / "r")], capture_output=True, text=True)
-    assert r.returncode == 2 and "--quick" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "reproduce", "--sizes", "4,8", "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().startswith("ntkft: error: --sizes") and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "ntkft.cli", "reproduce", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--kernel-n" in r.stdout and "--quick" in r.stdout
+def test_cli_quick_and_config_conflict_is_one_line(tmp_path, capsys):
+    from conftest import run_cli
+
+    code, _, err = run_cli(["reproduce", "--quick", "--config", "x.yaml", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "--quick" in err
+    code, _, err = run_cli(["reproduce", "--sizes", "4,8", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.strip().startswith("ntkft: error: --sizes") and "Traceback" not in err
+    code, out, _ = run_cli(["reproduce", "--help"], capsys)
+    assert code == 0 and "--kernel-n" in out and "--quick" in out
     assert not Path(tmp_path / "r").exists()
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import run_cli
 from ntkft.config import make
 from ntkft.errors import ConfigError, ModelError
 from ntkft.models.checkpoint import load_finetuned, save_finetuned
@@ -260,7 +261,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_cli_bad_input_exit_2_one_line(zoo, tmp_path):
+def test_cli_bad_input_exit_2_one_line(zoo, tmp_path, capsys):
     ld, other = build_readout("tiny-gpt2", out_dim=2)
     save_finetuned(other, ld.tokenizer, tmp_path / "gpt2", {"task": "rte"})
     pt = str(zoo / "pt")
@@ -269,12 +270,12 @@ def test_cli_bad_input_exit_2_one_line(zoo, tmp_path):
              (["add", "--pretrained", pt, "--finetuned", f"{zoo / 'rte'},{zoo / 'mrpc'}", "--lambdas", "0,3"],
               "--lambdas"),
              (["add", "--pretrained", pt, "--finetuned", str(zoo / "rte")], "--finetuned")]
-    for args, needle in cases:
-        p = _cli(*args, "--out", str(tmp_path / "out"))
-        lines = [x for x in p.stderr.splitlines() if x.strip()]
-        assert p.returncode == 2, p.stderr[-1500:]
-        assert lines and lines[-1].startswith("ntkft: error:") and needle in lines[-1], p.stderr[-1500:]
-        assert "Traceback" not in p.stderr
+    for args, needle in cases:  # in-process (the exit code and stderr of `main`); process level: test_cli.py
+        code, _, err = run_cli(["taskvec", *args, "--out", str(tmp_path / "out")], capsys)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code == 2, err[-1500:]
+        assert lines and lines[-1].startswith("ntkft: error:") and needle in lines[-1], err[-1500:]
+        assert "Traceback" not in err
 
 
 def test_cli_cosine_writes_run_folder(zoo, tmp_path):

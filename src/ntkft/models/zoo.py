@@ -7,6 +7,7 @@ safetensors directory (``$NTKFT_CACHE`` or ``~/.cache/ntkft``) and loaded from t
 from __future__ import annotations
 
 import copy
+import fcntl
 import importlib.util
 import logging
 import os
@@ -125,8 +126,22 @@ def gguf_to_hf_dir(gguf: Path, name: str) -> Path:
     from .._runs import file_digest
 
     out = cache_dir() / "models" / f"{name}-{file_digest(gguf)[:16]}"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    done = lambda: (out / "config.json").exists() and (out / "model.safetensors").exists()  # noqa: E731
+    if done():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:  # another process may be converting the same file
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done():
+                _convert(gguf, out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return out
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """The conversion itself, into a temporary folder renamed into place (the caller holds the lock)."""
     _need("gguf", "gguf")
     _need("accelerate", "accelerate")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -145,12 +160,11 @@ def gguf_to_hf_dir(gguf: Path, name: str) -> Path:
     try:
         lm.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():
+        if out.exists():  # an earlier, incomplete conversion (ours: the folder name is this file's hash)
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _detect_kind(config) -> Kind:
