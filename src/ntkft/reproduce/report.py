@@ -137,8 +137,9 @@ def _curves_section(root: Path, d: dict | None, spectra: dict | None, cfg: dict,
         "same model (train and test kernels, step 1/lambda_1, t chosen on the hold-out rows), i.e. the linearised "
         "model's exact learning curve; classification is kernel regression on -1/+1 labels. Regression targets are "
         "standardised on each cell's training rows, for fine-tuning (FinetuneConfig.standardize) and kernel GD alike "
-        "(the new head's bias starts at 0, so f starts at the training mean; f_PT is read in those units); metrics "
-        "are in the targets' units.")
+        "(fine-tuning: the new head's bias is set so that f's mean over the cell's training rows is the training "
+        "mean, and step 0 is evaluated and may be kept by early stopping; kernel GD starts from f_PT with the head's "
+        "bias at 0, read in those units); metrics are in the targets' units.")
     betas: dict[str, dict[str, float]] = {}
     for s in (spectra or {}).get("spectra", []):
         betas.setdefault(s["model"], {})[s["task"]] = s["beta_paper_mean"]
