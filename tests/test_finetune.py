@@ -379,3 +379,14 @@ def test_standardised_regression_starts_at_the_mean_and_saves_in_target_units(se
     assert res.test_best["mse"] == pytest.approx(float(((on.predict(test) - test.y) ** 2).mean()), rel=1e-4)
     rte = Trainer(cfg(task="rte", n_train=40, n_test=20), progress=False)  # classification: untouched
     assert (rte.shift, rte.scale) == (0.0, 1.0)
+
+
+def test_classification_head_starts_at_the_log_class_prior(data_dir):
+    """start_at_prior: the mean initial logits over the training rows are the (smoothed) log class prior, so step 0
+    is the constant predictor on average, not the random head's argmax; off: the theory's N(0, sigma^2) bias."""
+    t = Trainer(cfg(task="mrpc", n_train=40, n_test=20), progress=False)
+    counts = torch.bincount(t.train.y.long(), minlength=2).double() + 0.5
+    torch.testing.assert_close(t.predict(t.train).double().mean(0), (counts / counts.sum()).log(), rtol=0, atol=1e-5)
+    off = Trainer(cfg(task="mrpc", n_train=40, n_test=20, start_at_prior=False), progress=False)
+    assert torch.equal(off.model.head.weight, t.model.head.weight)
+    assert not torch.allclose(off.predict(off.train).double().mean(0), (counts / counts.sum()).log(), atol=1e-3)

@@ -107,7 +107,7 @@ class Trainer:
             self.shift, self.scale = float(y.mean()), float(y.std(unbiased=False)) or 1.0
         if self.setting.frozen_backbone:
             cache_features(self.model, [self.train, self.val, self.test], self.device)
-        if cfg.standardize and self.task_type == "regression":
+        if cfg.standardize if self.task_type == "regression" else cfg.start_at_prior:
             self._center_head()
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
@@ -140,12 +140,19 @@ class Trainer:
         self.writer: Any = None
 
     def _center_head(self) -> None:
-        """Set the head's bias so that f's mean over the training inputs is the training mean: the random head's
-        offset w . mean(h) (a target sd or more) would cost a short fine-tune all its steps; the eNTK has no b in it."""
+        """Set the head's bias so that f starts at the constant predictor on average over the training inputs: the
+        training mean (regression), or mean logits = the log class prior (classification). The random head's offset
+        W . mean(h) (a target sd or more; or a class every row is given) would cost a short fine-tune all its steps,
+        and step 0 would be a poor model to keep; the eNTK has no b in it."""
         head = cast(nn.Linear, self.model.head)  # Readout and Linearized both expose .head
         with torch.no_grad():
             head.bias.zero_()
-            head.bias.sub_(self._target(self.predict(self.train)).mean().to(head.bias))
+            out = self.predict(self.train)
+            if self.task_type == "regression":
+                head.bias.sub_(self._target(out).mean().to(head.bias))
+                return
+            counts = torch.bincount(self.train.y.long(), minlength=out.shape[1]).double() + 0.5  # no log 0
+            head.bias.copy_((counts / counts.sum()).log() - out.double().mean(0))
 
     def _feature_step(self) -> float:
         """1 / (2 lambda_max) of the cached features' second moment M = [h, 1]^T [h, 1] / n: the squared loss has
