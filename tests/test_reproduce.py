@@ -273,6 +273,7 @@ def test_report_tables_parse_back_to_their_json(real_run):
         assert row[st[0].index("t oracle")] == str(r["t_oracle"])
         assert _close(row[st[0].index("MSE oracle")], r["mse_oracle"])
     cos = json.loads((out / "taskvec/taskvec.json").read_text())["report"]["cosine"]["matrix"]
+    assert all(math.isfinite(x) for row in cos for x in row)  # every task vector non-zero: step 0 is no candidate
     for i, row in enumerate(html_t["taskvec-cosine"][1:]):
         assert all(_close(cell, cos[i][j]) for j, cell in enumerate(row[1:]))
     rk = json.loads((out / "rankings/rankings.json").read_text())

@@ -164,7 +164,8 @@ def taskvec_figure(names: list[str], cosine: list[list[float]], normalised: dict
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     c = np.asarray(cosine, dtype=np.float64)
-    im = a1.imshow(c, vmin=min(0.0, float(np.nanmin(c))), vmax=1.0, cmap="viridis")
+    finite = c[np.isfinite(c)]  # NaN where a task vector is zero
+    im = a1.imshow(c, vmin=min(0.0, float(finite.min())) if finite.size else 0.0, vmax=1.0, cmap="viridis")
     a1.set_xticks(range(len(names)))
     a1.set_xticklabels([label(n) for n in names], fontsize=8)
     a1.set_yticks(range(len(names)))

@@ -51,10 +51,10 @@ def finetune_config(ctx: Context, model: str, task: str) -> Any:
     from ..config import make
     from ..finetune import FinetuneConfig
 
-    c = ctx.cfg
+    c = ctx.cfg  # a task vector needs a fine-tuned model: step 0 (tau = 0) is no candidate for early stopping
     return make(FinetuneConfig, model=model, task=task, setting="full", n_train=c.taskvec_n_train, val=c.val,
                 n_test=c.taskvec_n_test, max_length=c.max_length, seed=0, lr=c.taskvec_lr, max_steps=c.taskvec_steps,
-                patience=4, save_model=True)
+                patience=4, save_model=True, eval_at_start=False)
 
 
 def finetune_task(ctx: Context, model: str, task: str, out) -> dict:
