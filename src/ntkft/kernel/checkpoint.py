@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._io import atomic_write_bytes, write_json
+from .._io import write_json
 from ..errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -146,11 +146,14 @@ class Checkpoint:
         path = self._claim(fname)
         md = {"meta": json.dumps(meta or {}, default=str)}
         flat = {k: _own(v) for k, v in tensors.items()}
+        tmp = self.root / f".{fname}.tmp"  # the claimed twin: a kill mid-write leaves only files the manifest lists
         if durable:
-            atomic_write_bytes(path, save(flat, metadata=md))
-            return
-        tmp = self.root / f".{fname}.tmp"
-        save_file(flat, str(tmp), metadata=md)
+            with open(tmp, "wb") as fh:
+                fh.write(save(flat, metadata=md))
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            save_file(flat, str(tmp), metadata=md)
         os.replace(tmp, path)
 
     def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
