@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
+def atomic_write_bytes(path: str | Path, data: bytes, tmp: str | Path | None = None) -> None:
+    """Write `data` to `path` via a temp file in the same folder and an atomic rename. `tmp`: a fixed temp name
+    (one a manifest already lists, so a kill mid-write leaves nothing unaccounted for); default a fresh one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if tmp is None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    else:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

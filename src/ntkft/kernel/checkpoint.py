@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._io import write_json
+from .._io import atomic_write_bytes, write_json
 from ..errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,9 @@ class Checkpoint:
         flat = {k: _own(v) for k, v in tensors.items()}
         tmp = self.root / f".{fname}.tmp"  # the claimed twin: a kill mid-write leaves only files the manifest lists
         if durable:
-            with open(tmp, "wb") as fh:
-                fh.write(save(flat, metadata=md))
-                fh.flush()
-                os.fsync(fh.fileno())
-        else:
-            save_file(flat, str(tmp), metadata=md)
+            atomic_write_bytes(path, save(flat, metadata=md), tmp=tmp)
+            return
+        save_file(flat, str(tmp), metadata=md)
         os.replace(tmp, path)
 
     def get(self, name: str, keys: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

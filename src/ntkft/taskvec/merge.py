@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .._io import save_tensors, write_json
 from ..errors import ConfigError, ModelError
 from ..models.checkpoint import HEAD, HEADS, INFO
-from .sources import INDEX, SINGLE, align
+from .sources import _DTYPES, INDEX, SINGLE, align
 from .vector import TaskVector, _Reader, total
 
 DEFAULT_SHARD_BYTES = 2 * 2**30
@@ -40,12 +40,7 @@ def merged_tensor(tv: TaskVector, name: str, lam: float, rd: _Reader) -> torch.T
     return pt + (tau if lam == 1.0 else tau * lam)
 
 
-_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-          torch.bool: "BOOL"}
-for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
-    if hasattr(torch, _name):
-        _CODES[getattr(torch, _name)] = _code
+_CODES = {dtype: code for code, dtype in _DTYPES.items()}  # the safetensors code of each dtype ntkft reads
 
 
 class ShardWriter:
@@ -63,7 +58,7 @@ class ShardWriter:
         for name, shape, dtype in layout:
             if dtype not in _CODES:
                 raise ModelError(f"tensor '{name}': dtype {dtype} cannot be written as safetensors")
-            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            nbytes = math.prod(shape) * dtype.itemsize
             if self.shards[-1] and size + nbytes > max_bytes:
                 self.shards.append([])
                 size = 0

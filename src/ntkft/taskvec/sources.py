@@ -28,6 +28,8 @@ SINGLE = "model.safetensors"
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
+_DTYPES.update({code: getattr(torch, name) for code, name in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"))
+                if hasattr(torch, name)})
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,6 @@ class TensorMeta:
 def _dtype(code: str, file: Path, name: str) -> torch.dtype:
     if code in _DTYPES:
         return _DTYPES[code]
-    alt = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}.get(code)
-    if alt and hasattr(torch, alt):
-        return getattr(torch, alt)
     raise ModelError(f"{file}: tensor '{name}' has dtype {code}, which ntkft cannot read")
 
 
