@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from ..errors import NtkftError
 from .context import Context
+
+if TYPE_CHECKING:
+    from ..finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def taskvec_model(ctx: Context) -> str:
     return ctx.cfg.taskvec_model or ctx.cfg.models[0].name
 
 
-def finetune_config(ctx: Context, model: str, task: str) -> Any:
+def finetune_config(ctx: Context, model: str, task: str) -> FinetuneConfig:
     """The FinetuneConfig of one task's full fine-tune (its every field is part of the stage's key)."""
     from ..config import make
     from ..finetune import FinetuneConfig
