@@ -40,7 +40,8 @@ class Expected:
 
 
 def expected(cfg: dict, n: int, t: int) -> Expected:
-    """Exact factored eNTK of a GPT-Neo-shaped decoder on n samples of t tokens, scalar readout."""
+    """Exact factored eNTK of a GPT-Neo-shaped decoder on n samples of t tokens, scalar readout. The parameter
+    count without the readout is the published one (1,315,575,808 for 1.3B; 125,198,592 for 125M with h = 768)."""
     h, f, layers = cfg["hidden"], cfg["ffn"], cfg["layers"]
     # per block: q, k, v, out_proj (h x h), c_fc (h x f), c_proj (f x h); biases on out_proj, c_fc, c_proj
     lin_w = 4 * h * h + 2 * h * f
