@@ -74,8 +74,9 @@ class FinetuneConfig(StrictModel):
                               "the head's bias set so that f starts at the training mean (scores in [0, 1] and [0, 5] "
                               "train alike); metrics are in the targets' units and the saved head absorbs the scale")
     start_at_prior: bool = Field(True, description="classification: the head's bias set so that the mean initial "
-                                 "logits over the training rows are the log class prior (the start predicts the "
-                                 "majority class, not the random head's argmax)")
+                                 "logits over the training rows are the log class prior (the start leans to the "
+                                 "majority class; on near-balanced classes the random head's per-row noise still "
+                                 "picks each row's class)")
     drift_every: int | None = Field(None, ge=1, description="recompute the eNTK on a probe set every k steps")
     drift_n: int = Field(16, ge=2, description="probe samples for the drift kernel")
     save_every: int | None = Field(None, ge=1, description="write a resumable training state every k steps")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .._io import save_tensors, write_json
 from ..errors import ConfigError, ModelError
 from ..models.checkpoint import HEAD, HEADS, INFO
-from .sources import _DTYPES, INDEX, SINGLE, align
+from .sources import INDEX, SAFETENSORS_DTYPES, SINGLE, align
 from .vector import TaskVector, _Reader, total
 
 DEFAULT_SHARD_BYTES = 2 * 2**30
@@ -40,7 +40,7 @@ def merged_tensor(tv: TaskVector, name: str, lam: float, rd: _Reader) -> torch.T
     return pt + (tau if lam == 1.0 else tau * lam)
 
 
-_CODES = {dtype: code for code, dtype in _DTYPES.items()}  # the safetensors code of each dtype ntkft reads
+_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}  # the safetensors code of each dtype ntkft reads
 
 
 class ShardWriter:
