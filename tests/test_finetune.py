@@ -390,3 +390,98 @@ def test_classification_head_starts_at_the_log_class_prior(data_dir):
     off = Trainer(cfg(task="mrpc", n_train=40, n_test=20, start_at_prior=False), progress=False)
     assert torch.equal(off.model.head.weight, t.model.head.weight)
     assert not torch.allclose(off.predict(off.train).double().mean(0), (counts / counts.sum()).log(), atol=1e-3)
+
+
+@pytest.mark.parametrize("task", ["stsb", "rte"])
+def test_center_output_starts_every_row_at_the_constant_predictor_with_unchanged_gradients(task, data_dir):
+    """center_output: f = g - g_0 + c is the constant predictor on every row at step 0 (the training mean; the log
+    class prior, so the majority class everywhere), and its gradients are g's: the eNTK is unchanged."""
+    kw = {"task": task, "n_train": 40, "n_test": 20} if task == "rte" else {}
+    on = Trainer(cfg(center_output=True, save_model=False, **kw), progress=False)
+    plain = Trainer(cfg(standardize=False, start_at_prior=False, **kw), progress=False)  # the same random head
+    assert torch.equal(on.model.head.bias, plain.model.head.bias)
+    y = on.train.y
+    for split in (on.train, on.val, on.test):
+        p = on.predict(split).double()
+        if task == "stsb":
+            torch.testing.assert_close(p, torch.full_like(p, float(y.double().mean())), rtol=0, atol=1e-5 * on.scale)
+        else:
+            counts = torch.bincount(y.long(), minlength=2).double() + 0.5
+            torch.testing.assert_close(p, (counts / counts.sum()).log().expand_as(p), rtol=0, atol=1e-5)
+            assert bool((p.argmax(1) == int(counts.argmax())).all())
+    start = on.evaluate(on.val)
+    if task == "stsb":
+        assert start["mse"] == pytest.approx(float(((on.val.y.double() - y.double().mean()) ** 2).mean()), rel=1e-4)
+    else:
+        assert start["accuracy"] == pytest.approx(float((on.val.y == int(torch.bincount(y).argmax())).double().mean()))
+    grads = []
+    for t in (on, plain):
+        t.model.eval()
+        t.model.zero_grad()
+        t._forward(t.train, torch.arange(6)).sum().backward()
+        grads.append({n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in t.params.items()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+    assert on.fit().history[0]["val_loss"] == pytest.approx(start["loss"], rel=1e-6)
+
+
+def test_center_output_cannot_be_saved_as_one_model(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="center_output"):
+        cfg(center_output=True)
+    from conftest import run_cli
+
+    code, _, err = run_cli(["finetune", "--model", "tiny-bert", "--center-output", "--out", str(tmp_path / "x")],
+                           capsys)
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("ntkft: error")]
+    assert code == 2 and len(lines) == 1 and "--center-output" in lines[0] and "--no-save-model" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_length_batches_predict_as_row_by_row_and_final_evaluations_are_reused(data_dir, monkeypatch):
+    """predict batches rows of similar length (less padding): the same outputs as one row at a time, in row order;
+    the final report reuses the evaluations made at the best and last steps instead of a second pass."""
+    t = Trainer(cfg(eval_every=3, max_steps=9), progress=False)
+    got = t.predict(t.test)
+    t.model.eval()
+    with torch.no_grad():
+        one = torch.cat([t._forward(t.test, torch.tensor([i])) for i in range(len(t.test))]) * t.scale + t.shift
+    torch.testing.assert_close(got, one, rtol=1e-5, atol=1e-5)
+    calls = []
+    real = t._evaluate
+    monkeypatch.setattr(t, "_evaluate", lambda split: calls.append(split) or real(split))
+    res = t.fit()
+    n_val = sum(1 for s in calls if s is t.val)
+    assert n_val == len(res.history)  # one per evaluation; the final val_best is the best step's
+    assert sum(1 for s in calls if s is t.test) == (1 if res.best_step == res.stopped_step else 2)
+    best = next(r for r in res.history if r["step"] == res.best_step)
+    assert res.val_best["loss"] == best["val_loss"]
+    fresh = Trainer(cfg(eval_every=3, max_steps=9), progress=False).fit()  # the same run without the early calls
+    assert fresh.val_best == res.val_best and fresh.test_best == res.test_best and fresh.test_last == res.test_last
+
+
+def test_length_split_partitions_a_batch_and_keeps_its_gradient(data_dir):
+    from ntkft.finetune.data import length_split
+
+    mask = torch.zeros(16, 30, dtype=torch.long)
+    for i, n in enumerate([3, 28, 4, 30, 2, 29, 5, 27, 3, 30, 4, 28, 2, 29, 6, 30]):
+        mask[i, :n] = 1
+    parts = length_split(torch.arange(16), mask)
+    assert len(parts) == 2 and sorted(torch.cat(parts).tolist()) == list(range(16))
+    assert int(mask[parts[0]].sum(1).max()) <= int(mask[parts[1]].sum(1).min())
+    assert length_split(torch.arange(8), torch.ones(8, 30, dtype=torch.long))[0].tolist() == list(range(8))
+    t = Trainer(cfg(), progress=False)
+    lens = t.train.mask.sum(1)
+    order = torch.argsort(lens, stable=True)
+    idx = torch.cat([order[:6], order[-6:]])
+    parts = length_split(idx, t.train.mask)
+    assert len(parts) == 2
+    t.model.eval()
+    grads = []
+    for chunks in ([idx], parts):
+        t.model.zero_grad()
+        for ch in chunks:
+            loss = ((t._forward(t.train, ch) - t._target(t.train.y[ch])) ** 2).mean() * len(ch) / len(idx)
+            loss.backward()
+        grads.append({n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in t.params.items()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)

@@ -77,6 +77,10 @@ class FinetuneConfig(StrictModel):
                                  "logits over the training rows are the log class prior (the start leans to the "
                                  "majority class; on near-balanced classes the random head's per-row noise still "
                                  "picks each row's class)")
+    center_output: bool = Field(False, description="train f(x) = g(x) - g_0(x) + c: the module's output minus its "
+                                "output at step 0 (a constant of each input, so the gradients and the eNTK are "
+                                "unchanged) plus the constant predictor c (training mean; log class prior): step 0 "
+                                "is that predictor exactly, not the random head's per-row noise; with save_model off")
     drift_every: int | None = Field(None, ge=1, description="recompute the eNTK on a probe set every k steps")
     drift_n: int = Field(16, ge=2, description="probe samples for the drift kernel")
     save_every: int | None = Field(None, ge=1, description="write a resumable training state every k steps")
@@ -112,6 +116,9 @@ class FinetuneConfig(StrictModel):
             raise ValueError(f"layers: applies to settings head and probe, not '{self.setting}'")
         if self.lr is None and not (self.setting == "probe" and self.optimizer == "gd"):
             raise ValueError("lr: only the probe with full-batch GD derives its step from the features; give --lr")
+        if self.center_output and self.save_model:
+            raise ValueError("center_output: the trained f subtracts the step-0 model's output, which one saved "
+                             "Hugging Face model cannot hold; turn save_model off (--no-save-model)")
         if self.warmup_steps >= self.max_steps and self.warmup_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be below max_steps ({self.max_steps})")
         return self

@@ -23,7 +23,7 @@ from ..kernel._common import trim
 from ..models import fingerprint, load_model
 from ..tasks import task_metrics
 from .config import FinetuneConfig
-from .data import Split, cache_features, check_monitor, prepare
+from .data import Split, by_length, cache_features, check_monitor, length_split, prepare
 from .early_stopping import EarlyStopping
 from .parallel import ranks_from_env
 from .settings import get_setting, readout_of
@@ -107,7 +107,9 @@ class Trainer:
             self.shift, self.scale = float(y.mean()), float(y.std(unbiased=False)) or 1.0
         if self.setting.frozen_backbone:
             cache_features(self.model, [self.train, self.val, self.test], self.device)
-        if cfg.standardize if self.task_type == "regression" else cfg.start_at_prior:
+        if cfg.center_output:
+            self._offset_start()
+        elif cfg.standardize if self.task_type == "regression" else cfg.start_at_prior:
             self._center_head()
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
@@ -129,6 +131,8 @@ class Trainer:
         self.eval_every = cfg.eval_every or (max(1, cfg.max_steps // 50) if cfg.optimizer == "gd"
                                              else min(self.steps_per_epoch, max(1, cfg.max_steps // 10)))
         self.step, self.history, self.drift = 0, [], []  # type: tuple[int, list, list]
+        self.at = 0  # the step whose weights the model holds (the best step's after the final restore)
+        self._evals: dict[tuple[int, int], dict] = {}  # (id(split), at) -> evaluate(split): no second pass
         self.best = {n: p.detach().clone() for n, p in self.params.items()}
         self.drift_x: dict[str, torch.Tensor] | None = None
         self.k0: torch.Tensor | None = None
@@ -147,12 +151,26 @@ class Trainer:
         head = cast(nn.Linear, self.model.head)  # Readout and Linearized both expose .head
         with torch.no_grad():
             head.bias.zero_()
-            out = self.predict(self.train)
-            if self.task_type == "regression":
-                head.bias.sub_(self._target(out).mean().to(head.bias))
-                return
-            counts = torch.bincount(self.train.y.long(), minlength=out.shape[1]).double() + 0.5  # no log 0
-            head.bias.copy_((counts / counts.sum()).log() - out.double().mean(0))
+            out = self._outputs(self.train)
+            head.bias.copy_(self._constant() - out.double().mean(0))
+
+    def _constant(self) -> torch.Tensor:
+        """The constant predictor in training units: the training targets' mean (regression, shape ()), or the log
+        class prior as logits (classification; uniform without start_at_prior)."""
+        if self.task_type == "regression":
+            return self._target(self.train.y.double()).mean()
+        c = self.num_classes or 2
+        if not self.cfg.start_at_prior:
+            return torch.zeros(c, dtype=torch.float64)
+        counts = torch.bincount(self.train.y.long(), minlength=c).double() + 0.5  # no log 0
+        return (counts / counts.sum()).log()
+
+    def _offset_start(self) -> None:
+        """center_output: each split's rows get off = c - g_0(x), so f = g + off is c at step 0 for every row."""
+        c = self._constant()
+        for split in (self.train, self.val, self.test):
+            split.off = None
+            split.off = (c - self._outputs(split).double()).float().to(self.device)
 
     def _feature_step(self) -> float:
         """1 / (2 lambda_max) of the cached features' second moment M = [h, 1]^T [h, 1] / n: the squared loss has
@@ -195,13 +213,16 @@ class Trainer:
     def _forward(self, split: Split, idx: torch.Tensor) -> torch.Tensor:
         if split.h is not None:
             out = self.model.head(split.h[idx].to(self.device))
-            return out.squeeze(-1) if self.model.out_dim == 1 else out
-        ids, mask = trim(split.ids[idx], split.mask[idx])
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        if self.cfg.bf16:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model(ids, mask).float()
-        return self.model(ids, mask)
+            out = out.squeeze(-1) if self.model.out_dim == 1 else out
+        else:
+            ids, mask = trim(split.ids[idx], split.mask[idx])
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            if self.cfg.bf16:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = self.model(ids, mask).float()
+            else:
+                out = self.model(ids, mask)
+        return out if split.off is None else out + split.off[idx.to(split.off.device)]
 
     def _train_step(self) -> float:
         """One optimiser step (micro-batched); returns the training loss (non-finite: no step taken)."""
@@ -209,7 +230,10 @@ class Trainer:
         idx = self._batch_indices(self.step)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        for ch in self.ranks.shard(idx).split(self.cfg.batch_size):  # all of idx, or this rank's share
+        chunks = self.ranks.shard(idx).split(self.cfg.batch_size)  # all of idx, or this rank's share
+        if self.train.h is None:  # token inputs: rows of similar length together (less padding)
+            chunks = tuple(part for ch in chunks for part in length_split(ch, self.train.mask))
+        for ch in chunks:
             loss = _loss(self._forward(self.train, ch), self._target(self.train.y[ch]).to(self.device), self.task_type)
             if self.cfg.ridge:
                 loss = loss + self.cfg.ridge * self.model.head.weight.pow(2).sum()
@@ -222,6 +246,7 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.step += 1
+        self.at = self.step
         return total
 
     def _target(self, y: torch.Tensor) -> torch.Tensor:
@@ -229,15 +254,29 @@ class Trainer:
         return (y - self.shift) / self.scale if self.task_type == "regression" else y
 
     @torch.no_grad()
-    def predict(self, split: Split) -> torch.Tensor:
-        """Predictions in the targets' units (regression) or class logits."""
+    def _outputs(self, split: Split) -> torch.Tensor:
+        """f on every row of `split` in training units, in row order (eval mode; batches of similar length)."""
         self.model.eval()
-        idx = torch.arange(len(split))
-        out = torch.cat([self._forward(split, idx[i:i + 64]) for i in range(0, len(split), 64)]).float().cpu()
+        parts = list(torch.arange(len(split)).split(64)) if split.h is not None else by_length(split.mask, 64)
+        got = torch.cat([self._forward(split, ix) for ix in parts]).float().cpu()
+        out = torch.empty_like(got)
+        out[torch.cat(parts)] = got
+        return out
+
+    def predict(self, split: Split) -> torch.Tensor:
+        """Predictions in the targets' units (regression) or class logits, in the split's row order."""
+        out = self._outputs(split)
         return out * self.scale + self.shift if self.task_type == "regression" else out
 
     def evaluate(self, split: Split) -> dict:
-        """The training objective ("loss", in training units) and the task's metrics (in the targets' units)."""
+        """The training objective ("loss", in training units) and the task's metrics (in the targets' units);
+        remembered per weights, so the final report at the best and last step reuses the evaluations made then."""
+        key = (id(split), self.at)
+        if key not in self._evals:
+            self._evals[key] = self._evaluate(split)
+        return dict(self._evals[key])
+
+    def _evaluate(self, split: Split) -> dict:
         out = self.predict(split)
         loss = float(_loss(self._target(out), self._target(split.y), self.task_type))
         if not math.isfinite(loss):
@@ -285,6 +324,7 @@ class Trainer:
         warnings = self._warnings()
         test_last = self.evaluate(self.test)
         self._set_params(self.best)
+        self.at = self.stopper.best_step
         res = FinetuneResult({**cfg.model_dump(), "lr": self.lr}, self.stopper.best_step, stopped,
                              self.stopper.reason or f"reached max_steps={cfg.max_steps}", self.stopper.best,
                              self.monitor, self.evaluate(self.val), self.evaluate(self.test), test_last, seconds,
@@ -318,7 +358,7 @@ class Trainer:
         if self.task_type == "regression" and self.monitor == "loss" and st.best is not None:
             const = float(self._target(self.val.y.double()).pow(2).mean()) if self.cfg.standardize else \
                 float((self.val.y.double() - self.train.y.double().mean()).pow(2).mean())
-            if st.best > const:
+            if st.best > const * (1 + 1e-6):  # (a centred start is the mean itself, up to rounding)
                 out.append(f"the kept model (step {st.best_step}) has validation loss {st.best:.4g}, worse than "
                            f"predicting the training mean ({const:.4g})")
         for msg in out:
@@ -410,6 +450,7 @@ class Trainer:
         if blob.get("cuda_rng"):
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
         self.step, self.history, self.drift = meta["step"], meta["history"], meta["drift"]
+        self.at = self.step
         self.stopper.load_state_dict(meta["stopper"])
         return True
 

@@ -37,6 +37,10 @@ class ModelPlan(StrictModel):
                                     "that holds the tuning size (default: all of them); a larger model can run fewer")
     kernel_params: Literal["all", "backbone", "head", "no-embeddings"] = Field(
         "all", description="parameters the eNTK differentiates")
+    center_output: bool = Field(True, description="fine-tuning and kernel GD start at the constant predictor "
+                                "(training mean, log class prior): f = g - g_0 + c (FinetuneConfig.center_output), so "
+                                "a new random head's per-row output is not a model that early stopping can keep; off: "
+                                "they start at f_PT with the head's bias centred")
 
     @property
     def id(self) -> str:

@@ -35,7 +35,7 @@ def finetune_config(ctx: Context, plan: ModelPlan, task: str, size: int, seed: i
     return make(FinetuneConfig, model=plan.name, task=task, setting=plan.setting, layers=plan.layers, n_train=size,
                 val=ctx.cfg.val, n_test=ctx.cfg.n_test, max_length=ctx.cfg.max_length, seed=seed, optimizer="adamw",
                 lr=lr, batch_size=plan.batch_size, max_steps=plan.max_steps, eval_every=plan.eval_every,
-                patience=plan.patience, sigma=plan.sigma, save_model=False)
+                patience=plan.patience, sigma=plan.sigma, center_output=plan.center_output, save_model=False)
 
 
 def _fit(ft_cfg, data_dir: str | None, track_test: bool):
@@ -257,7 +257,8 @@ def run(ctx: Context) -> CurvesResult:
                         unit = kgd_kernels(ctx, plan, task, seed)
                         rf.save_tensors(name, unit, {"data": fp})
                     bar.update(1)
-                    pts = kgd_curve(unit, cfg.kgd_sizes, cfg.val, get_spec(task).type, seed, cfg.kgd_t_max)
+                    pts = kgd_curve(unit, cfg.kgd_sizes, cfg.val, get_spec(task).type, seed, cfg.kgd_t_max,
+                                    plan.center_output)
                     kgd_points += [p.to_dict() | {"model": plan.id, "task": task} for p in pts]
     bar.close()
     res = aggregate(ctx, lr_choice, cells, kgd_points)

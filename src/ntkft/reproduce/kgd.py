@@ -125,17 +125,30 @@ def metrics(pred: np.ndarray, y_target: np.ndarray, labels: np.ndarray, task_typ
     return out
 
 
-def curve(unit: dict[str, torch.Tensor], sizes: list[int], val: float, task_type: str, seed: int,
-          t_max: int) -> list[KgdPoint]:
-    """The kernel-GD learning curve of one unit over `sizes` (nested prefixes of the pool)."""
-    kp, kt = unit["K_pool"].numpy(), unit["K_test_pool"].numpy()
+def start(unit: dict[str, torch.Tensor], yp: np.ndarray, tr: np.ndarray, task_type: str,
+          center: bool) -> tuple[np.ndarray, np.ndarray]:
+    """f_0 on the pool and the test rows in training units: f_PT, or with `center` the constant predictor (the
+    training targets' mean, 0 once standardised; the mean of the -1/+1 classes), as centred fine-tuning starts."""
     fp, ft = unit["f_pool"].numpy(), unit["f_test"].numpy()
+    if not center:
+        return fp, ft
+    shift, scale = units(yp[tr], task_type)
+    c = float(np.mean((yp[tr] - shift) / scale))
+    return np.full_like(fp, c), np.full_like(ft, c)
+
+
+def curve(unit: dict[str, torch.Tensor], sizes: list[int], val: float, task_type: str, seed: int,
+          t_max: int, center: bool = False) -> list[KgdPoint]:
+    """The kernel-GD learning curve of one unit over `sizes` (nested prefixes of the pool), from f_PT or, with
+    `center`, from the constant predictor."""
+    kp, kt = unit["K_pool"].numpy(), unit["K_test_pool"].numpy()
     lab_p, lab_t = unit["y_pool"].numpy(), unit["y_test"].numpy()
     yp, yt = targets(lab_p, task_type), targets(lab_t, task_type)
     ts = t_grid(t_max)
     out = []
     for n in sizes:
         tr, va = split_pool(n, val)
+        fp, ft = start(unit, yp, tr, task_type, center)
         path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr], *units(yp[tr], task_type))
         val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
         test_pred = path.predict(kt[:, tr], ft, ts)

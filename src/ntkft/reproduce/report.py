@@ -136,10 +136,20 @@ def _curves_section(root: Path, d: dict | None, spectra: dict | None, cfg: dict,
         "0 = a model that ignores its input. Kernel GD: closed-form gradient descent from f_PT on the eNTK of the "
         "same model (train and test kernels, step 1/lambda_1, t chosen on the hold-out rows), i.e. the linearised "
         "model's exact learning curve; classification is kernel regression on -1/+1 labels. Regression targets are "
-        "standardised on each cell's training rows, for fine-tuning (FinetuneConfig.standardize) and kernel GD alike "
-        "(fine-tuning: the new head's bias is set so that f's mean over the cell's training rows is the training "
-        "mean, and step 0 is evaluated and may be kept by early stopping; kernel GD starts from f_PT with the head's "
-        "bias at 0, read in those units); metrics are in the targets' units.")
+        "standardised on each cell's training rows, for fine-tuning (FinetuneConfig.standardize) and kernel GD alike; "
+        "metrics are in the targets' units. Step 0 is evaluated and may be kept by early stopping.")
+    centred = [k for k, m in models.items() if m.get("center_output", False)]
+    plain = [k for k in models if k not in centred]
+    if centred:
+        sec.text.append(
+            f"Start ({', '.join(centred)}): fine-tuning trains f = g - g_0 + c, the model's output minus its output at "
+            "step 0 (a constant of each input, so gradients and eNTK are unchanged) plus the constant predictor c "
+            "(the training mean; the log class prior), and kernel GD starts at the training targets' mean: both begin "
+            "exactly at the input-ignoring baseline, not at the new random head's per-row output.")
+    if plain:
+        sec.text.append(
+            f"Start ({', '.join(plain)}): the new head's bias is set so that f's mean over the cell's training rows is "
+            "the training mean (log class prior); kernel GD starts from f_PT with the head's bias at 0.")
     betas: dict[str, dict[str, float]] = {}
     for s in (spectra or {}).get("spectra", []):
         betas.setdefault(s["model"], {})[s["task"]] = s["beta_paper_mean"]

@@ -18,7 +18,7 @@ from ..stopping import stop_report
 from ..tasks import get_spec
 from .context import Context, load_tensors
 from .curves import CurvesResult, kgd_fp, kgd_name
-from .kgd import KgdPath, split_pool, t_grid, targets, units
+from .kgd import KgdPath, split_pool, start, t_grid, targets, units
 
 
 @dataclass
@@ -54,16 +54,16 @@ class StopRow:
 
 
 def rows_for(unit: dict, model: str, task: str, seed: int, sizes: list[int], val: float, t_max: int,
-             cells: list[dict]) -> list[StopRow]:
-    """Every StopRow of one kernel-GD unit."""
+             cells: list[dict], center: bool = False) -> list[StopRow]:
+    """Every StopRow of one kernel-GD unit (kernel GD from f_PT, or from the constant predictor with `center`)."""
     ttype = get_spec(task).type
     kp, kt = unit["K_pool"].numpy(), unit["K_test_pool"].numpy()
-    fp, ft = unit["f_pool"].numpy(), unit["f_test"].numpy()
     yp, yt = targets(unit["y_pool"].numpy(), ttype), targets(unit["y_test"].numpy(), ttype)
     ts = t_grid(t_max)
     out = []
     for n in sizes:
         tr, va = split_pool(n, val)
+        fp, ft = start(unit, yp, tr, ttype, center)
         path = KgdPath(kp[np.ix_(tr, tr)], yp[tr], fp[tr], *units(yp[tr], ttype))  # MSEs in the targets' units
         val_mse = ((path.predict(kp[np.ix_(va, tr)], fp[va], ts) - yp[va][:, None]) ** 2).mean(0)
         test_mse = ((path.predict(kt[:, tr], ft, ts) - yt[:, None]) ** 2).mean(0)
@@ -130,7 +130,8 @@ def run(ctx: Context, curves: CurvesResult) -> StoppingResult:
             for seed in range(cfg.kgd_seeds):
                 unit = load_tensors(ctx.root / "curves" / kgd_name(plan, task, seed), kgd_fp(ctx, plan, task))
                 if unit is not None:
-                    rows += rows_for(unit, plan.id, task, seed, cfg.kgd_sizes, cfg.val, cfg.kgd_t_max, curves.cells)
+                    rows += rows_for(unit, plan.id, task, seed, cfg.kgd_sizes, cfg.val, cfg.kgd_t_max, curves.cells,
+                                     plan.center_output)
     res = StoppingResult(rows, summarise(rows))
     rf.write_json("stopping.json", res.to_dict())
     rf.write_text("stopping.csv", stopping_csv(res))
