@@ -18,14 +18,14 @@ from .config import FinetuneConfig
 
 @dataclass
 class Split:
-    """Encoded inputs and targets of one split; `h` caches frozen-backbone features (probe setting), `off` the
-    per-row output offset c - g_0(x) of a centred start (FinetuneConfig.center_output)."""
+    """Encoded inputs and targets of one split; `h` caches frozen-backbone features (probe setting), `g0` the
+    step-0 outputs a centred start subtracts (FinetuneConfig.center_output)."""
 
     ids: torch.Tensor
     mask: torch.Tensor
     y: torch.Tensor
     h: torch.Tensor | None = None
-    off: torch.Tensor | None = None
+    g0: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)

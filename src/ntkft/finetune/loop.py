@@ -102,6 +102,9 @@ class Trainer:
         self.model: Any = self.setting.build(self.loaded, self.data.out_dim, cfg.layers, cfg.sigma, cfg.seed).to(self.device)
         # regression targets in training units: (y - shift) / scale (0 and 1 unless standardize)
         self.shift, self.scale = 0.0, 1.0
+        self.c = torch.zeros(())  # the constant a centred start begins at (center_output), training units
+        self.at = 0  # the step whose weights the model holds (the best step's after the final restore)
+        self._evals: dict[tuple[int, int], dict] = {}  # (id(split), at) -> evaluate(split): no second pass
         if cfg.standardize and self.task_type == "regression":
             y = self.train.y.double()
             self.shift, self.scale = float(y.mean()), float(y.std(unbiased=False)) or 1.0
@@ -131,8 +134,6 @@ class Trainer:
         self.eval_every = cfg.eval_every or (max(1, cfg.max_steps // 50) if cfg.optimizer == "gd"
                                              else min(self.steps_per_epoch, max(1, cfg.max_steps // 10)))
         self.step, self.history, self.drift = 0, [], []  # type: tuple[int, list, list]
-        self.at = 0  # the step whose weights the model holds (the best step's after the final restore)
-        self._evals: dict[tuple[int, int], dict] = {}  # (id(split), at) -> evaluate(split): no second pass
         self.best = {n: p.detach().clone() for n, p in self.params.items()}
         self.drift_x: dict[str, torch.Tensor] | None = None
         self.k0: torch.Tensor | None = None
@@ -166,11 +167,15 @@ class Trainer:
         return (counts / counts.sum()).log()
 
     def _offset_start(self) -> None:
-        """center_output: each split's rows get off = c - g_0(x), so f = g + off is c at step 0 for every row."""
-        c = self._constant()
+        """center_output: remember g_0(x) on every row of every split; f = (g - g_0) + c is then exactly c at step 0
+        (the same batches give the same g bit for bit), one value for all rows, so ties in c stay ties."""
         for split in (self.train, self.val, self.test):
-            split.off = None
-            split.off = (c - self._outputs(split).double()).float().to(self.device)
+            split.g0 = None
+            split.g0 = self._outputs(split).to(self.device)
+        self.c = self._constant().float().to(self.device)
+        for split in (self.val, self.test):  # step 0's evaluation is c on every row: no second forward pass
+            const = self.c.cpu().expand(len(split), *self.c.shape).clone()
+            self._evals[(id(split), 0)] = self._evaluate(split, self._units(const))
 
     def _feature_step(self) -> float:
         """1 / (2 lambda_max) of the cached features' second moment M = [h, 1]^T [h, 1] / n: the squared loss has
@@ -222,7 +227,7 @@ class Trainer:
                     out = self.model(ids, mask).float()
             else:
                 out = self.model(ids, mask)
-        return out if split.off is None else out + split.off[idx.to(split.off.device)]
+        return out if split.g0 is None else (out - split.g0[idx.to(split.g0.device)]) + self.c
 
     def _train_step(self) -> float:
         """One optimiser step (micro-batched); returns the training loss (non-finite: no step taken)."""
@@ -265,7 +270,10 @@ class Trainer:
 
     def predict(self, split: Split) -> torch.Tensor:
         """Predictions in the targets' units (regression) or class logits, in the split's row order."""
-        out = self._outputs(split)
+        return self._units(self._outputs(split))
+
+    def _units(self, out: torch.Tensor) -> torch.Tensor:
+        """Outputs in training units -> the targets' units (regression; class logits unchanged)."""
         return out * self.scale + self.shift if self.task_type == "regression" else out
 
     def evaluate(self, split: Split) -> dict:
@@ -276,8 +284,8 @@ class Trainer:
             self._evals[key] = self._evaluate(split)
         return dict(self._evals[key])
 
-    def _evaluate(self, split: Split) -> dict:
-        out = self.predict(split)
+    def _evaluate(self, split: Split, out: torch.Tensor | None = None) -> dict:
+        out = self.predict(split) if out is None else out
         loss = float(_loss(self._target(out), self._target(split.y), self.task_type))
         if not math.isfinite(loss):
             return {"loss": loss}
