@@ -102,6 +102,18 @@ def test_centred_kernel_gd_starts_at_the_constant_predictor(task_type):
         assert pt.t_holdout >= 0 and np.isfinite(pt.test_holdout["mse_target"])
 
 
+def test_learning_rate_ties_at_step_0_are_broken_by_the_runs_after_it():
+    from ntkft.reproduce.curves import _tuning_key
+
+    hist = lambda *v: [{"step": 10 * i, "val_loss": x} for i, x in enumerate(v)]  # noqa: E731
+    grid = [{"lr": 1e-4, "best_val": 1.0, "history": hist(1.0, 1.3, 1.2)},
+            {"lr": 3e-4, "best_val": 1.0, "history": hist(1.0, 1.1, 1.4)},
+            {"lr": 1e-3, "best_val": 1.0, "history": hist(1.0, float("nan"))}]
+    assert min(grid, key=_tuning_key)["lr"] == 3e-4  # both kept step 0; 3e-4 came closer after it
+    grid.append({"lr": 3e-3, "best_val": 0.9, "history": hist(1.0, 0.9)})
+    assert min(grid, key=_tuning_key)["lr"] == 3e-3  # a better best still wins
+
+
 def test_baseline_and_skill():
     from ntkft.reproduce.curves import baseline, skill
 

@@ -54,6 +54,15 @@ def _fit(ft_cfg, data_dir: str | None, track_test: bool):
     return OracleTrainer(ft_cfg, None, data_dir, False).fit()
 
 
+def _tuning_key(cell: dict) -> tuple[float, float]:
+    """Order of learning-rate runs: best validation loss, then the best after step 0. Runs that all keep step 0
+    (with a centred start, the same constant predictor) tie exactly on the first; the second says which learning
+    rate got closer to beating it, instead of the grid's order deciding."""
+    after = [r["val_loss"] for r in cell.get("history", []) if r.get("step", 0) > 0
+             and isinstance(r.get("val_loss"), (int, float)) and math.isfinite(r["val_loss"])]
+    return cell["best_val"], min(after, default=math.inf)
+
+
 def baseline(task_type: str, y_train: np.ndarray, y_test: np.ndarray) -> dict:
     """What a model that ignores the input scores: the training mean (regression) or majority class."""
     y_train, y_test = np.asarray(y_train, dtype=np.float64), np.asarray(y_test, dtype=np.float64)
@@ -235,10 +244,11 @@ def run(ctx: Context) -> CurvesResult:
         for task in cfg.curve_tasks:
             grid = [cell(plan, task, cfg.tuning_size, 0, lr) for lr in plan.lrs]
             ok = [g for g in grid if "failed" not in g and g.get("best_val") is not None and math.isfinite(g["best_val"])]
-            best = min(ok, key=lambda g: g["best_val"]) if ok else None
+            best = min(ok, key=_tuning_key) if ok else None
             lr = best["lr"] if best else None
             lr_choice[plan.id][task] = {
-                "lr": lr, "size": cfg.tuning_size, "criterion": "validation loss (best over the run), seed 0",
+                "lr": lr, "size": cfg.tuning_size, "criterion": "validation loss (best over the run), seed 0; a tie "
+                "(each run kept its step 0, the same starting model) broken by the best validation loss after step 0",
                 "grid": [{"lr": g["lr"], "best_val": g.get("best_val"), "skill": g.get("skill"),
                           "failed": g.get("failed")} for g in grid]}
             cells += [g | {"tuning": True} for g in grid if g["lr"] != lr]
