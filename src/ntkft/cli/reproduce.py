@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import typer
@@ -35,7 +36,8 @@ def _reproduce(cfg: ReproConfig, out: str, overwrite: bool, data_dir: str | None
     if isinstance(rk, RankingsResult):
         for c in rk.correlations:
             if c.measure == "auc" and c.estimator == "paper":
-                typer.echo(f"{c.model} {c.group}: Spearman rho(beta, efficiency) {c.rho:+.2f}, p {c.p_one_sided:.3f}")
+                p = f"p {c.p_one_sided:.3f}" if math.isfinite(c.p_one_sided) else f"no test with {len(c.tasks)} tasks"
+                typer.echo(f"{c.model} {c.group}: Spearman rho(beta, efficiency) {c.rho:+.2f}, {p}")
     tv = res.stages.get("taskvec")
     if tv is not None and getattr(tv, "skipped", None):
         typer.echo(f"stage taskvec: {tv.skipped}", err=True)  # type: ignore[attr-defined]
