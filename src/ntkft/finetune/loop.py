@@ -23,7 +23,7 @@ from ..kernel._common import trim
 from ..models import fingerprint, load_model
 from ..tasks import task_metrics
 from .config import FinetuneConfig
-from .data import Split, by_length, cache_features, check_monitor, length_split, prepare
+from .data import Split, by_length, cache_features, check_monitor, in_row_order, length_split, prepare
 from .early_stopping import EarlyStopping
 from .parallel import ranks_from_env
 from .settings import get_setting, readout_of
@@ -263,10 +263,7 @@ class Trainer:
         """f on every row of `split` in training units, in row order (eval mode; batches of similar length)."""
         self.model.eval()
         parts = list(torch.arange(len(split)).split(64)) if split.h is not None else by_length(split.mask, 64)
-        got = torch.cat([self._forward(split, ix) for ix in parts]).float().cpu()
-        out = torch.empty_like(got)
-        out[torch.cat(parts)] = got
-        return out
+        return in_row_order(parts, [self._forward(split, ix) for ix in parts]).float().cpu()
 
     def predict(self, split: Split) -> torch.Tensor:
         """Predictions in the targets' units (regression) or class logits, in the split's row order."""
