@@ -411,6 +411,37 @@ def test_killed_stages_resume_without_recomputing(tmp_path, monkeypatch, data_di
     assert res4.stages["curves"].curves[0].sizes == [8, 16, 24]
 
 
+def test_cells_in_worker_processes_match_one_process(tmp_path, monkeypatch, data_dir):
+    """workers = 2 fine-tunes every cell in other processes (this process's finetune_cell is never called) and
+    gets the cells one process gets, to rounding; the units it wrote are read back by a one-process rerun."""
+    import torch
+
+    from ntkft.config import make
+    from ntkft.reproduce import ReproConfig, curves, reproduce
+
+    base = {**RESUME, "stages": [2], "kgd": False}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' share of the threads too: the same sums on both sides
+    try:
+        one = reproduce(make(ReproConfig, **base), tmp_path / "one", progress=False).stages["curves"]
+    finally:
+        torch.set_num_threads(threads)
+
+    def here(*a, **k):
+        raise AssertionError("a cell was fine-tuned in the parent process")
+
+    monkeypatch.setattr(curves, "finetune_cell", here)
+    two = reproduce(make(ReproConfig, **base, workers=2), tmp_path / "two", progress=False).stages["curves"]
+    assert len(two.cells) == len(one.cells) == 4
+    for a, b in zip(one.cells, two.cells, strict=True):
+        assert (a["task"], a["size"], a["seed"], a["lr"], a["best_step"]) == \
+            (b["task"], b["size"], b["seed"], b["lr"], b["best_step"])
+        for k, v in a["test_best"].items():
+            assert b["test_best"][k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
+    again = reproduce(make(ReproConfig, **base), tmp_path / "two", progress=False).stages["curves"]
+    assert json.dumps(again.curves[0].to_dict()) == json.dumps(two.curves[0].to_dict())  # read back, not rerun
+
+
 def test_cli_quick_and_config_conflict_is_one_line(tmp_path, capsys):
     from conftest import run_cli
 

@@ -89,6 +89,9 @@ class ReproConfig(StrictModel):
                                   "middle size)")
     track_test: bool = Field(True, description="score the test split at every evaluation too, for the oracle "
                              "stopping step (one extra test pass per evaluation)")
+    workers: int = Field(1, ge=1, le=64, description="fine-tuning cells run in this many processes at once, each "
+                         "on its share of the threads (results agree with 1 worker to rounding: a thread count "
+                         "changes summation order, so a run may resume with another value)")
     kgd: bool = Field(True, description="kernel gradient descent on the eNTK beside each measured curve")
     kgd_max_n: int = Field(256, ge=8, description="largest training size of the kernel-GD curve")
     kgd_n_test: int = Field(200, ge=10, description="test examples of the kernel-GD curve")

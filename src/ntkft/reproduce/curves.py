@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._runs import RunFolder
 from ..errors import NtkftError
 from ..tasks import get_spec
 from .config import ModelPlan
@@ -212,6 +215,87 @@ def kgd_name(plan: ModelPlan, task: str, seed: int) -> str:
     return f"kgd/{slug(plan.id)}/{task}-s{seed}.safetensors"
 
 
+Job = tuple[ModelPlan, str, int, int, float]  # (plan, task, size, seed, lr): one fine-tuning cell
+
+
+def _worker_init(threads: int) -> None:
+    """A worker process's share of the threads (set before its first torch op)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _cell_in_worker(cfg: dict, data_dir: str | None, plan: dict, task: str, size: int, seed: int, lr: float) -> dict:
+    """`finetune_cell` in a worker process, from plain data (the parent's models and caches stay there)."""
+    from pathlib import Path
+
+    from .config import ReproConfig
+
+    ctx = Context(ReproConfig.model_validate(cfg), Path("."), data_dir, progress=False)
+    return finetune_cell(ctx, ModelPlan.model_validate(plan), task, size, seed, lr)
+
+
+class Cells:
+    """The stage's fine-tuning cells: read back from the run folder, or computed in this process or in a pool of
+    `workers` processes (one pool for the whole stage); this process writes each unit as it finishes."""
+
+    def __init__(self, ctx: Context, rf: RunFolder, bar: tqdm) -> None:
+        self.ctx, self.rf, self.bar = ctx, rf, bar
+        self.pool: ProcessPoolExecutor | None = None
+
+    def fill(self, jobs: list[Job]) -> list[dict]:
+        """The cells of `jobs`, in order, computing the missing ones (largest training size first)."""
+        got: dict[str, dict] = {}
+        todo = []
+        for job in jobs:
+            unit = read_unit(self.rf.root / cell_name(*job), cell_fp(self.ctx, job[0], job[1]))
+            if unit is None:
+                todo.append(job)
+            else:
+                got[cell_name(*job)] = unit
+                self.bar.update(1)
+        for job, unit in self._compute(sorted(todo, key=lambda j: -j[2])):
+            name = cell_name(*job)
+            got[name] = unit | {"data_fp": cell_fp(self.ctx, job[0], job[1])}
+            self.rf.write_json(name, got[name])
+            self.bar.update(1)
+        return [got[cell_name(*job)] for job in jobs]
+
+    def _compute(self, todo: list[Job]) -> Iterator[tuple[Job, dict]]:
+        workers = self.ctx.cfg.workers
+        if workers == 1:
+            for job in todo:
+                plan, task, size, seed, lr = job
+                self.bar.set_postfix_str(f"{plan.id} {task} n={size} seed={seed} lr={lr:g}")
+                yield job, finetune_cell(self.ctx, *job)
+            return
+        if not todo:
+            return
+        if self.pool is None:
+            import multiprocessing
+
+            import torch
+
+            threads = max(1, torch.get_num_threads() // workers)
+            self.pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _worker_init, (threads,))
+        cfg = self.ctx.cfg.model_dump()
+        futures = {self.pool.submit(_cell_in_worker, cfg, self.ctx.data_dir, j[0].model_dump(), *j[1:]): j
+                   for j in todo}
+        self.bar.set_postfix_str(f"{todo[0][0].id} {todo[0][1]}: {len(todo)} runs on {workers} workers")
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def close(self) -> None:
+        """End the pool (queued cells are dropped; a killed run resumes them)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
 def run(ctx: Context) -> CurvesResult:
     """Tune the learning rate, fill every cell, compute the kernel-GD units, then aggregate."""
     cfg = ctx.cfg
@@ -225,24 +309,29 @@ def run(ctx: Context) -> CurvesResult:
     n_cells = sum(len(cfg.plan_sizes(m)) * cfg.plan_seeds(m) for m in cfg.models) * len(cfg.curve_tasks)
     n_kgd = len(cfg.models) * len(cfg.curve_tasks) * cfg.kgd_seeds if cfg.kgd and cfg.kgd_sizes else 0
     bar = tqdm(total=n_tune + n_cells + n_kgd, desc="stage 2: learning curves", disable=not ctx.progress, unit="run")
+    pool = Cells(ctx, rf, bar)
+    try:
+        lr_choice, cells, kgd_points = _fill(ctx, rf, bar, pool, n_kgd)
+    finally:
+        pool.close()
+        bar.close()
+    res = aggregate(ctx, lr_choice, cells, kgd_points)
+    rf.write_json("curves.json", res.to_dict() | {"inputs": inputs})
+    rf.write_text("curves.csv", curves_csv(res))
+    rf.finish(stage="curves")
+    return res
 
-    def cell(plan: ModelPlan, task: str, size: int, seed: int, lr: float) -> dict:
-        name, fp = cell_name(plan, task, size, seed, lr), cell_fp(ctx, plan, task)
-        got = read_unit(rf.root / name, fp)
-        if got is None:
-            bar.set_postfix_str(f"{plan.id} {task} n={size} seed={seed} lr={lr:g}")
-            got = finetune_cell(ctx, plan, task, size, seed, lr) | {"data_fp": fp}
-            rf.write_json(name, got)
-        bar.update(1)
-        return got
 
+def _fill(ctx: Context, rf: RunFolder, bar: tqdm, pool: Cells, n_kgd: int) -> tuple[dict, list[dict], list[dict]]:
+    """Per model and task: the learning-rate grid, the curve's cells at the chosen rate, the kernel-GD units."""
+    cfg = ctx.cfg
     cells: list[dict] = []
     lr_choice: dict[str, dict] = {}
     kgd_points: list[dict] = []
     for plan in cfg.models:
         lr_choice[plan.id] = {}
         for task in cfg.curve_tasks:
-            grid = [cell(plan, task, cfg.tuning_size, 0, lr) for lr in plan.lrs]
+            grid = pool.fill([(plan, task, cfg.tuning_size, 0, lr) for lr in plan.lrs])
             ok = [g for g in grid if "failed" not in g and g.get("best_val") is not None and math.isfinite(g["best_val"])]
             best = min(ok, key=_tuning_key) if ok else None
             lr = best["lr"] if best else None
@@ -255,9 +344,8 @@ def run(ctx: Context) -> CurvesResult:
             if lr is None:
                 log.warning("%s %s: every learning rate failed; no curve", plan.id, task)
                 continue
-            for size in cfg.plan_sizes(plan):
-                for seed in range(cfg.plan_seeds(plan)):
-                    cells.append(cell(plan, task, size, seed, lr) | {"tuning": False})
+            jobs = [(plan, task, size, seed, lr) for size in cfg.plan_sizes(plan) for seed in range(cfg.plan_seeds(plan))]
+            cells += [c | {"tuning": False} for c in pool.fill(jobs)]
             if n_kgd:
                 for seed in range(cfg.kgd_seeds):
                     name, fp = kgd_name(plan, task, seed), kgd_fp(ctx, plan, task)
@@ -270,12 +358,7 @@ def run(ctx: Context) -> CurvesResult:
                     pts = kgd_curve(unit, cfg.kgd_sizes, cfg.val, get_spec(task).type, seed, cfg.kgd_t_max,
                                     plan.center_output)
                     kgd_points += [p.to_dict() | {"model": plan.id, "task": task} for p in pts]
-    bar.close()
-    res = aggregate(ctx, lr_choice, cells, kgd_points)
-    rf.write_json("curves.json", res.to_dict() | {"inputs": inputs})
-    rf.write_text("curves.csv", curves_csv(res))
-    rf.finish(stage="curves")
-    return res
+    return lr_choice, cells, kgd_points
 
 
 # ---------------------------------------------------------------- aggregation
