@@ -384,9 +384,10 @@ def test_killed_stages_resume_without_recomputing(tmp_path, monkeypatch, data_di
     monkeypatch.setattr(spectra, "spectrum_kernel", counting("kernel", real_kernel))
     monkeypatch.setattr(curves, "finetune_cell", killed_on_call(counting("cell", real_cell), 3))
     with pytest.raises(KeyboardInterrupt):  # stage 1 finishes from its cache; stage 2 killed on its third cell
+        # (the two learning-rate grids come first, then per task its curve's cells and its kernel-GD unit)
         reproduce(cfg, out, progress=False)
     assert calls["kernel"] == 4  # only the two kernels not finished before the kill
-    assert (out / "spectra/spectra.json").is_file() and calls["cell"] == 2 and calls["kgd"] == 1
+    assert (out / "spectra/spectra.json").is_file() and calls["cell"] == 2 and calls["kgd"] == 0
     monkeypatch.setattr(curves, "finetune_cell", counting("cell", real_cell))
     res = reproduce(cfg, out, progress=False)
     assert calls == {"kernel": 4, "cell": 4, "kgd": 2}  # 4 cells and 2 kernel-GD units, each computed once
@@ -411,15 +412,15 @@ def test_killed_stages_resume_without_recomputing(tmp_path, monkeypatch, data_di
     assert res4.stages["curves"].curves[0].sizes == [8, 16, 24]
 
 
-def test_cells_in_worker_processes_match_one_process(tmp_path, monkeypatch, data_dir):
-    """workers = 2 fine-tunes every cell in other processes (this process's finetune_cell is never called) and
-    gets the cells one process gets, to rounding; the units it wrote are read back by a one-process rerun."""
+def test_units_in_worker_processes_match_one_process(tmp_path, monkeypatch, data_dir):
+    """workers = 2 computes every fine-tuning cell and kernel-GD unit in other processes (this process's
+    functions are never called) and gets what one process gets, to rounding; a one-process rerun reads it back."""
     import torch
 
     from ntkft.config import make
     from ntkft.reproduce import ReproConfig, curves, reproduce
 
-    base = {**RESUME, "stages": [2], "kgd": False}
+    base = {**RESUME, "stages": [2]}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' share of the threads too: the same sums on both sides
     try:
@@ -428,18 +429,22 @@ def test_cells_in_worker_processes_match_one_process(tmp_path, monkeypatch, data
         torch.set_num_threads(threads)
 
     def here(*a, **k):
-        raise AssertionError("a cell was fine-tuned in the parent process")
+        raise AssertionError("a unit was computed in the parent process")
 
     monkeypatch.setattr(curves, "finetune_cell", here)
+    monkeypatch.setattr(curves, "kgd_kernels", here)
     two = reproduce(make(ReproConfig, **base, workers=2), tmp_path / "two", progress=False).stages["curves"]
-    assert len(two.cells) == len(one.cells) == 4
+    assert len(two.cells) == len(one.cells) == 4 and len(two.kgd_points) == len(one.kgd_points) == 4
     for a, b in zip(one.cells, two.cells, strict=True):
         assert (a["task"], a["size"], a["seed"], a["lr"], a["best_step"]) == \
             (b["task"], b["size"], b["seed"], b["lr"], b["best_step"])
         for k, v in a["test_best"].items():
             assert b["test_best"][k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
+    for a, b in zip(one.curves, two.curves, strict=True):
+        for k, v in a.kgd.items():
+            assert b.kgd[k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
     again = reproduce(make(ReproConfig, **base), tmp_path / "two", progress=False).stages["curves"]
-    assert json.dumps(again.curves[0].to_dict()) == json.dumps(two.curves[0].to_dict())  # read back, not rerun
+    assert json.dumps(again.to_dict()["curves"]) == json.dumps(two.to_dict()["curves"])  # read back, not rerun
 
 
 def test_cli_quick_and_config_conflict_is_one_line(tmp_path, capsys):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -215,7 +215,8 @@ def kgd_name(plan: ModelPlan, task: str, seed: int) -> str:
     return f"kgd/{slug(plan.id)}/{task}-s{seed}.safetensors"
 
 
-Job = tuple[ModelPlan, str, int, int, float]  # (plan, task, size, seed, lr): one fine-tuning cell
+Cell = tuple[ModelPlan, str, int, int, float]  # (plan, task, size, seed, lr): one fine-tuning run
+Kgd = tuple[ModelPlan, str, int]  # (plan, task, seed): one kernel-GD unit
 
 
 def _worker_init(threads: int) -> None:
@@ -225,75 +226,104 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _cell_in_worker(cfg: dict, data_dir: str | None, plan: dict, task: str, size: int, seed: int, lr: float) -> dict:
-    """`finetune_cell` in a worker process, from plain data (the parent's models and caches stay there)."""
+def _in_worker(kind: str, cfg: dict, data_dir: str | None, plan: dict, task: str, *args: Any) -> Any:
+    """One unit in a worker process, from plain data (the parent's models and caches stay there)."""
     from pathlib import Path
 
     from .config import ReproConfig
 
     ctx = Context(ReproConfig.model_validate(cfg), Path("."), data_dir, progress=False)
-    return finetune_cell(ctx, ModelPlan.model_validate(plan), task, size, seed, lr)
+    fn = finetune_cell if kind == "cell" else kgd_kernels
+    return fn(ctx, ModelPlan.model_validate(plan), task, *args)
 
 
-class Cells:
-    """The stage's fine-tuning cells: read back from the run folder, or computed in this process or in a pool of
-    `workers` processes (one pool for the whole stage); this process writes each unit as it finishes."""
+class Units:
+    """The stage's units: read back from the run folder, or computed, here (workers = 1, in the order asked) or in
+    one pool of `workers` processes for the whole stage (work is queued ahead with `submit`, so a worker never
+    waits for another's long run). This process writes each unit the moment it finishes."""
 
     def __init__(self, ctx: Context, rf: RunFolder, bar: tqdm) -> None:
         self.ctx, self.rf, self.bar = ctx, rf, bar
         self.pool: ProcessPoolExecutor | None = None
+        self.pending: dict[Future, tuple[str, str, str]] = {}  # future -> (kind, unit name, key)
+        self.running: set[str] = set()
 
-    def fill(self, jobs: list[Job]) -> list[dict]:
-        """The cells of `jobs`, in order, computing the missing ones (largest training size first)."""
-        got: dict[str, dict] = {}
-        todo = []
-        for job in jobs:
-            unit = read_unit(self.rf.root / cell_name(*job), cell_fp(self.ctx, job[0], job[1]))
-            if unit is None:
-                todo.append(job)
-            else:
-                got[cell_name(*job)] = unit
-                self.bar.update(1)
-        for job, unit in self._compute(sorted(todo, key=lambda j: -j[2])):
-            name = cell_name(*job)
-            got[name] = unit | {"data_fp": cell_fp(self.ctx, job[0], job[1])}
-            self.rf.write_json(name, got[name])
-            self.bar.update(1)
-        return [got[cell_name(*job)] for job in jobs]
+    # ------------------------------------------------------------------ what a unit is
 
-    def _compute(self, todo: list[Job]) -> Iterator[tuple[Job, dict]]:
-        workers = self.ctx.cfg.workers
-        if workers == 1:
-            for job in todo:
-                plan, task, size, seed, lr = job
-                self.bar.set_postfix_str(f"{plan.id} {task} n={size} seed={seed} lr={lr:g}")
-                yield job, finetune_cell(self.ctx, *job)
+    def _spec(self, kind: str, job: Cell | Kgd) -> tuple[str, str]:
+        plan, task = job[0], job[1]
+        if kind == "cell":
+            return cell_name(*job), cell_fp(self.ctx, plan, task)  # type: ignore[arg-type]
+        return kgd_name(*job), kgd_fp(self.ctx, plan, task)  # type: ignore[arg-type]
+
+    def _read(self, kind: str, name: str, fp: str) -> Any:
+        return read_unit(self.rf.root / name, fp) if kind == "cell" else load_tensors(self.rf.root / name, fp)
+
+    def _write(self, kind: str, name: str, fp: str, unit: Any) -> Any:
+        if kind == "cell":
+            unit = unit | {"data_fp": fp}
+            self.rf.write_json(name, unit)
+        else:
+            self.rf.save_tensors(name, unit, {"data": fp})
+        return unit
+
+    # ------------------------------------------------------------------ asking for units
+
+    def submit(self, kind: str, jobs: list) -> None:
+        """Queue the missing units of `jobs` in the pool (largest training size first); nothing with one worker."""
+        if self.ctx.cfg.workers == 1:
             return
-        if not todo:
-            return
-        if self.pool is None:
-            import multiprocessing
+        for job in sorted(jobs, key=lambda j: -j[2] if kind == "cell" else 0):
+            name, fp = self._spec(kind, job)
+            if name in self.running or self._read(kind, name, fp) is not None:
+                continue
+            if self.pool is None:
+                import multiprocessing
 
-            import torch
+                import torch
 
-            threads = max(1, torch.get_num_threads() // workers)
-            self.pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _worker_init, (threads,))
-        cfg = self.ctx.cfg.model_dump()
-        futures = {self.pool.submit(_cell_in_worker, cfg, self.ctx.data_dir, j[0].model_dump(), *j[1:]): j
-                   for j in todo}
-        self.bar.set_postfix_str(f"{todo[0][0].id} {todo[0][1]}: {len(todo)} runs on {workers} workers")
-        try:
-            for f in as_completed(futures):
-                yield futures[f], f.result()
-        finally:
-            for f in futures:
-                f.cancel()
+                threads = max(1, torch.get_num_threads() // self.ctx.cfg.workers)
+                self.pool = ProcessPoolExecutor(self.ctx.cfg.workers, multiprocessing.get_context("spawn"),
+                                                _worker_init, (threads,))
+            f = self.pool.submit(_in_worker, kind, self.ctx.cfg.model_dump(), self.ctx.data_dir,
+                                 job[0].model_dump(), *job[1:])
+            self.pending[f] = (kind, name, fp)
+            self.running.add(name)
+
+    def get(self, kind: str, job: Cell | Kgd) -> Any:
+        """One unit: read back, waited for (writing every unit that finishes meanwhile), or computed here."""
+        name, fp = self._spec(kind, job)
+        unit = None if name in self.running else self._read(kind, name, fp)
+        if unit is None and self.ctx.cfg.workers > 1:
+            self.submit(kind, [job])
+            while name in self.running:
+                self._collect()
+            unit = self._read(kind, name, fp)
+        if unit is None:
+            plan, task, *rest = job
+            what = "n={} seed={} lr={:g}".format(*rest) if kind == "cell" else f"kernel-GD seed={rest[0]}"
+            self.bar.set_postfix_str(f"{plan.id} {task} {what}")
+            fn = finetune_cell if kind == "cell" else kgd_kernels
+            unit = self._write(kind, name, fp, fn(self.ctx, *job))  # type: ignore[operator]
+        self.bar.update(1)
+        return unit
+
+    def _collect(self) -> None:
+        """Wait for the next unit(s) to finish in the pool and write them."""
+        done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+        for f in done:
+            kind, name, fp = self.pending.pop(f)
+            self.running.discard(name)
+            self._write(kind, name, fp, f.result())
+        self.bar.set_postfix_str(f"{len(self.pending)} queued or running on {self.ctx.cfg.workers} workers")
 
     def close(self) -> None:
-        """End the pool (queued cells are dropped; a killed run resumes them)."""
+        """End the pool: queued units are dropped, running ones finish unwritten (a rerun resumes them)."""
         if self.pool is not None:
+            for f in self.pending:
+                f.cancel()
             self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+            self.pool, self.pending, self.running = None, {}, set()
 
 
 def run(ctx: Context) -> CurvesResult:
@@ -309,11 +339,11 @@ def run(ctx: Context) -> CurvesResult:
     n_cells = sum(len(cfg.plan_sizes(m)) * cfg.plan_seeds(m) for m in cfg.models) * len(cfg.curve_tasks)
     n_kgd = len(cfg.models) * len(cfg.curve_tasks) * cfg.kgd_seeds if cfg.kgd and cfg.kgd_sizes else 0
     bar = tqdm(total=n_tune + n_cells + n_kgd, desc="stage 2: learning curves", disable=not ctx.progress, unit="run")
-    pool = Cells(ctx, rf, bar)
+    units = Units(ctx, rf, bar)
     try:
-        lr_choice, cells, kgd_points = _fill(ctx, rf, bar, pool, n_kgd)
+        lr_choice, cells, kgd_points = _fill(ctx, units, n_kgd > 0)
     finally:
-        pool.close()
+        units.close()
         bar.close()
     res = aggregate(ctx, lr_choice, cells, kgd_points)
     rf.write_json("curves.json", res.to_dict() | {"inputs": inputs})
@@ -322,42 +352,48 @@ def run(ctx: Context) -> CurvesResult:
     return res
 
 
-def _fill(ctx: Context, rf: RunFolder, bar: tqdm, pool: Cells, n_kgd: int) -> tuple[dict, list[dict], list[dict]]:
-    """Per model and task: the learning-rate grid, the curve's cells at the chosen rate, the kernel-GD units."""
+def _fill(ctx: Context, units: Units, with_kgd: bool) -> tuple[dict, list[dict], list[dict]]:
+    """Every learning-rate grid first (and, with workers, the kernel-GD units behind them), then per model and
+    task the choice of rate, the curve's cells at that rate and the kernel-GD points."""
     cfg = ctx.cfg
+    pairs = [(plan, task) for plan in cfg.models for task in cfg.curve_tasks]
+    grids = {(p.id, t): [(p, t, cfg.tuning_size, 0, lr) for lr in p.lrs] for p, t in pairs}
+    kgds = {(p.id, t): [(p, t, seed) for seed in range(cfg.kgd_seeds)] if with_kgd else [] for p, t in pairs}
+    for p, t in pairs:
+        units.submit("cell", grids[p.id, t])
+    for p, t in pairs:
+        units.submit("kgd", kgds[p.id, t])
+    lr_choice: dict[str, dict] = {plan.id: {} for plan in cfg.models}
+    curve_jobs: dict[tuple[str, str], list[Cell]] = {}
+    tuned: list[dict] = []
+    for plan, task in pairs:
+        grid = [units.get("cell", job) for job in grids[plan.id, task]]
+        ok = [g for g in grid if "failed" not in g and g.get("best_val") is not None and math.isfinite(g["best_val"])]
+        best = min(ok, key=_tuning_key) if ok else None
+        lr = best["lr"] if best else None
+        lr_choice[plan.id][task] = {
+            "lr": lr, "size": cfg.tuning_size, "criterion": "validation loss (best over the run), seed 0; a tie "
+            "(each run kept its step 0, the same starting model) broken by the best validation loss after step 0",
+            "grid": [{"lr": g["lr"], "best_val": g.get("best_val"), "skill": g.get("skill"),
+                      "failed": g.get("failed")} for g in grid]}
+        tuned += [g | {"tuning": True} for g in grid if g["lr"] != lr]
+        if lr is None:
+            log.warning("%s %s: every learning rate failed; no curve", plan.id, task)
+        curve_jobs[plan.id, task] = [] if lr is None else \
+            [(plan, task, size, seed, lr) for size in cfg.plan_sizes(plan) for seed in range(cfg.plan_seeds(plan))]
+        units.submit("cell", curve_jobs[plan.id, task])
     cells: list[dict] = []
-    lr_choice: dict[str, dict] = {}
     kgd_points: list[dict] = []
-    for plan in cfg.models:
-        lr_choice[plan.id] = {}
-        for task in cfg.curve_tasks:
-            grid = pool.fill([(plan, task, cfg.tuning_size, 0, lr) for lr in plan.lrs])
-            ok = [g for g in grid if "failed" not in g and g.get("best_val") is not None and math.isfinite(g["best_val"])]
-            best = min(ok, key=_tuning_key) if ok else None
-            lr = best["lr"] if best else None
-            lr_choice[plan.id][task] = {
-                "lr": lr, "size": cfg.tuning_size, "criterion": "validation loss (best over the run), seed 0; a tie "
-                "(each run kept its step 0, the same starting model) broken by the best validation loss after step 0",
-                "grid": [{"lr": g["lr"], "best_val": g.get("best_val"), "skill": g.get("skill"),
-                          "failed": g.get("failed")} for g in grid]}
-            cells += [g | {"tuning": True} for g in grid if g["lr"] != lr]
-            if lr is None:
-                log.warning("%s %s: every learning rate failed; no curve", plan.id, task)
-                continue
-            jobs = [(plan, task, size, seed, lr) for size in cfg.plan_sizes(plan) for seed in range(cfg.plan_seeds(plan))]
-            cells += [c | {"tuning": False} for c in pool.fill(jobs)]
-            if n_kgd:
-                for seed in range(cfg.kgd_seeds):
-                    name, fp = kgd_name(plan, task, seed), kgd_fp(ctx, plan, task)
-                    unit = load_tensors(rf.root / name, fp)
-                    if unit is None:
-                        bar.set_postfix_str(f"{plan.id} {task} kernel-GD seed={seed}")
-                        unit = kgd_kernels(ctx, plan, task, seed)
-                        rf.save_tensors(name, unit, {"data": fp})
-                    bar.update(1)
-                    pts = kgd_curve(unit, cfg.kgd_sizes, cfg.val, get_spec(task).type, seed, cfg.kgd_t_max,
-                                    plan.center_output)
-                    kgd_points += [p.to_dict() | {"model": plan.id, "task": task} for p in pts]
+    for plan, task in pairs:
+        cells += [c for c in tuned if c["model"] == plan.id and c["task"] == task]
+        cells += [units.get("cell", job) | {"tuning": False} for job in curve_jobs[plan.id, task]]
+        if lr_choice[plan.id][task]["lr"] is None:
+            units.bar.update(len(kgds[plan.id, task]))  # no curve, so no kernel-GD points beside it
+            continue
+        for job in kgds[plan.id, task]:
+            pts = kgd_curve(units.get("kgd", job), cfg.kgd_sizes, cfg.val, get_spec(task).type, job[2],
+                            cfg.kgd_t_max, plan.center_output)
+            kgd_points += [p.to_dict() | {"model": plan.id, "task": task} for p in pts]
     return lr_choice, cells, kgd_points
 
 
