@@ -116,6 +116,28 @@ def test_fallback_path_for_unknown_modules(pairs):
     assert rel(kernel_matrix(r, x, method="factored", progress=False), ref) <= 1e-6
 
 
+def test_spilled_factors_of_one_tensor_under_two_names(pairs, tmp_path):
+    """BERT's position and token-type embeddings receive one output gradient, captured as one tensor under two
+    names: spilled to disk it is stored once (safetensors refuses shared memory), and K equals the in-memory K,
+    symmetric and test-by-train alike."""
+    from ntkft.kernel.checkpoint import Checkpoint
+
+    m, r = _tiny("tiny-bert")
+    x = encode(m.tokenizer, m.kind, pairs, max_length=16)
+    x2 = encode(m.tokenizer, m.kind, pairs.take([0, 3]), max_length=12)
+    for args in ((x,), (x2, x)):
+        ref = kernel_matrix(r, *args, progress=False, batch_size=2)
+        spilled = kernel_matrix(r, *args, progress=False, batch_size=2, max_memory=2**20, checkpoint_dir=tmp_path / "k")
+        assert rel(spilled, ref) <= 1e-12
+    a = torch.arange(6.0).reshape(2, 3)
+    ck = Checkpoint(tmp_path / "c", {"k": 1})
+    ck.put("u", {"a": a, "b": a, "c": a.view(3, 2), "d": a[1]}, {"alias": {"e": "a"}})
+    got, meta = ck.get("u", ["a", "b", "c", "d", "e"])
+    assert meta["alias"] == {"e": "a", "b": "a"}
+    for k, v in {"a": a, "b": a, "c": a.view(3, 2), "d": a[1], "e": a}.items():
+        assert torch.equal(got[k], v), k
+
+
 def test_deterministic_and_resume_equals_uninterrupted(pairs, tmp_path, monkeypatch):
     from ntkft.kernel import factored
 

@@ -81,6 +81,28 @@ def _own(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors safetensors can write, and aliases: a tensor that is another one (the same storage, shape and
+    strides: BERT's position and token-type embeddings receive one output gradient) is stored once under its first
+    name; one that shares storage in another shape is copied."""
+    flat: dict[str, torch.Tensor] = {}
+    alias: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for k, v in tensors.items():
+        t = _own(v)
+        first = seen.get(t.untyped_storage().data_ptr()) if t.numel() else None
+        if first is not None:
+            f = flat[first]
+            if (f.shape, f.stride(), f.dtype) == (t.shape, t.stride(), t.dtype):
+                alias[k] = first
+                continue
+            t = t.clone()
+        elif t.numel():
+            seen[t.untyped_storage().data_ptr()] = k
+        flat[k] = t
+    return flat, alias
+
+
 class Checkpoint:
     """A Store in a folder, tied to one computation by `key`: a different key never reuses (or deletes) anything
     but the files this class listed in the folder's manifest."""
@@ -144,8 +166,9 @@ class Checkpoint:
 
         fname = self._file(name)
         path = self._claim(fname)
-        md = {"meta": json.dumps(meta or {}, default=str)}
-        flat = {k: _own(v) for k, v in tensors.items()}
+        flat, alias = _unshared(tensors)
+        meta = {**(meta or {}), "alias": {**(meta or {}).get("alias", {}), **alias}} if alias else (meta or {})
+        md = {"meta": json.dumps(meta, default=str)}
         tmp = self.root / f".{fname}.tmp"  # the claimed twin: a kill mid-write leaves only files the manifest lists
         if durable:
             atomic_write_bytes(path, save(flat, metadata=md), tmp=tmp)
