@@ -246,7 +246,11 @@ class Units:
         self.ctx, self.rf, self.bar = ctx, rf, bar
         self.pool: ProcessPoolExecutor | None = None
         self.pending: dict[Future, tuple[str, str, str]] = {}  # future -> (kind, unit name, key)
-        self.running: set[str] = set()
+
+    @property
+    def running(self) -> set[str]:
+        """Names of the units queued or running in the pool."""
+        return {name for _, name, _ in self.pending.values()}
 
     # ------------------------------------------------------------------ what a unit is
 
@@ -288,7 +292,6 @@ class Units:
             f = self.pool.submit(_in_worker, kind, self.ctx.cfg.model_dump(), self.ctx.data_dir,
                                  job[0].model_dump(), *job[1:])
             self.pending[f] = (kind, name, fp)
-            self.running.add(name)
 
     def get(self, kind: str, job: Cell | Kgd) -> Any:
         """One unit: read back, waited for (writing every unit that finishes meanwhile), or computed here."""
@@ -313,17 +316,14 @@ class Units:
         done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
         for f in done:
             kind, name, fp = self.pending.pop(f)
-            self.running.discard(name)
             self._write(kind, name, fp, f.result())
         self.bar.set_postfix_str(f"{len(self.pending)} queued or running on {self.ctx.cfg.workers} workers")
 
     def close(self) -> None:
         """End the pool: queued units are dropped, running ones finish unwritten (a rerun resumes them)."""
         if self.pool is not None:
-            for f in self.pending:
-                f.cancel()
             self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool, self.pending, self.running = None, {}, set()
+            self.pool, self.pending = None, {}
 
 
 def run(ctx: Context) -> CurvesResult:
