@@ -431,9 +431,27 @@ def test_units_in_worker_processes_match_one_process(tmp_path, monkeypatch, data
     def here(*a, **k):
         raise AssertionError("a unit was computed in the parent process")
 
+    bars: list = []
+    stage = tmp_path / "two" / "curves"
+
+    class Bar:  # the stage bar: each unit counted once, as it is written, whichever process made it
+        def __init__(self, total: int, **_: object) -> None:
+            self.total, self.n, self.lag = total, 0, 0
+            bars.append(self)
+
+        def update(self, k: int = 1) -> None:
+            self.n += k
+            written = len(list(stage.glob("cells/**/*.json"))) + len(list(stage.glob("kgd/**/*.safetensors")))
+            self.lag = max(self.lag, written - self.n)
+
+        def set_postfix_str(self, _: str) -> None: ...
+        def close(self) -> None: ...
+
     monkeypatch.setattr(curves, "finetune_cell", here)
     monkeypatch.setattr(curves, "kgd_kernels", here)
+    monkeypatch.setattr(curves, "tqdm", Bar)
     two = reproduce(make(ReproConfig, **base, workers=2), tmp_path / "two", progress=False).stages["curves"]
+    assert [(b.n, b.total, b.lag) for b in bars] == [(bars[0].total, bars[0].total, 0)] and bars[0].total > 0
     assert len(two.cells) == len(one.cells) == 4 and len(two.kgd_points) == len(one.kgd_points) == 4
     for a, b in zip(one.cells, two.cells, strict=True):
         assert (a["task"], a["size"], a["seed"], a["lr"], a["best_step"]) == \
@@ -444,6 +462,7 @@ def test_units_in_worker_processes_match_one_process(tmp_path, monkeypatch, data
         for k, v in a.kgd.items():
             assert b.kgd[k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
     again = reproduce(make(ReproConfig, **base), tmp_path / "two", progress=False).stages["curves"]
+    assert bars[1].n == bars[1].total
     assert json.dumps(again.to_dict()["curves"]) == json.dumps(two.to_dict()["curves"])  # read back, not rerun
 
 

@@ -246,6 +246,7 @@ class Units:
         self.ctx, self.rf, self.bar = ctx, rf, bar
         self.pool: ProcessPoolExecutor | None = None
         self.pending: dict[Future, tuple[str, str, str]] = {}  # future -> (kind, unit name, key)
+        self.counted: set[str] = set()  # units the bar has counted: each once, when written or first read back
 
     @property
     def running(self) -> set[str]:
@@ -308,8 +309,14 @@ class Units:
             self.bar.set_postfix_str(f"{plan.id} {task} {what}")
             fn = finetune_cell if kind == "cell" else kgd_kernels
             unit = self._write(kind, name, fp, fn(self.ctx, *job))  # type: ignore[operator]
-        self.bar.update(1)
+        self.tick(name)
         return unit
+
+    def tick(self, name: str) -> None:
+        """Count unit `name` on the stage bar unless it already was (a unit written by a worker counts then)."""
+        if name not in self.counted:
+            self.counted.add(name)
+            self.bar.update(1)
 
     def _collect(self) -> None:
         """Wait for the next unit(s) to finish in the pool and write them."""
@@ -317,6 +324,7 @@ class Units:
         for f in done:
             kind, name, fp = self.pending.pop(f)
             self._write(kind, name, fp, f.result())
+            self.tick(name)
         self.bar.set_postfix_str(f"{len(self.pending)} queued or running on {self.ctx.cfg.workers} workers")
 
     def close(self) -> None:
@@ -388,7 +396,8 @@ def _fill(ctx: Context, units: Units, with_kgd: bool) -> tuple[dict, list[dict],
         cells += [c for c in tuned if c["model"] == plan.id and c["task"] == task]
         cells += [units.get("cell", job) | {"tuning": False} for job in curve_jobs[plan.id, task]]
         if lr_choice[plan.id][task]["lr"] is None:
-            units.bar.update(len(kgds[plan.id, task]))  # no curve, so no kernel-GD points beside it
+            for job in kgds[plan.id, task]:  # no curve, so no kernel-GD points beside it
+                units.tick(kgd_name(*job))
             continue
         for job in kgds[plan.id, task]:
             pts = kgd_curve(units.get("kgd", job), cfg.kgd_sizes, cfg.val, get_spec(task).type, job[2],
