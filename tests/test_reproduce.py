@@ -462,7 +462,6 @@ def test_units_in_worker_processes_match_one_process(tmp_path, monkeypatch, data
         for k, v in a.kgd.items():
             assert b.kgd[k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
     again = reproduce(make(ReproConfig, **base), tmp_path / "two", progress=False).stages["curves"]
-    assert bars[1].n == bars[1].total
     assert json.dumps(again.to_dict()["curves"]) == json.dumps(two.to_dict()["curves"])  # read back, not rerun
 
 

@@ -346,7 +346,9 @@ def run(ctx: Context) -> CurvesResult:
     n_tune = sum(len(m.lrs) for m in cfg.models) * len(cfg.curve_tasks)
     n_cells = sum(len(cfg.plan_sizes(m)) * cfg.plan_seeds(m) for m in cfg.models) * len(cfg.curve_tasks)
     n_kgd = len(cfg.models) * len(cfg.curve_tasks) * cfg.kgd_seeds if cfg.kgd and cfg.kgd_sizes else 0
-    bar = tqdm(total=n_tune + n_cells + n_kgd, desc="stage 2: learning curves", disable=not ctx.progress, unit="run")
+    shared = sum(_shared(cfg, m) for m in cfg.models) * len(cfg.curve_tasks)  # a grid cell that is a curve cell too
+    bar = tqdm(total=n_tune + n_cells + n_kgd - shared, desc="stage 2: learning curves", disable=not ctx.progress,
+               unit="run")
     units = Units(ctx, rf, bar)
     try:
         lr_choice, cells, kgd_points = _fill(ctx, units, n_kgd > 0)
@@ -358,6 +360,11 @@ def run(ctx: Context) -> CurvesResult:
     rf.write_text("curves.csv", curves_csv(res))
     rf.finish(stage="curves")
     return res
+
+
+def _shared(cfg: Any, plan: ModelPlan) -> int:
+    """1 if the chosen rate's tuning cell (tuning size, seed 0) is also one of the plan's curve cells, else 0."""
+    return int(cfg.tuning_size in cfg.plan_sizes(plan) and cfg.plan_seeds(plan) >= 1)
 
 
 def _fill(ctx: Context, units: Units, with_kgd: bool) -> tuple[dict, list[dict], list[dict]]:
@@ -398,6 +405,7 @@ def _fill(ctx: Context, units: Units, with_kgd: bool) -> tuple[dict, list[dict],
         if lr_choice[plan.id][task]["lr"] is None:
             for job in kgds[plan.id, task]:  # no curve, so no kernel-GD points beside it
                 units.tick(kgd_name(*job))
+            units.bar.total -= len(cfg.plan_sizes(plan)) * cfg.plan_seeds(plan) - _shared(cfg, plan)
             continue
         for job in kgds[plan.id, task]:
             pts = kgd_curve(units.get("kgd", job), cfg.kgd_sizes, cfg.val, get_spec(task).type, job[2],
