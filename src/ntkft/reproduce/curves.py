@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._runs import RunFolder
 from ..errors import NtkftError
 from ..tasks import get_spec
-from .config import ModelPlan
+from .config import ModelPlan, ReproConfig
 from .context import Context, load_tensors, read_json, read_unit, slug
 from .kgd import curve as kgd_curve
 from .kgd import kgd_kernels
@@ -230,8 +230,6 @@ def _in_worker(kind: str, cfg: dict, data_dir: str | None, plan: dict, task: str
     """One unit in a worker process, from plain data (the parent's models and caches stay there)."""
     from pathlib import Path
 
-    from .config import ReproConfig
-
     ctx = Context(ReproConfig.model_validate(cfg), Path("."), data_dir, progress=False)
     fn = finetune_cell if kind == "cell" else kgd_kernels
     return fn(ctx, ModelPlan.model_validate(plan), task, *args)
@@ -362,7 +360,7 @@ def run(ctx: Context) -> CurvesResult:
     return res
 
 
-def _shared(cfg: Any, plan: ModelPlan) -> int:
+def _shared(cfg: ReproConfig, plan: ModelPlan) -> int:
     """1 if the chosen rate's tuning cell (tuning size, seed 0) is also one of the plan's curve cells, else 0."""
     return int(cfg.tuning_size in cfg.plan_sizes(plan) and cfg.plan_seeds(plan) >= 1)
 
