@@ -52,10 +52,11 @@ def _inputs(model: str, n: int, max_length: int, task: str):
 
 
 def _peer(r, x, budget: int) -> tuple:
-    """Per-sample autograd at each sample's own length into one float32 J, then J J^T."""
+    """Per-sample autograd at each sample's own length into one float32 J, then J J^T (on the model's device)."""
     import torch
 
     params = [p for p in r.parameters() if p.requires_grad]
+    dev = params[0].device
     n, p_count = x["input_ids"].shape[0], sum(p.numel() for p in params)
 
     def grad_row(i: int, out: torch.Tensor) -> None:
@@ -70,38 +71,51 @@ def _peer(r, x, budget: int) -> tuple:
             off += p.numel()
 
     if n * p_count * 4 <= budget:
-        j = torch.empty(n, p_count)
+        j = torch.empty(n, p_count, device=dev)
         for i in range(n):
             grad_row(i, j[i])
-        return (j @ j.T).double(), None
+        return (j @ j.T).double().cpu(), None
     # J does not fit: measure the per-sample cost on 8 samples and the GEMM rate, extrapolate N samples + J J^T
     probe = min(8, n)
-    row = torch.empty(p_count)
+    row = torch.empty(p_count, device=dev)
     t = time.time()
     for i in range(probe):
         grad_row(i, row)
+    _sync(dev)
     per = (time.time() - t) / probe
-    a = torch.randn(64, 1 << 22)
+    a = torch.randn(64, 1 << 22, device=dev)
+    (a @ a.T).sum().item()
     t = time.time()
-    a @ a.T
+    (a @ a.T).sum().item()
     rate = 2 * 64 * 64 * (1 << 22) / (time.time() - t)
     est = per * n + 2 * n * n * p_count / rate
     return None, {"extrapolated_seconds": est, "per_sample_seconds": per, "gemm_flops": rate,
                   "j_bytes": n * p_count * 4}
 
 
-def _vmap(r, x):
+def _vmap(r, x, chunk: int = 8):
+    """torch.func.vmap(grad) over the padded batch, `chunk` samples at a time written into one float32 J."""
     import torch
     from torch.func import functional_call, grad, vmap
 
     params = {k: v.detach() for k, v in r.named_parameters()}
+    dev = next(iter(params.values())).device
 
     def f(p, ids, mask):
         return functional_call(r, p, (ids[None], mask[None])).sum()
 
-    g = vmap(grad(f), in_dims=(None, 0, 0))(params, x["input_ids"], x["attention_mask"])
-    j = torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], 1)
-    return (j @ j.T).double()
+    per_sample = vmap(grad(f), in_dims=(None, 0, 0))
+    n, p_count = x["input_ids"].shape[0], sum(v.numel() for v in params.values())
+    j = torch.empty(n, p_count, device=dev)
+    for s in range(0, n, chunk):
+        g = per_sample(params, x["input_ids"][s:s + chunk], x["attention_mask"][s:s + chunk])
+        off = 0
+        for v in g.values():
+            w = v[0].numel()
+            j[s:s + v.shape[0], off:off + w] = v.reshape(v.shape[0], -1)
+            off += w
+        del g
+    return (j @ j.T).double().cpu()
 
 
 def _nngeometry(r, x):
@@ -117,36 +131,61 @@ def _nngeometry(r, x):
     return g.get_dense_tensor().reshape(n, n).double()
 
 
-def child(method: str, model: str, n: int, max_length: int, task: str, out: str, extra: dict, threads: int) -> None:
+def _sync(dev) -> None:
     import torch
 
-    from ntkft._io import peak_rss_mb
+    if torch.device(dev).type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _compute(method: str, r, x, extra: dict, dev) -> tuple:
+    """K (float64, on the host) by `method`, and any extra facts (an extrapolation) for the row."""
+    import torch
+
     from ntkft.kernel import kernel_matrix
     from ntkft.kernel.plan import available_memory
 
+    on = {} if dev.type == "cpu" else {"device": dev, "accumulate": "device"}
+    if method in ("factored", "sketch", "jacobian"):
+        return kernel_matrix(r, x, method=method, progress=False, **on, **extra), {}
+    if method == "peer":
+        room = available_memory() if dev.type == "cpu" else torch.cuda.mem_get_info(dev)[0]
+        k, est = _peer(r, x, int(0.6 * room))
+        return k, est or {}
+    if method == "vmap":
+        return _vmap(r, x), {}
+    if method == "nngeometry":
+        return _nngeometry(r, x), {}
+    raise SystemExit(f"unknown method {method}")
+
+
+def child(method: str, model: str, n: int, max_length: int, task: str, out: str, extra: dict, threads: int,
+          device: str = "cpu") -> None:
+    import torch
+
+    from ntkft._io import peak_rss_mb
+
     if threads:
         torch.set_num_threads(threads)
+    dev = torch.device(device)
     loaded, r, x = _inputs(model, n, max_length, task)
-    info: dict = {}
+    if dev.type == "cuda":  # model and inputs on the GPU; one untimed pass on 2 samples loads the kernels
+        r.to(dev)
+        x = {k: v.to(dev) for k, v in x.items()}
+        _compute(method, r, {k: v[:2] for k, v in x.items()}, extra, dev)
+        _sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
     t, c = time.time(), time.process_time()
-    if method == "factored":
-        k = kernel_matrix(r, x, method="factored", progress=False, **extra)
-    elif method == "sketch":
-        k = kernel_matrix(r, x, method="sketch", progress=False, **extra)
-    elif method == "jacobian":
-        k = kernel_matrix(r, x, method="jacobian", progress=False)
-    elif method == "peer":
-        k, est = _peer(r, x, int(0.6 * available_memory()))
-        info.update(est or {})
-    elif method == "vmap":
-        k = _vmap(r, x)
-    elif method == "nngeometry":
-        k = _nngeometry(r, x)
-    else:
-        raise SystemExit(f"unknown method {method}")
+    k, info = _compute(method, r, x, extra, dev)
+    _sync(dev)
     seconds, cpu = time.time() - t, time.process_time() - c
     row = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
-           "tokens": int(x["attention_mask"].sum()), "threads": torch.get_num_threads(), **info}
+           "tokens": int(x["attention_mask"].sum()), "threads": torch.get_num_threads(), "device": str(dev),
+           "params": sum(q.numel() for q in r.parameters()),
+           "params_linear": sum(m.weight.numel() for m in r.modules() if isinstance(m, torch.nn.Linear)), **info}
+    if dev.type == "cuda":
+        row["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        row["gpu"] = torch.cuda.get_device_name(dev)
     if k is not None:
         from safetensors.torch import save_file
 
@@ -162,9 +201,11 @@ def child(method: str, model: str, n: int, max_length: int, task: str, out: str,
 
 
 def run(method: str, model: str, n: int, args, tmp: Path, extra: dict | None = None) -> dict:
-    out = tmp / f"{method}-{model}-{n}-{time.time_ns()}.safetensors"
+    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in model)  # a path or hub id as a file name
+    out = tmp / f"{method}-{safe}-{n}-{time.time_ns()}.safetensors"
     cmd = [sys.executable, __file__, "--child", method, model, str(n), str(out), json.dumps(extra or {}),
-           "--max-length", str(args.max_length), "--task", args.task, "--threads", str(args.threads)]
+           "--max-length", str(args.max_length), "--task", args.task, "--threads", str(args.threads),
+           "--device", args.device]
     load = os.getloadavg()[0]
     t = time.time()
     try:
@@ -222,22 +263,19 @@ def _best(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
-def floor_seconds(model: str, n: int, tokens: int, gemm_flops: float) -> float:
+def floor_seconds(row: dict, gemm_flops: float) -> float:
     """A lower bound for factored: forward + input-gradient backward (4 P_lin per token), per-sample weight
-    gradients (2 P_lin per token) and the upper-triangle Gram (N(N+1) P), at the measured GEMM rate."""
-    from ntkft.pipeline import build_readout
-
-    _, r = build_readout(model)
-    import torch
-
-    p = sum(q.numel() for q in r.parameters())
-    p_lin = sum(m.weight.numel() for m in r.modules() if isinstance(m, torch.nn.Linear))
-    return (6 * p_lin * tokens + n * (n + 1) * p) / gemm_flops
+    gradients (2 P_lin per token) and the upper-triangle Gram (N(N+1) P), at the measured float32 GEMM rate."""
+    n = row["n"]
+    return (6 * row["params_linear"] * row["tokens"] + n * (n + 1) * row["params"]) / gemm_flops
 
 
-def gemm_rate() -> float:
-    code = ("import time,torch\na=torch.randn(2048,2048);b=torch.randn(2048,2048);a@b\nt=time.time()\n"
-            "for _ in range(10): a@b\nprint(2*2048**3*10/(time.time()-t))")
+def gemm_rate(device: str = "cpu") -> float:
+    """float32 GEMM rate (flop/s) in a fresh process: 2048^3 on the CPU, 8192^3 on a GPU (TF32 off, torch's default)."""
+    size = 2048 if device == "cpu" else 8192
+    code = (f"import time,torch\nd=torch.device({device!r});a=torch.randn({size},{size},device=d);"
+            f"b=torch.randn({size},{size},device=d);(a@b).sum().item()\nt=time.time()\n"
+            f"for _ in range(10): c=a@b\nc.sum().item()\nprint(2*{size}**3*10/(time.time()-t))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     return float(p.stdout.strip().splitlines()[-1])
 
@@ -253,6 +291,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--task", default="rte")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default, all cores)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the model, inputs and J live (on cuda each "
+                    "run first computes an untimed 2-sample kernel, and K is summed on the GPU)")
     ap.add_argument("--quick", action="store_true", help="minilm-l6, N = 16, factored and peer, one repeat")
     ap.add_argument("--large", action="store_true", help="factored at N = 1000 on smollm2 (8 GB RAM, 20 GB disk)")
     ap.add_argument("--sketch", action="store_true", help="sketch error and beta vs exact, N = 100, k = 1k, 4k, 16k")
@@ -262,7 +302,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         method, model, n, out, extra = args.child
-        child(method, model, int(n), args.max_length, args.task, out, json.loads(extra), args.threads)
+        child(method, model, int(n), args.max_length, args.task, out, json.loads(extra), args.threads, args.device)
         return
     if args.quick:
         args.models, args.sizes, args.methods, args.repeats = "minilm-l6", "16", "factored,peer", 1
@@ -284,6 +324,10 @@ def main() -> None:
         configs = [("sketch", "minilm-l6", 10000, {"sketch_dim": 4096})]
     for rep in range(args.repeats):
         for method, model, n, extra in (configs if rep % 2 == 0 else configs[::-1]):  # alternate the order
+            failed = [r for r in rows if (r["method"], r["model"]) == (method, model) and "error" in r
+                      and method in PEERS and "did not finish" not in r["error"]]
+            if failed:  # a peer that cannot handle this model (vmap, nngeometry) fails the same way at every N
+                continue
             row = run(method, model, n, args, tmp, extra)
             if extra:
                 row["options"] = extra
@@ -291,14 +335,14 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if k != "k_file"}), flush=True)
     _compare(rows)
     best = _best(rows) if not (args.sketch or args.sketch_large) else rows
-    rate = gemm_rate()
+    rate = gemm_rate(args.device)
     import torch
     import transformers
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"benchmark": f"eNTK, all parameters, {args.task} train, max_length {args.max_length}, scalar readout",
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "gemm_gflops": rate / 1e9},
+                          "device": args.device, "gemm_gflops": rate / 1e9},
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "python": platform.python_version()},
               "commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": best, "all_runs": rows}
@@ -323,7 +367,7 @@ def main() -> None:
               f"{r.get('peak_rss_mb', float('nan')):.0f} | {r.get('spread', float('nan')):.2f} | {ratio} | {note} |")
     for r in best:
         if r["method"] == "factored" and "seconds" in r:
-            fl = floor_seconds(r["model"], r["n"], r["tokens"], rate)
+            fl = floor_seconds(r, rate)
             peers = [x["seconds"] for x in best if x["model"] == r["model"] and x["n"] == r["n"]
                      and x["method"] in PEERS and "seconds" in x and not x.get("wrong")]
             r["floor_seconds"] = fl
