@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import nn
@@ -18,9 +18,11 @@ HEAD_PREFIX = "head."
 M = TypeVar("M")
 
 
-@runtime_checkable
 class KernelModel(Protocol):
-    """What the eNTK needs of a model: f(ids, mask), a `head` module named `head.*`, and `out_dim` outputs."""
+    """What the eNTK needs of a model: f(ids, mask), a `head` module named `head.*`, and `out_dim` outputs.
+
+    For type checkers only: `check_model` is the runtime check (from Python 3.12 an isinstance check against a
+    Protocol looks attributes up statically and misses the submodules nn.Module keeps in `_modules`)."""
 
     head: nn.Module
     out_dim: int
