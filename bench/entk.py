@@ -74,6 +74,7 @@ def _peer(r, x, budget: int) -> tuple:
         j = torch.empty(n, p_count, device=dev)
         for i in range(n):
             grad_row(i, j[i])
+        _LAST_J[0] = j  # for the untimed float64 product (the precision of the float32 J J^T)
         return (j @ j.T).double().cpu(), None
     # J does not fit: measure the per-sample cost on 8 samples and the GEMM rate, extrapolate N samples + J J^T
     probe = min(8, n)
@@ -91,6 +92,21 @@ def _peer(r, x, budget: int) -> tuple:
     est = per * n + 2 * n * n * p_count / rate
     return None, {"extrapolated_seconds": est, "per_sample_seconds": per, "gemm_flops": rate,
                   "j_bytes": n * p_count * 4}
+
+
+def float64_product(j, block: int = 1 << 22):
+    """J J^T with every column block converted to float64 first: the reference for the peer's float32 product,
+    whose accumulation over P columns (up to 1.3e9) loses digits where BLAS sums long runs in float32."""
+    import torch
+
+    k = torch.zeros(j.shape[0], j.shape[0], dtype=torch.float64, device=j.device)
+    for s in range(0, j.shape[1], block):
+        b = j[:, s:s + block].double()
+        k += b @ b.T
+    return k.cpu()
+
+
+_LAST_J: list = [None]
 
 
 def _vmap(r, x, chunk: int = 8):
@@ -173,12 +189,19 @@ def child(method: str, model: str, n: int, max_length: int, task: str, out: str,
         r.to(dev)
         x = {k: v.to(dev) for k, v in x.items()}
         _compute(method, r, {k: v[:2] for k, v in x.items()}, extra, dev)
+        _LAST_J[0] = None
         _sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     t, c = time.time(), time.process_time()
     k, info = _compute(method, r, x, extra, dev)
     _sync(dev)
     seconds, cpu = time.time() - t, time.process_time() - c
+    extra_k = {}
+    if _LAST_J[0] is not None and k is not None:  # untimed: how far the float32 product is from float64's
+        k64 = float64_product(_LAST_J[0])
+        _LAST_J[0] = None
+        extra_k["K64"] = k64
+        info["float32_product_rel_error"] = float((k - k64).norm() / k64.norm())
     row = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
            "tokens": int(x["attention_mask"].sum()), "threads": torch.get_num_threads(), "device": str(dev),
            "params": sum(q.numel() for q in r.parameters()),
@@ -189,7 +212,7 @@ def child(method: str, model: str, n: int, max_length: int, task: str, out: str,
     if k is not None:
         from safetensors.torch import save_file
 
-        save_file({"K": k.contiguous()}, out)
+        save_file({"K": k.contiguous(), **extra_k}, out)
         row["trace"] = float(k.trace())
     else:
         row["seconds"] = info["extrapolated_seconds"]
@@ -239,7 +262,10 @@ def _compare(rows: list[dict]) -> None:
         k0 = ref.get((r["model"], r["n"]))
         if "k_file" not in r or k0 is None or r["method"] in ("factored", "sketch"):
             continue
-        k = load_file(r["k_file"])["K"]
+        ks = load_file(r["k_file"])
+        k = ks["K"]
+        if "K64" in ks:  # the peer's own J with a float64 product: does factored match the exact J J^T?
+            r["rel_frobenius_float64_product_vs_factored"] = float((ks["K64"] - k0).norm() / k0.norm())
         rel = float((k - k0).norm() / k0.norm())
         tr = abs(float(k.trace() - k0.trace())) / float(k0.trace())
         r["rel_frobenius_vs_factored"], r["rel_trace_vs_factored"] = rel, tr

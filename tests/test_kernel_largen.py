@@ -157,3 +157,28 @@ def test_measured_memory_stays_within_the_budget():
     assert free["peak"] - base > 2 * budget  # the factors really are bigger than the budget
     assert tight["peak"] - base <= budget * 1.25, (tight["peak"] - base) / 2**20
     assert abs(tight["trace"] - free["trace"]) <= 1e-5 * abs(free["trace"])
+
+
+def test_gram_chunk_size_changes_nothing_but_speed():
+    """The materialised Gram in one chunk per layer (a GPU's choice) or in many (a CPU's) gives the same K, with and
+    without symmetry; the chunk follows the device: capped near the cache on a CPU, 1/32 of the budget on a GPU."""
+    from ntkft.kernel.factored import CHUNK_BYTES, _materialised, chunk_bytes
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"L.A": torch.randn(n, t, 12, generator=g, dtype=torch.float64),
+                "L.D": torch.randn(n, t, 20, generator=g, dtype=torch.float64)} for n, t in ((3, 5), (4, 7), (2, 9))]
+    for sym in (True, False):
+        cols = batches if sym else batches[:2]
+        n_c = sum(b["L.D"].shape[0] for b in cols)
+        ks = []
+        for chunk in (12 * 9 * 8, 1 << 30):  # one output row of 12 inputs for 9 samples at a time; everything at once
+            k = torch.zeros(9, n_c, dtype=torch.float64)
+            _materialised(batches, cols, "L.A", "L.D", sym, k, chunk)
+            ks.append(torch.triu(k) + torch.triu(k, 1).T if sym else k)
+        grads = [torch.einsum("td,ta->da", b["L.D"][i], b["L.A"][i]).reshape(-1) for b in batches
+                 for i in range(b["L.D"].shape[0])]
+        j = torch.stack(grads)
+        ref = j @ j[:n_c].T
+        for k in ks:
+            assert float((k - ref).norm() / ref.norm()) <= 1e-12
+    assert chunk_bytes(64 * 2**30, "cpu") == CHUNK_BYTES and chunk_bytes(64 * 2**30, "cuda") == 2 * 2**30
