@@ -109,19 +109,23 @@ def float64_product(j, block: int = 1 << 22):
 _LAST_J: list = [None]
 
 
-def _vmap(r, x, chunk: int = 8):
+def _vmap(r, x, budget: int, chunk: int = 8):
     """torch.func.vmap(grad) over the padded batch, `chunk` samples at a time written into one float32 J."""
     import torch
     from torch.func import functional_call, grad, vmap
 
     params = {k: v.detach() for k, v in r.named_parameters()}
     dev = next(iter(params.values())).device
+    p_count = sum(v.numel() for v in params.values())
+    need = (x["input_ids"].shape[0] + chunk) * p_count * 4  # J and one chunk's per-sample gradients
+    if need > budget:
+        raise MemoryError(f"J and a chunk of per-sample gradients need {need / 2**30:.0f} GiB")
 
     def f(p, ids, mask):
         return functional_call(r, p, (ids[None], mask[None])).sum()
 
     per_sample = vmap(grad(f), in_dims=(None, 0, 0))
-    n, p_count = x["input_ids"].shape[0], sum(v.numel() for v in params.values())
+    n = x["input_ids"].shape[0]
     j = torch.empty(n, p_count, device=dev)
     for s in range(0, n, chunk):
         g = per_sample(params, x["input_ids"][s:s + chunk], x["attention_mask"][s:s + chunk])
@@ -164,12 +168,12 @@ def _compute(method: str, r, x, extra: dict, dev) -> tuple:
     on = {} if dev.type == "cpu" else {"device": dev, "accumulate": "device"}
     if method in ("factored", "sketch", "jacobian"):
         return kernel_matrix(r, x, method=method, progress=False, **on, **extra), {}
+    room = available_memory() if dev.type == "cpu" else torch.cuda.mem_get_info(dev)[0]
     if method == "peer":
-        room = available_memory() if dev.type == "cpu" else torch.cuda.mem_get_info(dev)[0]
         k, est = _peer(r, x, int(0.6 * room))
         return k, est or {}
     if method == "vmap":
-        return _vmap(r, x), {}
+        return _vmap(r, x, int(0.6 * room)), {}
     if method == "nngeometry":
         return _nngeometry(r, x), {}
     raise SystemExit(f"unknown method {method}")

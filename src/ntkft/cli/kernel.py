@@ -28,7 +28,8 @@ def kernel(model: str = typer.Option("smollm2-135m"), task: str = typer.Option("
            split: str = "train", out: str = typer.Option("runs/kernel", help="run folder"),
            overwrite: bool = typer.Option(False, help="replace another run in --out"),
            max_memory_gb: float | None = typer.Option(None, help="memory budget for factors, tiles and K "
-                                                                 "[default: a quarter of the available memory]"),
+                                                                 "[default: a quarter of the available memory; "
+                                                                 "on a GPU 80% of its free memory]"),
            max_disk_gb: float | None = typer.Option(None, help="disk budget for spilled factors [default: no limit]"),
            batch_size: int | None = typer.Option(None, help="samples per forward/backward [default: from the budget]"),
            device: str | None = typer.Option(None, help="cpu | cuda | cuda:N [default: cpu]"),
