@@ -339,24 +339,13 @@ def _materialised(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tens
         o1 = min(dout, o0 + step)
         w = (o1 - o0) * din
         _psg(r, a_name, d_name, o0, o1, gr[:, :w])
-        if sym and dev.type == "cpu" and dtype in (torch.float32, torch.float64):
-            k += _syrk(gr[:, :w]).to(k.device, torch.float64)
-        elif sym:
+        if sym:
             for s, e in zip(cuts[:-1], cuts[1:]):
                 if e > s:
                     k[s:e, s:] += (gr[s:e, :w] @ gr[s:, :w].T).to(k.device, torch.float64)
         else:
             _psg(c, a_name, d_name, o0, o1, gc[:, :w])
             k += (gr[:, :w] @ gc[:, :w].T).to(k.device, torch.float64)
-
-
-def _syrk(g: torch.Tensor) -> torch.Tensor:
-    """The upper triangle of g g^T (lower left zero) by BLAS syrk: half the flops of the full product at the full
-    GEMM rate, where torch's blocked upper-triangle GEMMs on short rows run at a third of it (CPU tensors)."""
-    from scipy.linalg import blas
-
-    syrk = blas.dsyrk if g.dtype == torch.float64 else blas.ssyrk
-    return torch.from_numpy(syrk(1.0, g.numpy().T, trans=1))  # g^T is Fortran-ordered: no copy when g is contiguous
 
 
 def _ghost(ai: torch.Tensor, di: torch.Tensor, aj: torch.Tensor, dj: torch.Tensor, match: bool = False) -> torch.Tensor:
