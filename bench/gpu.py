@@ -11,6 +11,7 @@ since neither the time nor the memory of an exact eNTK depends on the weights' v
 
   python3 bench/gpu.py run .gpu OUT --part 1   # the GPU tests; entk.py on CUDA: minilm-l6, smollm2-135m, N = 16, 100
   python3 bench/gpu.py run .gpu OUT --part 2   # factored at N = 1,000 (smollm2-135m); GPT-Neo-1.3B, N = 100, T = 128
+  python3 bench/gpu.py run .gpu OUT --part 3   # the GPU profile (smollm2-135m, N = 100 and 1,000), N = 1,000 retimed
 
 Results: OUT/entk-gpu-*.json (entk.py's format), OUT/env.json, OUT/pytest.txt and the logs.
 """
@@ -164,6 +165,14 @@ def run(bundle: Path, out: Path, part: int, device: str = "cuda", sizes: str | N
         _sh([*entk, "--models", f"minilm-l6,{MODELS_AT / 'smollm2-135m'}", "--sizes", sizes or "16,100",
              "--methods", "factored,peer,vmap", "--repeats", "2", "--out", str(out / "entk-gpu.json")],
             out / "entk-gpu.log", env, 420)
+    elif part == 3:  # where the GPU time goes (the 2026-11-29 row ran at 15-110x its GEMM floor)
+        materialise(bundle, ["smollm2-135m"], device)
+        smol = str(MODELS_AT / "smollm2-135m")
+        _sh([*entk, "--models", smol, "--sizes", sizes or "1000", "--methods", "factored", "--repeats", "1",
+             "--out", str(out / "entk-gpu-1000.json")], out / "entk-gpu-1000.log", env, 300)
+        for n in (sizes or "100,1000").split(","):
+            _sh([sys.executable, str(ROOT / "bench" / "profile_entk.py"), "--model", smol, "--n", n, "--device", device,
+                 "--top", "25", "--out", str(out / f"profile-gpu-{n}.txt")], out / f"profile-gpu-{n}.log", env, 240)
     else:
         materialise(bundle, ["smollm2-135m", "gpt-neo-1.3b"], device)
         _sh([*entk, "--models", str(MODELS_AT / "smollm2-135m"), "--sizes", sizes or "1000", "--methods", "factored",
@@ -181,7 +190,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("bundle", type=Path)
     r.add_argument("out", type=Path)
-    r.add_argument("--part", type=int, choices=(1, 2), default=1)
+    r.add_argument("--part", type=int, choices=(1, 2, 3), default=1)
     r.add_argument("--device", default="cuda", help="cpu: a dry run of this script (with small --sizes)")
     r.add_argument("--sizes", default=None, help="override the N of every table (dry runs)")
     args = ap.parse_args()
