@@ -74,8 +74,7 @@ def _peer(r, x, budget: int) -> tuple:
         j = torch.empty(n, p_count, device=dev)
         for i in range(n):
             grad_row(i, j[i])
-        _LAST_J[0] = j  # for the untimed float64 product (the precision of the float32 J J^T)
-        return (j @ j.T).double().cpu(), None
+        return (j @ j.T).double().cpu(), None, j  # J for the untimed float64 product (the float32 one's precision)
     # J does not fit: measure the per-sample cost on 8 samples and the GEMM rate, extrapolate N samples + J J^T
     probe = min(8, n)
     row = torch.empty(p_count, device=dev)
@@ -91,7 +90,7 @@ def _peer(r, x, budget: int) -> tuple:
     rate = 2 * 64 * 64 * (1 << 22) / (time.time() - t)
     est = per * n + 2 * n * n * p_count / rate
     return None, {"extrapolated_seconds": est, "per_sample_seconds": per, "gemm_flops": rate,
-                  "j_bytes": n * p_count * 4}
+                  "j_bytes": n * p_count * 4}, None
 
 
 def float64_product(j, block: int = 1 << 22):
@@ -104,9 +103,6 @@ def float64_product(j, block: int = 1 << 22):
         b = j[:, s:s + block].double()
         k += b @ b.T
     return k.cpu()
-
-
-_LAST_J: list = [None]
 
 
 def _vmap(r, x, budget: int, chunk: int = 8):
@@ -159,7 +155,8 @@ def _sync(dev) -> None:
 
 
 def _compute(method: str, r, x, extra: dict, dev) -> tuple:
-    """K (float64, on the host) by `method`, and any extra facts (an extrapolation) for the row."""
+    """K (float64, on the host) by `method`, any extra facts (an extrapolation) for the row, and the peer's float32 J
+    where it holds one (else None)."""
     import torch
 
     from ntkft.kernel import kernel_matrix
@@ -167,15 +164,15 @@ def _compute(method: str, r, x, extra: dict, dev) -> tuple:
 
     on = {} if dev.type == "cpu" else {"device": dev, "accumulate": "device"}
     if method in ("factored", "sketch", "jacobian"):
-        return kernel_matrix(r, x, method=method, progress=False, **on, **extra), {}
+        return kernel_matrix(r, x, method=method, progress=False, **on, **extra), {}, None
     room = available_memory() if dev.type == "cpu" else torch.cuda.mem_get_info(dev)[0]
     if method == "peer":
-        k, est = _peer(r, x, int(0.6 * room))
-        return k, est or {}
+        k, est, j = _peer(r, x, int(0.6 * room))
+        return k, est or {}, j
     if method == "vmap":
-        return _vmap(r, x, int(0.6 * room)), {}
+        return _vmap(r, x, int(0.6 * room)), {}, None
     if method == "nngeometry":
-        return _nngeometry(r, x), {}
+        return _nngeometry(r, x), {}, None
     raise SystemExit(f"unknown method {method}")
 
 
@@ -193,17 +190,16 @@ def child(method: str, model: str, n: int, max_length: int, task: str, out: str,
         r.to(dev)
         x = {k: v.to(dev) for k, v in x.items()}
         _compute(method, r, {k: v[:2] for k, v in x.items()}, extra, dev)
-        _LAST_J[0] = None
         _sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     t, c = time.time(), time.process_time()
-    k, info = _compute(method, r, x, extra, dev)
+    k, info, j = _compute(method, r, x, extra, dev)
     _sync(dev)
     seconds, cpu = time.time() - t, time.process_time() - c
     extra_k = {}
-    if _LAST_J[0] is not None and k is not None:  # untimed: how far the float32 product is from float64's
-        k64 = float64_product(_LAST_J[0])
-        _LAST_J[0] = None
+    if j is not None:  # untimed: how far the float32 product is from float64's
+        k64 = float64_product(j)
+        del j
         extra_k["K64"] = k64
         info["float32_product_rel_error"] = float((k - k64).norm() / k64.norm())
     row = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),

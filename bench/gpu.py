@@ -150,33 +150,33 @@ def _sh(cmd: list[str], log: Path, env: dict, timeout: int) -> int:
 
 
 def run(bundle: Path, out: Path, part: int, device: str = "cuda", sizes: str | None = None) -> None:
-    """Part 1 or 2 on `device` (cpu only for a dry run of this script, with small `sizes`)."""
+    """Part 1, 2 or 3 on `device` (cpu only for a dry run of this script, with small `sizes`)."""
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, NTKFT_DATA_DIR=str(bundle.resolve() / "data"), PYTHONUNBUFFERED="1",
                HF_HUB_OFFLINE="1", NTKFT_CACHE=str(MODELS_AT / "cache"),
                PYTHONPATH=os.pathsep.join([str(MODELS_AT / "site"), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     os.environ.update(env)
     entk = [sys.executable, str(ROOT / "bench" / "entk.py"), "--device", device, "--timeout", "300"]
+    smol = str(MODELS_AT / "smollm2-135m")
+    exact_1000 = [*entk, "--models", smol, "--sizes", sizes or "1000", "--methods", "factored", "--repeats", "1",
+                  "--out", str(out / "entk-gpu-1000.json")]
     if part == 1:
         materialise(bundle, ["minilm-l6", "smollm2-135m"], device)
         environment(out, device)
         _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernel_gpu.py",
              "tests/test_kernel_shape.py"], out / "pytest.txt", env, 240)
-        _sh([*entk, "--models", f"minilm-l6,{MODELS_AT / 'smollm2-135m'}", "--sizes", sizes or "16,100",
+        _sh([*entk, "--models", f"minilm-l6,{smol}", "--sizes", sizes or "16,100",
              "--methods", "factored,peer,vmap", "--repeats", "2", "--out", str(out / "entk-gpu.json")],
             out / "entk-gpu.log", env, 420)
     elif part == 3:  # where the GPU time goes (the 2026-11-29 row ran at 15-110x its GEMM floor)
         materialise(bundle, ["smollm2-135m"], device)
-        smol = str(MODELS_AT / "smollm2-135m")
-        _sh([*entk, "--models", smol, "--sizes", sizes or "1000", "--methods", "factored", "--repeats", "1",
-             "--out", str(out / "entk-gpu-1000.json")], out / "entk-gpu-1000.log", env, 300)
+        _sh(exact_1000, out / "entk-gpu-1000.log", env, 300)
         for n in (sizes or "100,1000").split(","):
             _sh([sys.executable, str(ROOT / "bench" / "profile_entk.py"), "--model", smol, "--n", n, "--device", device,
                  "--top", "25", "--out", str(out / f"profile-gpu-{n}.txt")], out / f"profile-gpu-{n}.log", env, 240)
     else:
         materialise(bundle, ["smollm2-135m", "gpt-neo-1.3b"], device)
-        _sh([*entk, "--models", str(MODELS_AT / "smollm2-135m"), "--sizes", sizes or "1000", "--methods", "factored",
-             "--repeats", "1", "--out", str(out / "entk-gpu-1000.json")], out / "entk-gpu-1000.log", env, 300)
+        _sh(exact_1000, out / "entk-gpu-1000.log", env, 300)
         _sh([*entk, "--models", str(MODELS_AT / "gpt-neo-1.3b"), "--sizes", sizes or "100", "--max-length", "128",
              "--methods", "factored,peer", "--repeats", "2", "--out", str(out / "entk-gpu-neo.json")],
             out / "entk-gpu-neo.log", env, 400)

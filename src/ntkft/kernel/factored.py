@@ -219,7 +219,6 @@ def chunk_bytes(max_memory: float, device: torch.device | str) -> int:
     return share if torch.device(device).type == "cuda" else min(CHUNK_BYTES, share)
 
 
-
 def probe_rows(x: Inputs) -> list[int]:
     """The shortest sample and the shortest one of another length (cheap, and padding shows), or one sample."""
     order = sorted(range(x.n), key=lambda i: (int(x.lengths[i]), i))
