@@ -3,6 +3,7 @@ equal the in-memory factored kernel; measured memory and disk stay within the bu
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -161,24 +162,29 @@ def test_measured_memory_stays_within_the_budget():
 
 def test_gram_chunk_size_changes_nothing_but_speed():
     """The materialised Gram in one chunk per layer (a GPU's choice) or in many (a CPU's) gives the same K, with and
-    without symmetry; the chunk follows the device: capped near the cache on a CPU, 1/32 of the budget on a GPU."""
-    from ntkft.kernel.factored import CHUNK_BYTES, _materialised, chunk_bytes
+    without symmetry, chunked along outputs (din < dout) or inputs (din > dout), with one or two outputs per sample
+    (D has C rows per sample, A one); the chunk follows the device: 1/32 of the budget, on a CPU at most CHUNK_BYTES
+    and ROW_BYTES per row; the triangle's row blocks grow with N."""
+    from ntkft.kernel.factored import CHUNK_BYTES, ROW_BYTES, _materialised, chunk_bytes, gram_chunk, tri_blocks
 
     g = torch.Generator().manual_seed(0)
-    batches = [{"L.A": torch.randn(n, t, 12, generator=g, dtype=torch.float64),
-                "L.D": torch.randn(n, t, 20, generator=g, dtype=torch.float64)} for n, t in ((3, 5), (4, 7), (2, 9))]
-    for sym in (True, False):
-        cols = batches if sym else batches[:2]
-        n_c = sum(b["L.D"].shape[0] for b in cols)
-        ks = []
-        for chunk in (12 * 9 * 8, 1 << 30):  # one output row of 12 inputs for 9 samples at a time; everything at once
-            k = torch.zeros(9, n_c, dtype=torch.float64)
-            _materialised(batches, cols, "L.A", "L.D", sym, k, chunk)
-            ks.append(torch.triu(k) + torch.triu(k, 1).T if sym else k)
-        grads = [torch.einsum("td,ta->da", b["L.D"][i], b["L.A"][i]).reshape(-1) for b in batches
+    for (din, dout), c in itertools.product(((12, 20), (20, 12)), (1, 2)):
+        batches = [{"L.A": torch.randn(n, t, din, generator=g, dtype=torch.float64),
+                    "L.D": torch.randn(n * c, t, dout, generator=g, dtype=torch.float64)}
+                   for n, t in ((3, 5), (4, 7), (2, 9))]
+        grads = [torch.einsum("td,ta->da", b["L.D"][i], b["L.A"][i // c]).reshape(-1) for b in batches
                  for i in range(b["L.D"].shape[0])]
         j = torch.stack(grads)
-        ref = j @ j[:n_c].T
-        for k in ks:
-            assert float((k - ref).norm() / ref.norm()) <= 1e-12
+        for sym in (True, False):
+            cols = batches if sym else batches[:2]
+            n_c = sum(b["L.D"].shape[0] for b in cols)
+            ref = j @ j[:n_c].T
+            for chunk in (12 * 9 * c * 8, 1 << 30):  # one row of 12 for every sample at a time; everything at once
+                k = torch.zeros(9 * c, n_c, dtype=torch.float64)
+                _materialised(batches, cols, "L.A", "L.D", sym, k, chunk)
+                k = torch.triu(k) + torch.triu(k, 1).T if sym else k
+                assert float((k - ref).norm() / ref.norm()) <= 1e-12, (din, dout, c, sym, chunk)
+    assert [tri_blocks(n) for n in (16, 100, 400, 1000, 10**6)] == [1, 2, 4, 6, 8]
+    assert gram_chunk(CHUNK_BYTES, 2000, "cpu") == CHUNK_BYTES and gram_chunk(CHUNK_BYTES, 16, "cpu") == 4 << 20
+    assert gram_chunk(CHUNK_BYTES, 100, "cpu") == 100 * ROW_BYTES and gram_chunk(1 << 30, 16, "cuda") == 1 << 30
     assert chunk_bytes(64 * 2**30, "cpu") == CHUNK_BYTES and chunk_bytes(64 * 2**30, "cuda") == 2 * 2**30

@@ -27,7 +27,8 @@ from .plan import Artifact, Block, GiB, Inputs, Options, Pass, Plan, Unit, batch
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 32 * 2**20  # per-sample-gradient chunk: stays near the last-level cache
+CHUNK_BYTES = 256 * 2**20  # most per-sample-gradient bytes one Gram step materialises on a CPU
+ROW_BYTES = 256 * 2**10  # ... and per sample: ~110 rows of 576 floats, enough for an efficient bmm
 
 
 class FactoredMethod:
@@ -102,10 +103,11 @@ class FactoredMethod:
         need = sum(sizes.values())
         biggest = max(sizes.values(), default=0.0)
         batch_bytes = 3 * per_sample_max * size
-        room = o.max_memory - k_bytes - batch_bytes - 2 * self.chunk  # factors kept between the passes' stages
+        chunk = gram_chunk(self.chunk, x1.n * self.c + (0 if sym else other.n * self.c), o.device)
+        room = o.max_memory - k_bytes - batch_bytes - 2 * chunk  # factors kept between the passes' stages
         if room <= 0:
             raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB is too small for even one tile (one batch "
-                              f"and K need ~{(batch_bytes + k_bytes + 2 * self.chunk) / GiB:.2f} GiB)")
+                              f"and K need ~{(batch_bytes + k_bytes + 2 * chunk) / GiB:.2f} GiB)")
         if biggest > room:
             raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB cannot hold one layer's factors for all "
                               f"{x1.n + (0 if sym else other.n)} samples (~{biggest / GiB:.2f} GiB); use a larger "
@@ -212,11 +214,25 @@ class FactoredMethod:
 
 
 def chunk_bytes(max_memory: float, device: torch.device | str) -> int:
-    """Bytes of per-sample gradients one Gram step materialises: at most CHUNK_BYTES on a CPU (near the last-level
-    cache); on a GPU 1/32 of the budget, since each chunk costs one bmm launch per batch and small ones leave the
-    device idle (SmolLM2, N = 1,000 with 32 MiB chunks: ~110 chunks x 63 batches of launches per layer)."""
+    """Most bytes of per-sample gradients one Gram step materialises: 1/32 of the budget, on a CPU also at most
+    CHUNK_BYTES. Each chunk costs one bmm launch per batch, so small ones leave a GPU idle (SmolLM2, N = 1,000
+    with 32 MiB chunks: ~110 chunks x 63 batches of launches per layer) and a CPU's bmm short of rows."""
     share = max(2**16, int(max_memory // 32))
     return share if torch.device(device).type == "cuda" else min(CHUNK_BYTES, share)
+
+
+def gram_chunk(chunk: int, n: int, device: torch.device | str) -> int:
+    """The chunk a Gram over n rows uses: on a CPU ROW_BYTES per row (at least 4 MiB), so that each step holds
+    ~110 rows of every sample's gradient whatever N (14 rows at N = 1,000 ran the bmm at 2/3 of its rate)."""
+    if torch.device(device).type == "cuda":
+        return chunk
+    return int(min(chunk, max(4 << 20, ROW_BYTES * n)))
+
+
+def tri_blocks(n: int) -> int:
+    """Row blocks of a symmetric Gram (block i times rows i.. only): fewer flops, but each GEMM is shorter. On a
+    2-core x86 the best counts measured were 1-2 at N <= 100, 4 at 200-400 and 6 at 1,000 (sqrt(N / 25))."""
+    return max(1, min(8, round(math.sqrt(n / 25))))
 
 
 def probe_rows(x: Inputs) -> list[int]:
@@ -310,40 +326,46 @@ def _rep(a: torch.Tensor, rows: int) -> torch.Tensor:
     return a if a.shape[0] == rows else a.repeat_interleave(rows // a.shape[0], 0)
 
 
-def _psg(batches: list[dict[str, torch.Tensor]], a_name: str, d_name: str, o0: int, o1: int, out: torch.Tensor) -> None:
-    """out[rows] = D[:, :, o0:o1]^T A per sample, flattened: per-sample gradients of output rows o0..o1."""
+def _psg(batches: list[dict[str, torch.Tensor]], a_name: str, d_name: str, o0: int, o1: int, out: torch.Tensor,
+         by_input: bool = False) -> None:
+    """out[rows] = D[:, :, o0:o1]^T A per sample, flattened: per-sample gradients of output rows o0..o1; with
+    `by_input` A[:, :, o0:o1]^T D instead, the transposed gradients of input columns o0..o1."""
     off = 0
     for x in batches:
         d, a = x[d_name], x[a_name]
         n = d.shape[0]
-        torch.bmm(d[:, :, o0:o1].transpose(1, 2), _rep(a, n), out=out[off:off + n].view(n, o1 - o0, a.shape[-1]))
+        a = _rep(a, n)
+        lhs, rhs = (a, d) if by_input else (d, a)
+        torch.bmm(lhs[:, :, o0:o1].transpose(1, 2), rhs, out=out[off:off + n].view(n, o1 - o0, rhs.shape[-1]))
         off += n
 
 
 def _materialised(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tensor]], a_name: str, d_name: str, sym: bool,
                   k: torch.Tensor, chunk: int = CHUNK_BYTES) -> None:
+    """k += <G_i, G_j> over materialised per-sample gradients, a chunk of rows of the longer side at a time (the
+    Gram is the same for G and its transpose; the bmm and the GEMM both want many rows)."""
     n_r, n_c = k.shape
     din, dout = r[0][a_name].shape[-1], r[0][d_name].shape[-1]
     dtype, dev = r[0][d_name].dtype, r[0][d_name].device
     es = r[0][d_name].element_size()
-    if dev.type == "cpu":  # small N: stay in cache between the bmm and the GEMM
-        chunk = int(min(chunk, max(4 << 20, (256 << 10) * max(n_r, n_c))))
-    step = max(1, min(dout, chunk // max(1, es * din * max(n_r, n_c))))
-    gr = torch.empty(n_r, step * din, dtype=dtype, device=dev)
-    gc = gr if sym else torch.empty(n_c, step * din, dtype=dtype, device=dev)
-    # upper-triangle row blocks, each one GEMM: (B + 1) / 2B of the full product's flops (5/8 with four blocks)
-    blocks = min(16, max(4, n_r // 64)) if sym and n_r >= 64 else 1
+    by_input = din > dout
+    rows, width = (din, dout) if by_input else (dout, din)
+    chunk = gram_chunk(chunk, max(n_r, n_c), dev)
+    step = max(1, min(rows, chunk // max(1, es * width * max(n_r, n_c))))
+    gr = torch.empty(n_r, step * width, dtype=dtype, device=dev)
+    gc = gr if sym else torch.empty(n_c, step * width, dtype=dtype, device=dev)
+    blocks = tri_blocks(n_r) if sym else 1
     cuts = [round(i * n_r / blocks) for i in range(blocks + 1)]
-    for o0 in range(0, dout, step):
-        o1 = min(dout, o0 + step)
-        w = (o1 - o0) * din
-        _psg(r, a_name, d_name, o0, o1, gr[:, :w])
+    for o0 in range(0, rows, step):
+        o1 = min(rows, o0 + step)
+        w = (o1 - o0) * width
+        _psg(r, a_name, d_name, o0, o1, gr[:, :w], by_input)
         if sym:
             for s, e in zip(cuts[:-1], cuts[1:]):
                 if e > s:
                     k[s:e, s:] += (gr[s:e, :w] @ gr[s:, :w].T).to(k.device, torch.float64)
         else:
-            _psg(c, a_name, d_name, o0, o1, gc[:, :w])
+            _psg(c, a_name, d_name, o0, o1, gc[:, :w], by_input)
             k += (gr[:, :w] @ gc[:, :w].T).to(k.device, torch.float64)
 
 
