@@ -5,7 +5,7 @@ inputs (the benchmark's own `_inputs`: real RTE train pairs, max length 64, mode
 between the commits (A B, B A, ...). Speed lives here, never in the tests.
 
   .venv/bin/python bench/ab.py 5302877 HEAD --model smollm2-135m --n 100 --repeats 2
-Writes bench/results/ab-<model>-<n>.json and prints the seconds per commit.
+Writes bench/results/ab-<model>-<n>.json (or a numbered name next to an existing one) and prints the seconds per commit.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=None, help="result file (default bench/results/ab-<model>-<n>.json; an "
+                    "existing file is never replaced: the new one gets a numbered name)")
     args = ap.parse_args()
     shas = [subprocess.run(["git", "rev-parse", c], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
             for c in args.commits]
@@ -71,7 +73,10 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     out = {"model": args.model, "n": args.n, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commits": {c: {"sha": sha, "runs": runs[c]} for c, sha in zip(args.commits, shas)}}
-    path = ROOT / "bench" / "results" / f"ab-{args.model}-{args.n}.json"
+    path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"ab-{args.model}-{args.n}.json"
+    stem, k = path, 2
+    while path.exists():  # earlier A/Bs are cited in the README: keep them
+        path, k = stem.with_name(f"{stem.stem}-{k}{stem.suffix}"), k + 1
     path.write_text(json.dumps(out, indent=2) + "\n")
     for c in args.commits:
         secs = [r["seconds"] for r in runs[c] if "seconds" in r]

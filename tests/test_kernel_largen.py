@@ -188,3 +188,33 @@ def test_gram_chunk_size_changes_nothing_but_speed():
     assert gram_chunk(CHUNK_BYTES, 2000, "cpu") == CHUNK_BYTES and gram_chunk(CHUNK_BYTES, 16, "cpu") == 4 << 20
     assert gram_chunk(CHUNK_BYTES, 100, "cpu") == 100 * ROW_BYTES and gram_chunk(1 << 30, 16, "cuda") == 1 << 30
     assert chunk_bytes(64 * 2**30, "cpu") == CHUNK_BYTES and chunk_bytes(64 * 2**30, "cuda") == 2 * 2**30
+
+
+def test_later_layer_groups_start_from_cached_blocks(tiny, monkeypatch, caplog):
+    """With several layer groups the first pass caches the output of the last block below each later group, and
+    that group's pass starts there: the blocks below do not run again, K is unchanged. A cached output that
+    would change f (here: corrupted) is caught on the batch, which reruns the whole forward, as do the rest."""
+    from ntkft.kernel import factored
+
+    r, x = tiny
+    ref = kernel_matrix(r, x, progress=False, batch_size=2)
+    need = _feature_bytes(r, x)
+    kw = dict(batch_size=2, max_memory=_budget(r, x, 0.6 * need), max_disk=0)
+    plan = _plan(r, x, **kw)
+    batches = len(plan.passes[0].produce)
+    assert plan.info["groups"] == 2 and plan.info["skipped_blocks"] == {1: 1}
+    calls = {"n": 0}
+    first_mlp = r.backbone.layers[0].mlp
+    handle = first_mlp.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        k = kernel_matrix(r, x, progress=False, **kw)
+        assert calls["n"] == 1 + batches  # the probe and the first pass; the second starts after block 0
+        assert rel(k, ref) <= 1e-10
+        real = factored._skipping
+        monkeypatch.setattr(factored, "_skipping", lambda blocks, cut, out: real(blocks, cut, out * 0.5))
+        calls["n"] = 0
+        k = kernel_matrix(r, x, progress=False, **kw)
+    finally:
+        handle.remove()
+    assert rel(k, ref) <= 1e-10
+    assert calls["n"] == 1 + 2 * batches and "every pass now runs the whole forward" in caplog.text

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -121,6 +123,11 @@ class FactoredMethod:
         if groups is None:
             raise KernelError(f"max_disk {disk / GiB:.2f} GiB cannot hold one layer's factors for all samples "
                               f"(~{biggest / GiB:.2f} GiB); raise max_disk or max_memory, or use method sketch")
+        # several passes: 1/16 of the budget caches the block outputs the later passes start from (_plan_cuts)
+        cache_cap = o.max_memory / 16 if len(groups) > 1 and biggest <= room - o.max_memory / 16 else 0.0
+        if cache_cap:
+            room -= cache_cap
+            groups = _split(owners, sizes, disk_cap if spill else room) or groups
         n_r = x1.n * self.c
         n_c = n_r if sym else other.n * self.c
         passes = []
@@ -132,11 +139,15 @@ class FactoredMethod:
             passes.append(Pass(produce, _gram_units(g, members, cost)))
         self.groups = groups
         self.b1, self.b2 = b1, b2
+        self.blocks: nn.ModuleList | None = None
+        self.cuts = self._plan_cuts(groups) if cache_cap else {}
+        self.cache: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}  # (group, side, batch) -> (cut out, f)
+        self.cache_cap, self.cache_used = cache_cap, 0.0
         self.sizes, self.room = sizes, room
         info = {"batch_size": size, "batches": [len(b) for b in b1], "groups": len(groups),
                 "feature_bytes": int(need), "room_bytes": int(room), "batch_bytes": int(batch_bytes),
                 "k_bytes": int(k_bytes), "largest_entry_bytes": int(biggest), "spill": spill,
-                "moved_to_fallback": self.moved,
+                "moved_to_fallback": self.moved, "skipped_blocks": {g: c + 1 for g, c in self.cuts.items()},
                 "fallback_params": sum(p.numel() for p in self.fallback.values())}
         if len(groups) > 1:
             log.info("factored: %d layer groups, one forward/backward each (factors of all samples ~%.1f GiB)",
@@ -158,13 +169,68 @@ class FactoredMethod:
 
     def _features(self, unit: Unit) -> Artifact:
         x = self._side(unit.data["side"])
-        g = unit.data["group"]
+        g, side, k = unit.data["group"], unit.data["side"], int(unit.id.rsplit("-b", 1)[1])
         members = set(self.groups[g])
         entries = [e for e in self.entries if e.name in members]
         fallback = self.fallback if FALLBACK in members else {}
         ids, mask = x.take(unit.data["rows"])
-        cap = capture(self.model, entries, fallback, ids.to(self.opt.device), mask.to(self.opt.device))
+        ids, mask = ids.to(self.opt.device), mask.to(self.opt.device)
+        cached = self.cache.pop((g, side, k), None)
+        if cached is not None:
+            self.cache_used -= _nbytes(cached)
+        if cached is not None and self.cuts and self.blocks is not None:
+            with _skipping(self.blocks, self.cuts[g], cached[0]):
+                cap = capture(self.model, entries, fallback, ids, mask)
+            if self._same(cap, cached[1], members):
+                return Artifact(cap.feats, {"alias": cap.alias})
+            log.warning("factored: skipping the blocks before layer group %d changed f or the captured layers; "
+                        "every pass now runs the whole forward", g)
+            self.cuts, self.cache = {}, {}
+        later = {h: c for h, c in self.cuts.items() if h > g}  # record the cut outputs the later passes start from
+        with _recording(self.blocks if later else None, later) as outs:
+            cap = capture(self.model, entries, fallback, ids, mask)
+        for h, out in outs.items():
+            item = (out, cap.outputs)
+            if self.cache_used + _nbytes(item) <= self.cache_cap:  # beyond the cap: that pass reruns the blocks
+                self.cache[(h, side, k)] = item
+                self.cache_used += _nbytes(item)
         return Artifact(cap.feats, {"alias": cap.alias})
+
+    def _plan_cuts(self, groups: list[list[str]]) -> dict[int, int]:
+        """For each layer group after the first: the last whole block of the model's block list that runs before
+        the group's first layer. The first pass caches that block's output per batch; the group's own pass then
+        starts there instead of rerunning the blocks below (checked on every batch: same f, same layers)."""
+        found = _block_list(self.model)
+        self.blocks = found[1] if found is not None else None
+        if len(groups) < 2 or found is None:
+            return {}
+        prefix, blocks = found
+        pos = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        end = max(i for n, i in pos.items() if n == prefix or n.startswith(prefix + "."))
+        cuts = {}
+        for g, members in enumerate(groups[1:], 1):
+            first = members[0]
+            if FALLBACK in members or first not in pos:
+                continue
+            if first.startswith(prefix + "."):
+                cut = int(first[len(prefix) + 1:].split(".")[0]) - 1
+            else:  # after the whole block list (a final norm, the head): start after its last block
+                cut = len(blocks) - 1 if pos[first] > end else -1
+            if cut >= 0:
+                cuts[g] = cut
+        return cuts
+
+    def _same(self, cap: Any, f: torch.Tensor, members: set[str]) -> bool:
+        """A pass that started at a cached block saw what the whole forward would: f (to rounding) and the same
+        reached layers as the probe."""
+        def owners(names: Any) -> set[str]:
+            return {n.rsplit(".", 1)[0] for n in names} & members
+
+        reached = owners(set(self.dims) | set(self.alias))
+        if owners(set(cap.feats) | set(cap.alias)) != reached:
+            return False
+        scale = float(f.abs().max()) if f.numel() else 0.0
+        return bool(torch.allclose(cap.outputs, f, rtol=1e-5, atol=1e-6 * max(scale, 1e-30)))
 
     def _read_chunks(self, owners: list[str]) -> list[list[str]]:
         """Consecutive entries whose factors for all samples fit the room left for factors."""
@@ -233,6 +299,69 @@ def tri_blocks(n: int) -> int:
     """Row blocks of a symmetric Gram (block i times rows i.. only): fewer flops, but each GEMM is shorter. On a
     2-core x86 the best counts measured were 1-2 at N <= 100, 4 at 200-400 and 6 at 1,000 (sqrt(N / 25))."""
     return max(1, min(8, round(math.sqrt(n / 25))))
+
+
+def _block_list(model: KernelModel) -> tuple[str, nn.ModuleList] | None:
+    """The model's longest ModuleList of at least two modules (a transformer's blocks, run in order), by name."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) >= 2 and (best is None or len(mod) > len(best[1])):
+            best = (name, mod)
+    return best
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def _nbytes(item: tuple[Any, torch.Tensor]) -> float:
+    return float(sum(t.numel() * t.element_size() for t in _tensors(item[0])) + item[1].numel() * 8)
+
+
+@contextmanager
+def _recording(blocks: nn.ModuleList | None, cuts: dict[int, int]) -> Iterator[dict[int, Any]]:
+    """Collects {group: output of block cuts[group]} (detached copies; a tensor or a tuple of tensors/None)."""
+    outs: dict[int, Any] = {}
+    if blocks is None:
+        yield outs
+        return
+
+    def hook(groups: list[int]) -> Callable[[nn.Module, Any, Any], None]:
+        def fn(_mod: nn.Module, _args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                kept: Any = out.detach().clone()
+            elif isinstance(out, (tuple, list)) and all(t is None or isinstance(t, torch.Tensor) for t in out):
+                kept = type(out)(t.detach().clone() if t is not None else None for t in out)
+            else:
+                return  # another kind of output: that group's pass runs the whole forward
+            for g in groups:
+                outs[g] = kept
+        return fn
+
+    by_cut: dict[int, list[int]] = defaultdict(list)
+    for g, c in cuts.items():
+        by_cut[c].append(g)
+    handles = [blocks[c].register_forward_hook(hook(gs)) for c, gs in by_cut.items()]
+    try:
+        yield outs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _skipping(blocks: nn.ModuleList, cut: int, out: Any) -> Iterator[None]:
+    """Blocks 0..cut return block `cut`'s cached output without computing (the model's loop still calls them)."""
+    def cached(*_args: Any, **_kwargs: Any) -> Any:
+        return out
+
+    for b in blocks[:cut + 1]:
+        b.forward = cached
+    try:
+        yield
+    finally:
+        for b in blocks[:cut + 1]:
+            del b.forward
 
 
 def probe_rows(x: Inputs) -> list[int]:
