@@ -4,9 +4,10 @@ Plan: samples sorted by length and cut into length buckets; the layers (entries)
 so that one group's factors for all samples fit the memory budget, or `max_disk` when they spill.
 Each group is one pass: a forward/backward per batch keeping that group's factors (produce units),
 then Gram units that add the group's layers' contributions to K (contribution units). With one group
-(the common case) the model runs once per batch. For a linear layer a Gram entry is either the
+(the common case) the model runs once per batch; with several, the first pass caches the output of the last block
+below each later group, whose pass starts there. For a linear layer a Gram entry is either the
 "ghost" sum_{t,s} (a_it . a_js)(d_it . d_js) or the inner product of materialised per-sample
-gradients D_i^T A_i (chunked over output rows so the working set stays small); each layer takes the
+gradients D_i^T A_i (chunked along the longer side so the working set stays bounded); each layer takes the
 cheaper one. Embeddings use token matches, norms and biases their small per-sample gradients."""
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class FactoredMethod:
         passes = []
         for g, members in enumerate(groups):
             produce = [Unit(f"f{g}-s{side}-b{k}", "features", float(len(b)),
-                            {"side": side, "rows": b, "group": g})
+                            {"side": side, "rows": b, "group": g, "batch": k})
                        for side, _, bs in sides for k, b in enumerate(bs)]
             cost = {w: sizes[w] * (n_r + n_c) for w in members}
             passes.append(Pass(produce, _gram_units(g, members, cost)))
@@ -169,7 +170,7 @@ class FactoredMethod:
 
     def _features(self, unit: Unit) -> Artifact:
         x = self._side(unit.data["side"])
-        g, side, k = unit.data["group"], unit.data["side"], int(unit.id.rsplit("-b", 1)[1])
+        g, side, k = unit.data["group"], unit.data["side"], unit.data["batch"]
         members = set(self.groups[g])
         entries = [e for e in self.entries if e.name in members]
         fallback = self.fallback if FALLBACK in members else {}
@@ -186,7 +187,8 @@ class FactoredMethod:
             log.warning("factored: skipping the blocks before layer group %d changed f or the captured layers; "
                         "every pass now runs the whole forward", g)
             self.cuts, self.cache = {}, {}
-        later = {h: c for h, c in self.cuts.items() if h > g}  # record the cut outputs the later passes start from
+        # record the block outputs the later passes start from (once: a pass without its cache records too)
+        later = {h: c for h, c in self.cuts.items() if h > g and (h, side, k) not in self.cache}
         with _recording(self.blocks if later else None, later) as outs:
             cap = capture(self.model, entries, fallback, ids, mask)
         for h, out in outs.items():
