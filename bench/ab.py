@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,7 @@ def main() -> None:
     finally:
         for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder, empty by now
     out = {"model": args.model, "n": args.n, "options": options, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commits": {c: {"sha": sha, "runs": runs[c]} for c, sha in zip(args.commits, shas)}}
     path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"ab-{args.model}-{args.n}.json"
