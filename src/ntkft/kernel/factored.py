@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import KernelError
 from .checkpoint import Store
 from .contract import KernelModel, out_dim
-from .layers import FALLBACK, Entry, capture, find_entries, verify
+from .layers import FALLBACK, Captured, Entry, capture, find_entries, verify
 from .plan import Artifact, Block, GiB, Inputs, Options, Pass, Plan, Unit, batches, sort_by_length
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,9 @@ class FactoredMethod:
             passes.append(Pass(produce, _gram_units(g, members, cost)))
         self.groups = groups
         self.b1, self.b2 = b1, b2
-        self.blocks: nn.ModuleList | None = None
-        self.cuts = self._plan_cuts(groups) if cache_cap else {}
+        self.blocks, self.cuts = self._plan_cuts(groups) if cache_cap else (None, {})
         self.cache: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}  # (group, side, batch) -> (cut out, f)
-        self.cache_cap, self.cache_used = cache_cap, 0.0
+        self.cache_cap = cache_cap
         self.sizes, self.room = sizes, room
         info = {"batch_size": size, "batches": [len(b) for b in b1], "groups": len(groups),
                 "feature_bytes": int(need), "room_bytes": int(room), "batch_bytes": int(batch_bytes),
@@ -177,9 +176,7 @@ class FactoredMethod:
         ids, mask = x.take(unit.data["rows"])
         ids, mask = ids.to(self.opt.device), mask.to(self.opt.device)
         cached = self.cache.pop((g, side, k), None)
-        if cached is not None:
-            self.cache_used -= _nbytes(cached)
-        if cached is not None and self.cuts and self.blocks is not None:
+        if cached is not None and self.blocks is not None:  # a cache exists only for a planned cut
             with _skipping(self.blocks, self.cuts[g], cached[0]):
                 cap = capture(self.model, entries, fallback, ids, mask)
             if self._same(cap, cached[1], members):
@@ -191,21 +188,21 @@ class FactoredMethod:
         later = {h: c for h, c in self.cuts.items() if h > g and (h, side, k) not in self.cache}
         with _recording(self.blocks if later else None, later) as outs:
             cap = capture(self.model, entries, fallback, ids, mask)
+        used = sum(_nbytes(v) for v in self.cache.values())
         for h, out in outs.items():
             item = (out, cap.outputs)
-            if self.cache_used + _nbytes(item) <= self.cache_cap:  # beyond the cap: that pass reruns the blocks
+            if used + _nbytes(item) <= self.cache_cap:  # beyond the cap: that pass reruns the blocks
                 self.cache[(h, side, k)] = item
-                self.cache_used += _nbytes(item)
+                used += _nbytes(item)
         return Artifact(cap.feats, {"alias": cap.alias})
 
-    def _plan_cuts(self, groups: list[list[str]]) -> dict[int, int]:
-        """For each layer group after the first: the last whole block of the model's block list that runs before
-        the group's first layer. The first pass caches that block's output per batch; the group's own pass then
-        starts there instead of rerunning the blocks below (checked on every batch: same f, same layers)."""
+    def _plan_cuts(self, groups: list[list[str]]) -> tuple[nn.ModuleList | None, dict[int, int]]:
+        """The model's block list and, for each layer group after the first, the last whole block of it that runs
+        before the group's first layer. The first pass caches that block's output per batch; the group's own pass
+        then starts there instead of rerunning the blocks below (checked on every batch: same f, same layers)."""
         found = _block_list(self.model)
-        self.blocks = found[1] if found is not None else None
-        if len(groups) < 2 or found is None:
-            return {}
+        if found is None:
+            return None, {}
         prefix, blocks = found
         pos = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
         end = max(i for n, i in pos.items() if n == prefix or n.startswith(prefix + "."))
@@ -220,9 +217,9 @@ class FactoredMethod:
                 cut = len(blocks) - 1 if pos[first] > end else -1
             if cut >= 0:
                 cuts[g] = cut
-        return cuts
+        return blocks, cuts
 
-    def _same(self, cap: Any, f: torch.Tensor, members: set[str]) -> bool:
+    def _same(self, cap: Captured, f: torch.Tensor, members: set[str]) -> bool:
         """A pass that started at a cached block saw what the whole forward would: f (to rounding) and the same
         reached layers as the probe."""
         def owners(names: Any) -> set[str]:
@@ -317,7 +314,8 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 def _nbytes(item: tuple[Any, torch.Tensor]) -> float:
-    return float(sum(t.numel() * t.element_size() for t in _tensors(item[0])) + item[1].numel() * 8)
+    """Bytes of a cached (block output, f) pair."""
+    return float(sum(t.numel() * t.element_size() for t in _tensors(item[0]) + [item[1]]))
 
 
 @contextmanager
