@@ -137,6 +137,44 @@ def test_checkpoint_deletes_only_files_it_listed(tmp_path):
     assert not (tmp_path / "empty").exists()  # its own folder goes when nothing else is in it
 
 
+def test_checkpoint_files_are_safetensors_any_reader_loads(tmp_path):
+    """ntkft writes units straight from tensor memory; safetensors' own reader must see exactly what its own
+    writer would have written, for every dtype a unit can hold, empty and 0-d tensors and views included."""
+    from safetensors.torch import load_file, save_file
+
+    x = torch.arange(12.0, dtype=torch.float64).reshape(3, 4)
+    ts = {"f64": x, "f32": x.float().t(), "bf16": x.bfloat16()[1], "f16": x.half(), "i64": torch.arange(5),
+          "i32": torch.arange(3, dtype=torch.int32), "u8": torch.arange(4, dtype=torch.uint8),
+          "bool": torch.tensor([True, False, True]), "empty": torch.empty(0, 7), "scalar": torch.tensor(2.5)}
+    ck = Checkpoint(tmp_path / "c", {"k": 1})
+    ck.put("u", ts, {"note": "hi"}, durable=True)
+    ck.put("v", ts, durable=False)
+    save_file({k: v.contiguous() for k, v in ts.items()}, str(tmp_path / "ref.safetensors"))
+    ref = load_file(str(tmp_path / "ref.safetensors"))
+    for unit in ("u", "v"):
+        got = load_file(str(tmp_path / "c" / f"{unit}.safetensors"))
+        assert set(got) == set(ts)
+        for k, v in ts.items():
+            assert got[k].dtype == v.dtype == ref[k].dtype and torch.equal(got[k], ref[k]), k
+    assert ck.get("u")[1] == {"note": "hi"}
+    with (tmp_path / "c" / "u.safetensors").open("rb") as fh:
+        assert int.from_bytes(fh.read(8), "little") % 8 == 0  # the header is padded as the format asks
+    with pytest.raises(KernelError, match="cannot store tensor z"):
+        ck.put("w", {"z": torch.zeros(2, dtype=torch.complex64)})
+    assert not any(p.name.startswith(".w") for p in (tmp_path / "c").iterdir())  # no temporary file left
+
+
+def test_spill_writes_overlap_only_beside_spare_compute(monkeypatch):
+    """On a CPU whose cores torch's threads all use, a writer thread would slow every parallel operator."""
+    from ntkft.kernel.engine import overlap_writes
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert not overlap_writes("cpu") and overlap_writes("cuda:0")
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert overlap_writes("cpu")
+
+
 def test_memory_store_and_accumulator_resume():
     s = MemoryStore()
     acc = Accumulator(2, 2, s)

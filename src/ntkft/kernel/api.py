@@ -122,7 +122,7 @@ def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.T
         stores = open_stores(plan, checkpoint_dir, key)
         try:
             acc_dev = dev if accumulate == "device" else torch.device("cpu")
-            k = assemble(plan, execute(impl, plan, stores, progress, acc_dev))
+            k = assemble(plan, execute(impl, plan, stores, progress, acc_dev, dev))
         finally:
             stores.close()
         stores.finish()
