@@ -119,7 +119,7 @@ def write_safetensors(path: Path, tmp: Path, tensors: dict[str, torch.Tensor], m
             fh.write(head)
             for t in tensors.values():
                 if t.numel():
-                    fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+                    fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
