@@ -175,6 +175,33 @@ def test_spill_writes_overlap_only_beside_spare_compute(monkeypatch):
     assert overlap_writes("cpu")
 
 
+@pytest.mark.parametrize("left", [False, True])
+def test_probe_is_a_short_prefix_of_two_samples_padded_like_the_data(left):
+    """The layer check runs on the two shortest samples cut to 8 and 12 real tokens: lengths still differ, the
+    tokens are each sample's own first ones, and the padding side is the data's."""
+    from ntkft.kernel.factored import probe_inputs
+
+    lengths = [30, 9, 14, 9]
+    t = max(lengths)
+    ids = torch.arange(4 * t).reshape(4, t) + 100
+    mask = torch.zeros(4, t, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if left:
+            mask[i, t - n:] = 1
+        else:
+            mask[i, :n] = 1
+    x = Inputs.of({"input_ids": ids.masked_fill(mask == 0, 7), "attention_mask": mask}, "x1")
+    pi, pm = probe_inputs(x)
+    assert pm.sum(1).tolist() == [8, 12] and pi.shape == (2, 12)
+    for row, src in zip(range(2), (1, 2)):  # the shortest (row 1) and the shortest of another length (row 2)
+        real = x.ids[src][x.mask[src].bool()]
+        assert torch.equal(pi[row][pm[row].bool()], real[: int(pm[row].sum())])
+    assert bool(pm[0, 0] == 0) == left and bool(pm[0, -1] == 0) != left  # the shorter row is padded on that side
+    assert (pi[pm == 0] == 7).all()
+    one = Inputs.of({"input_ids": ids[:1], "attention_mask": torch.ones(1, t, dtype=torch.long)}, "x1")
+    assert probe_inputs(one)[1].sum().item() == 8
+
+
 def test_memory_store_and_accumulator_resume():
     s = MemoryStore()
     acc = Accumulator(2, 2, s)

@@ -51,7 +51,7 @@ class FactoredMethod:
         """Find and verify the layer entries on two real samples (the shortest ones, of different lengths so that
         padding is exercised), and measure the bytes of factors per sample and token of every entry."""
         entries, fallback = find_entries(self.model, self.params)
-        ids, mask = x1.take(probe_rows(x1))
+        ids, mask = probe_inputs(x1)
         ids, mask = ids.to(self.opt.device), mask.to(self.opt.device)
         self.entries, self.fallback, cap, self.moved = verify(self.model, entries, fallback, ids, mask)
         if self.fallback:
@@ -370,6 +370,29 @@ def probe_rows(x: Inputs) -> list[int]:
     first = order[0]
     other = next((i for i in order if int(x.lengths[i]) != int(x.lengths[first])), order[1] if x.n > 1 else None)
     return [first] if other is None else sorted([first, other])
+
+
+PROBE_TOKENS = (8, 12)  # real tokens kept of the shorter and the longer probe sample
+
+
+def probe_inputs(x: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe batch: `probe_rows`, cut to their first 8 and 12 real tokens (lengths stay different) and padded on
+    the side the data is. What the probe checks (each layer's factor formula, padding, samples kept apart) does
+    not depend on length, and at full length it cost a tenth of a small kernel (SmolLM2, N = 16: 0.55 s of 5.8)."""
+    rows = sorted(probe_rows(x), key=lambda i: (int(x.lengths[i]), i))
+    ids, mask = x.take(rows)
+    pads = x.ids[x.mask == 0]
+    pad = pads[0] if pads.numel() else ids[0, 0]
+    left = bool((mask[:, 0] == 0).any())  # some row starts with padding: the data is padded on the left
+    real = [row[m.bool()] for row, m in zip(ids, mask)]
+    keep = [r[:cap] for r, cap in zip(real, PROBE_TOKENS)]
+    t = max(len(k) for k in keep)
+    out_ids = torch.full((len(keep), t), int(pad), dtype=ids.dtype)
+    out_mask = torch.zeros(len(keep), t, dtype=mask.dtype)
+    for i, k in enumerate(keep):
+        cols = slice(t - len(k), t) if left else slice(0, len(k))
+        out_ids[i, cols], out_mask[i, cols] = k, 1
+    return out_ids, out_mask
 
 
 def _split(owners: list[str], sizes: dict[str, float], cap: float) -> list[list[str]] | None:
