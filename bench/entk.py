@@ -274,11 +274,13 @@ def _compare(rows: list[dict]) -> None:
 
 
 def _best(rows: list[dict]) -> list[dict]:
-    """Best of the repeats per (method, model, n), with the spread of the repeats that ran."""
+    """Best of the repeats per (method, model, n), with the spread of the repeats that ran (those whose K is
+    wrong only where no repeat's K is right: the row stays marked)."""
     out: dict[tuple, dict] = {}
     for r in rows:
         key = (r["method"], r["model"], r["n"])
-        ok = [x for x in rows if (x["method"], x["model"], x["n"]) == key and "seconds" in x and not x.get("wrong")]
+        ran = [x for x in rows if (x["method"], x["model"], x["n"]) == key and "seconds" in x]
+        ok = [x for x in ran if not x.get("wrong")] or ran  # a wrong K is still timed, and marked
         if ok:
             best = dict(min(ok, key=lambda x: x["seconds"]))
             best["repeats"] = [round(x["seconds"], 2) for x in ok]

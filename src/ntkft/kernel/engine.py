@@ -120,7 +120,7 @@ def _run(impl: KernelMethod, plan: Plan, stores: Stores, acc: Accumulator, bar: 
         if all(acc.has(u.id) for u in p.contribute):
             bar.update(len(p.produce) + len(p.contribute))
             continue
-        pending: Future[None] | None = None  # spilled artifacts are written while the next unit computes
+        pending: Future[None] | None = None  # with a writer, spilled artifacts are written while the next unit computes
         for u in p.produce:
             if not stores.artifacts.has(u.id):
                 art = impl.compute_unit(u, stores.artifacts)

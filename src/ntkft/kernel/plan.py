@@ -215,8 +215,8 @@ def available_memory() -> int:
 
 def default_max_memory(device: torch.device | str | None = None) -> int:
     """The default budget: on CUDA, 80% of the device memory free now; on the host, a quarter of the memory
-    available now (whole GiB, at least 1 GiB), so that factors that do not fit go to disk early (written
-    while the next batch computes, read back from the page cache) and the process stays small."""
+    available now (whole GiB, at least 1 GiB), so that factors that do not fit go to disk early (read back from
+    the page cache) and the process stays small."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
