@@ -102,31 +102,43 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 def write_safetensors(path: Path, tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                       durable: bool) -> None:
     """The safetensors format written straight from each tensor's memory, via `tmp` and an atomic rename.
-    safetensors' own writer first copies every tensor to bytes: ~6x slower, and a second copy while it writes."""
-    header: dict[str, Any] = {"__metadata__": metadata}
-    off = 0
-    for k, t in tensors.items():
-        if t.dtype not in _DTYPES or not t.is_contiguous() or sys.byteorder != "little":
-            raise KernelError(f"{path}: cannot store tensor {k} ({t.dtype})")
-        n = t.numel() * t.element_size()
-        header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + n]}
-        off += n
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the format pads the header to 8 bytes with spaces
+    safetensors' own writer first copies every tensor to bytes: ~6x slower, and a second copy while it writes;
+    it still writes what this cannot (a big-endian host, dtypes beyond the usual ones)."""
     try:
         with open(tmp, "wb") as fh:
-            fh.write(struct.pack("<Q", len(head)))
-            fh.write(head)
-            for t in tensors.values():
-                if t.numel():
-                    fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
+            if sys.byteorder == "little" and all(t.dtype in _DTYPES and t.is_contiguous() for t in tensors.values()):
+                _write_raw(fh, tensors, metadata)
+            else:
+                from safetensors.torch import save
+
+                fh.write(save(tensors, metadata=metadata))
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (KeyError, ValueError, TypeError) as e:  # what safetensors raises for a dtype it cannot store
+        tmp.unlink(missing_ok=True)
+        raise KernelError(f"{path}: cannot store this unit ({e})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_raw(fh: Any, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Header (8-byte little-endian length, JSON padded with spaces to 8 bytes), then each tensor's bytes."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    off = 0
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + n]}
+        off += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    fh.write(struct.pack("<Q", len(head)))
+    fh.write(head)
+    for t in tensors.values():
+        if t.numel():
+            fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 class Checkpoint:
