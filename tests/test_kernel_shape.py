@@ -171,10 +171,10 @@ def test_spill_writes_overlap_only_beside_spare_compute(monkeypatch):
     from ntkft.kernel.engine import overlap_writes
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert not overlap_writes("cpu") and overlap_writes("cuda:0")
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert overlap_writes("cpu")
+    for cores, spare in ((2, False), (8, True)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        monkeypatch.setattr("os.cpu_count", lambda n=cores: n)
+        assert overlap_writes("cpu") == spare and overlap_writes("cuda:0")
 
 
 @pytest.mark.parametrize("left", [False, True])

@@ -112,7 +112,8 @@ def overlap_writes(device: torch.device | str) -> bool:
     beside them, 14.0 s + 6.9 s of writing one after the other, 41.9-43.3 s in all against 44-45 s)."""
     if torch.device(device).type != "cpu":
         return True
-    return torch.get_num_threads() < (os.cpu_count() or 1)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return torch.get_num_threads() < usable  # the cores this process may run on, not the machine's
 
 
 def _run(impl: KernelMethod, plan: Plan, stores: Stores, acc: Accumulator, bar: Any, writer: Any) -> None:
