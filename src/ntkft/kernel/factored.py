@@ -48,8 +48,8 @@ class FactoredMethod:
     # ------------------------------------------------------------------ planning
 
     def probe(self, x1: Inputs) -> None:
-        """Find and verify the layer entries on two real samples (the shortest ones, of different lengths so that
-        padding is exercised), and measure the bytes of factors per sample and token of every entry."""
+        """Find and verify the layer entries on two real samples (`probe_inputs`: the shortest ones, cut short, of
+        different lengths so that padding is exercised), and measure the bytes of factors per sample and token."""
         entries, fallback = find_entries(self.model, self.params)
         ids, mask = probe_inputs(x1)
         ids, mask = ids.to(self.opt.device), mask.to(self.opt.device)
