@@ -26,7 +26,7 @@ from ..errors import KernelError
 from .checkpoint import Store
 from .contract import KernelModel, out_dim
 from .layers import FALLBACK, Captured, Entry, capture, find_entries, verify
-from .plan import Artifact, Block, GiB, Inputs, Options, Pass, Plan, Unit, batch_overhead, batches, sort_by_length
+from .plan import Artifact, Block, GiB, Inputs, Options, Pass, Plan, Unit, batches, sort_by_length
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class FactoredMethod:
             size = int(max(1, min(size, (o.max_memory / 2) // (3 * per_sample_max))))
         order1 = sort_by_length(x1)
         order2 = order1 if sym else sort_by_length(other)
-        b1 = batches(x1, order1, size, batch_overhead(o.device))
-        b2 = [] if sym else batches(other, order2, size, batch_overhead(o.device))
+        b1 = batches(x1, order1, size)
+        b2 = [] if sym else batches(other, order2, size)
         order1 = [i for b in b1 for i in b]
         order2 = order1 if sym else [i for b in b2 for i in b]
         sides = [(1, x1, b1)] + ([] if sym else [(2, other, b2)])
