@@ -9,13 +9,17 @@ import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, tmp: str | Path | None = None) -> None:
-    """Write `data` to `path` via a temp file in the same folder and an atomic rename. `tmp`: a fixed temp name
-    (one a manifest already lists, so a kill mid-write leaves nothing unaccounted for); default a fresh one."""
+@contextmanager
+def atomic_file(path: str | Path, tmp: str | Path | None = None, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` by an atomic rename when the block ends without error (fsynced first unless
+    `durable` is False); on error the temp file goes. `tmp`: a fixed temp name (one a manifest already lists, so a
+    kill mid-write leaves nothing unaccounted for); default a fresh one in the same folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tmp is None:
@@ -24,13 +28,20 @@ def atomic_write_bytes(path: str | Path, data: bytes, tmp: str | Path | None = N
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, tmp: str | Path | None = None) -> None:
+    """Write `data` to `path` via a temp file in the same folder, an fsync and an atomic rename."""
+    with atomic_file(path, tmp) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._io import write_json
+from .._io import atomic_file, write_json
 from ..errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -101,27 +100,19 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 def write_safetensors(path: Path, tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                       durable: bool) -> None:
-    """The safetensors format written straight from each tensor's memory, via `tmp` and an atomic rename.
-    safetensors' own writer first copies every tensor to bytes: ~6x slower, and a second copy while it writes;
-    it still writes what this cannot (a big-endian host, dtypes beyond the usual ones)."""
+    """The safetensors format written straight from each tensor's memory, via `tmp` and an atomic rename
+    (`atomic_file`). safetensors' own writer first copies every tensor to bytes: ~6x slower, and a second copy
+    while it writes; it still writes what this cannot (a big-endian host, dtypes beyond the usual ones)."""
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_file(path, tmp, durable) as fh:
             if sys.byteorder == "little" and all(t.dtype in _DTYPES and t.is_contiguous() for t in tensors.values()):
                 _write_raw(fh, tensors, metadata)
             else:
                 from safetensors.torch import save
 
                 fh.write(save(tensors, metadata=metadata))
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except (KeyError, ValueError, TypeError) as e:  # what safetensors raises for a dtype it cannot store
-        tmp.unlink(missing_ok=True)
         raise KernelError(f"{path}: cannot store this unit ({e})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_raw(fh: Any, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
