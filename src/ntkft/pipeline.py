@@ -13,7 +13,7 @@ import torch
 from ._io import peak_rss_mb, run_meta
 from ._runs import RunFolder
 from .errors import KernelError
-from .kernel import KernelFile, kernel_matrix, load_kernel_file, resolve_method, select_params
+from .kernel import KernelFile, gemm, kernel_matrix, load_kernel_file, resolve_method, select_params
 from .kernel.api import parse_device
 from .kernel.params import num_params
 from .models import Readout, fingerprint, load_model
@@ -77,7 +77,8 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
                     dtype="float64 (accumulated from float32 model)", seconds=round(seconds, 2),
                     peak_rss_mb=round(peak_rss_mb(), 1), normalisation="unnormalised: K = J J^T",
                     sketch={"dim": sketch_dim, "seed": seed, "estimator": "unbiased"} if meth.value == "sketch" else None,
-                    device=str(readout.head.weight.device))
+                    device=str(readout.head.weight.device),
+                    gemm=gemm.backend() if readout.head.weight.device.type == "cpu" else "torch")
     kf = KernelFile(k.cpu(), enc["input_ids"], enc["attention_mask"], readout.head.weight.detach().cpu().clone(),
                     readout.head.bias.detach().cpu().clone(), f, labels, torch.as_tensor(data.indices), meta)
     if rf is not None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import KernelError
+from . import gemm
 from .checkpoint import Store
 from .contract import KernelModel, out_dim
 from .layers import FALLBACK, Captured, Entry, capture, find_entries, verify
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 2**20  # most per-sample-gradient bytes one Gram step materialises on a CPU
 ROW_BYTES = 256 * 2**10  # ... and per sample: ~110 rows of 576 floats, enough for an efficient bmm
+ROW_BYTES_ONEDNN = 128 * 2**10  # ... ~55 rows when the Gram goes through oneDNN (see gemm.py): its GEMM likes short chunks
 
 
 class FactoredMethod:
@@ -106,7 +108,8 @@ class FactoredMethod:
         need = sum(sizes.values())
         biggest = max(sizes.values(), default=0.0)
         batch_bytes = 3 * per_sample_max * size
-        chunk = gram_chunk(self.chunk, x1.n * self.c + (0 if sym else other.n * self.c), o.device)
+        chunk = gram_chunk(self.chunk, x1.n * self.c + (0 if sym else other.n * self.c), o.device,
+                           o.device.type == "cpu" and gemm.backend() == "onednn")
         room = o.max_memory - k_bytes - batch_bytes - 2 * chunk  # factors kept between the passes' stages
         if room <= 0:
             raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB is too small for even one tile (one batch "
@@ -286,12 +289,13 @@ def chunk_bytes(max_memory: float, device: torch.device | str) -> int:
     return share if torch.device(device).type == "cuda" else min(CHUNK_BYTES, share)
 
 
-def gram_chunk(chunk: int, n: int, device: torch.device | str) -> int:
+def gram_chunk(chunk: int, n: int, device: torch.device | str, onednn: bool = False) -> int:
     """The chunk a Gram over n rows uses: on a CPU ROW_BYTES per row (at least 4 MiB), so that each step holds
-    ~110 rows of every sample's gradient whatever N (14 rows at N = 1,000 ran the bmm at 2/3 of its rate)."""
+    ~110 rows of every sample's gradient whatever N (14 rows at N = 1,000 ran the bmm at 2/3 of its rate);
+    ROW_BYTES_ONEDNN through oneDNN, whose per-sample products want more rows."""
     if torch.device(device).type == "cuda":
         return chunk
-    return int(min(chunk, max(4 << 20, ROW_BYTES * n)))
+    return int(min(chunk, max(4 << 20, (ROW_BYTES_ONEDNN if onednn else ROW_BYTES) * n)))
 
 
 def tri_blocks(n: int) -> int:
@@ -470,7 +474,7 @@ def _contract(owner: str, e: Entry | None, names: list[str], r: list[dict[str, t
 def _vec(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tensor]], name: str, sym: bool, k: torch.Tensor) -> None:
     gr = torch.cat([x[name].reshape(x[name].shape[0], -1) for x in r])
     gc = gr if sym else torch.cat([x[name].reshape(x[name].shape[0], -1) for x in c])
-    k += (gr @ gc.T).to(k.device, torch.float64)
+    k += gemm.mm_t(gr, gc).to(k.device, torch.float64)
 
 
 def _rep(a: torch.Tensor, rows: int) -> torch.Tensor:
@@ -481,7 +485,9 @@ def _rep(a: torch.Tensor, rows: int) -> torch.Tensor:
 def _psg(batches: list[dict[str, torch.Tensor]], a_name: str, d_name: str, o0: int, o1: int, out: torch.Tensor,
          by_input: bool = False) -> None:
     """out[rows] = D[:, :, o0:o1]^T A per sample, flattened: per-sample gradients of output rows o0..o1; with
-    `by_input` A[:, :, o0:o1]^T D instead, the transposed gradients of input columns o0..o1."""
+    `by_input` A[:, :, o0:o1]^T D instead, the transposed gradients of input columns o0..o1. One bmm per batch
+    (torch's, also where the Gram goes through oneDNN: one oneDNN product per sample was slower, 9.0 s against
+    7.0 s for SmolLM2's layers at N = 100, its inner dimension being the sample's length)."""
     off = 0
     for x in batches:
         d, a = x[d_name], x[a_name]
@@ -502,23 +508,25 @@ def _materialised(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tens
     es = r[0][d_name].element_size()
     by_input = din > dout
     rows, width = (din, dout) if by_input else (dout, din)
-    chunk = gram_chunk(chunk, max(n_r, n_c), dev)
+    chunk = gram_chunk(chunk, max(n_r, n_c), dev, gemm.fast(r[0][d_name]))
     step = max(1, min(rows, chunk // max(1, es * width * max(n_r, n_c))))
-    gr = torch.empty(n_r, step * width, dtype=dtype, device=dev)
-    gc = gr if sym else torch.empty(n_c, step * width, dtype=dtype, device=dev)
+    buf_r = torch.empty(n_r * step * width, dtype=dtype, device=dev)  # each chunk a contiguous (rows, w) view
+    buf_c = buf_r if sym else torch.empty(n_c * step * width, dtype=dtype, device=dev)
     blocks = tri_blocks(n_r) if sym else 1
     cuts = [round(i * n_r / blocks) for i in range(blocks + 1)]
     for o0 in range(0, rows, step):
         o1 = min(rows, o0 + step)
         w = (o1 - o0) * width
-        _psg(r, a_name, d_name, o0, o1, gr[:, :w], by_input)
+        gr = buf_r[:n_r * w].view(n_r, w)
+        _psg(r, a_name, d_name, o0, o1, gr, by_input)
         if sym:
             for s, e in zip(cuts[:-1], cuts[1:]):
                 if e > s:
-                    k[s:e, s:] += (gr[s:e, :w] @ gr[s:, :w].T).to(k.device, torch.float64)
+                    k[s:e, s:] += gemm.mm_t(gr[s:e], gr[s:]).to(k.device, torch.float64)
         else:
-            _psg(c, a_name, d_name, o0, o1, gc[:, :w], by_input)
-            k += (gr[:, :w] @ gc[:, :w].T).to(k.device, torch.float64)
+            gc = buf_c[:n_c * w].view(n_c, w)
+            _psg(c, a_name, d_name, o0, o1, gc, by_input)
+            k += gemm.mm_t(gr, gc).to(k.device, torch.float64)
 
 
 def _ghost(ai: torch.Tensor, di: torch.Tensor, aj: torch.Tensor, dj: torch.Tensor, match: bool = False) -> torch.Tensor:
@@ -532,11 +540,11 @@ def _ghost(ai: torch.Tensor, di: torch.Tensor, aj: torch.Tensor, dj: torch.Tenso
     aj2 = aj.reshape(nj * tj, -1) if not match else aj.reshape(1, -1)
     step = max(1, int(2**24 // max(1, ti * nj * tj)))  # bound the (rows x cols) scratch to ~16M entries
     for s in range(0, ni, step):
-        dd = di[s:s + step].reshape(-1, di.shape[-1]) @ dj2.T
+        dd = gemm.mm_t(di[s:s + step].reshape(-1, di.shape[-1]), dj2)
         if match:
             dd *= ai[s:s + step].reshape(-1, 1) == aj2
         else:
-            dd *= ai[s:s + step].reshape(-1, ai.shape[-1]) @ aj2.T
+            dd *= gemm.mm_t(ai[s:s + step].reshape(-1, ai.shape[-1]), aj2)
         out[s:s + step] = dd.reshape(-1, ti, nj, tj).sum((1, 3)).double()
     return out
 

@@ -26,6 +26,7 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from ..errors import KernelError
+from . import gemm
 from .contract import KernelModel
 
 log = logging.getLogger(__name__)
@@ -125,18 +126,23 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str) -> An
 
 class _Recorder(TorchFunctionMode):
     """Records (call args, output) of F.linear / F.embedding / F.layer_norm per entry weight, and any other
-    torch function that touches such a weight (which makes the entry unsupported)."""
+    torch function that touches such a weight (which makes the entry unsupported). With `native` given, F.linear
+    runs through `gemm.linear_grad_input` unless its weight or bias may need a gradient: a parameter in `native`
+    or a computed (non-leaf) tensor."""
 
-    def __init__(self, entries: list[Entry]) -> None:
+    def __init__(self, entries: list[Entry], native: set[int] | None = None) -> None:
         super().__init__()
         self.by_weight = {id(e.module.weight): e for e in entries if e.via_function}
+        self.native = native
         self.calls: dict[str, list[_Call]] = defaultdict(list)
         self.misuse: set[str] = set()
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = self._fast_linear(args, kwargs) if func is F.linear and self.native is not None else None
+        if out is None:
+            out = func(*args, **kwargs)
         spec = _FUNCS.get(func)
         if spec is not None:
             e = self.by_weight.get(id(_arg(args, kwargs, spec[1], "weight")))
@@ -150,6 +156,18 @@ class _Recorder(TorchFunctionMode):
                 if isinstance(t, torch.Tensor) and id(t) in self.by_weight:
                     self.misuse.add(self.by_weight[id(t)].name)
         return out
+
+    def _fast_linear(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        w, b = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+        native = self.native or set()
+        for t in (w, b):
+            if isinstance(t, torch.Tensor) and t.requires_grad and (not t.is_leaf or id(t) in native):
+                return None
+        x = _arg(args, kwargs, 0, "input")
+        if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor) or \
+                not (b is None or isinstance(b, torch.Tensor)):
+            return None
+        return gemm.linear_grad_input(x, w, b)
 
 
 @dataclass
@@ -226,7 +244,9 @@ def capture(model: KernelModel, entries: list[Entry], fallback: dict[str, nn.Par
     """One forward and one backward per output on a batch: every entry's factors and the fallback's gradients.
     `keep_graph` keeps the autograd graph of f (in `Captured.f`) for one more backward."""
     b = ids.shape[0]
-    rec = _Recorder(entries)
+    # the layers' products may skip weight gradients unless a parameter gradient is asked for below
+    native = None if keep_graph else {id(p) for p in fallback.values()}
+    rec = _Recorder(entries, native)
     hooked: dict[str, list[_Call]] = defaultdict(list)
 
     def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]:
