@@ -13,6 +13,10 @@ wrong. Peers:
   nngeometry  GramMatrix of nngeometry 0.4 (pip install --no-deps nngeometry), where it handles the layers
   jacobian ntkft's torch.func reference (slow; a correctness oracle rather than a peer)
 
+and `factored-mkl`: factored with NTKFT_GEMM=torch, i.e. on the same GEMM library as the peers (torch's MKL
+matmul), so that the table separates the method's gain from the GEMM library's (see src/ntkft/kernel/gemm.py).
+The floor is computed at the faster of the two libraries' float32 GEMM rates.
+
 Usage (one command; the defaults are the README table):
   .venv/bin/python bench/entk.py                        # minilm-l6 and smollm2-135m at N = 16, 100
   .venv/bin/python bench/entk.py --quick                # minilm-l6 at N = 16, one repeat (a smoke test)
@@ -163,6 +167,8 @@ def _compute(method: str, r, x, extra: dict, dev) -> tuple:
     from ntkft.kernel.plan import available_memory
 
     on = {} if dev.type == "cpu" else {"device": dev, "accumulate": "device"}
+    if method == "factored-mkl":
+        method = "factored"  # the child set NTKFT_GEMM=torch
     if method in ("factored", "sketch", "jacobian"):
         return kernel_matrix(r, x, method=method, progress=False, **on, **extra), {}, None
     room = available_memory() if dev.type == "cpu" else torch.cuda.mem_get_info(dev)[0]
@@ -181,9 +187,12 @@ def child(method: str, model: str, n: int, max_length: int, task: str, out: str,
     import torch
 
     from ntkft._io import peak_rss_mb
+    from ntkft.kernel import gemm
 
     if threads:
         torch.set_num_threads(threads)
+    if method == "factored-mkl":
+        os.environ["NTKFT_GEMM"] = "torch"
     dev = torch.device(device)
     loaded, r, x = _inputs(model, n, max_length, task)
     if dev.type == "cuda":  # model and inputs on the GPU; one untimed pass on 2 samples loads the kernels
@@ -204,6 +213,7 @@ def child(method: str, model: str, n: int, max_length: int, task: str, out: str,
         info["float32_product_rel_error"] = float((k - k64).norm() / k64.norm())
     row = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
            "tokens": int(x["attention_mask"].sum()), "threads": torch.get_num_threads(), "device": str(dev),
+           "gemm": gemm.backend() if dev.type == "cpu" else "torch",
            "params": sum(q.numel() for q in r.parameters()),
            "params_linear": sum(m.weight.numel() for m in r.modules() if isinstance(m, torch.nn.Linear)), **info}
     if dev.type == "cuda":
@@ -298,12 +308,14 @@ def floor_seconds(row: dict, gemm_flops: float) -> float:
     return (6 * row["params_linear"] * row["tokens"] + n * (n + 1) * row["params"]) / gemm_flops
 
 
-def gemm_rate(device: str = "cpu") -> float:
-    """float32 GEMM rate (flop/s) in a fresh process: 2048^3 on the CPU, 8192^3 on a GPU (TF32 off, torch's default)."""
+def gemm_rate(device: str = "cpu", library: str = "torch") -> float:
+    """float32 GEMM rate (flop/s) in a fresh process: 2048^3 on the CPU, 8192^3 on a GPU (TF32 off, torch's default);
+    `library` "onednn": the CPU product through oneDNN as ntkft's kernel calls it (src/ntkft/kernel/gemm.py)."""
     size = 2048 if device == "cpu" else 8192
+    prod = "torch.ops.mkldnn._linear_pointwise(a,b,None,'none',[],'')" if library == "onednn" else "a@b"
     code = (f"import time,torch\nd=torch.device({device!r});a=torch.randn({size},{size},device=d);"
-            f"b=torch.randn({size},{size},device=d);(a@b).sum().item()\nt=time.time()\n"
-            f"for _ in range(10): c=a@b\nc.sum().item()\nprint(2*{size}**3*10/(time.time()-t))")
+            f"b=torch.randn({size},{size},device=d);({prod}).sum().item()\nt=time.time()\n"
+            f"for _ in range(10): c={prod}\nc.sum().item()\nprint(2*{size}**3*10/(time.time()-t))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     return float(p.stdout.strip().splitlines()[-1])
 
@@ -313,7 +325,7 @@ def main() -> None:
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--models", default="minilm-l6,smollm2-135m")
     ap.add_argument("--sizes", default="16,100")
-    ap.add_argument("--methods", default="factored,peer,vmap,nngeometry")
+    ap.add_argument("--methods", default="factored,factored-mkl,peer,vmap,nngeometry")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--max-length", type=int, default=64)
@@ -363,14 +375,18 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if k != "k_file"}), flush=True)
     _compare(rows)
     best = _best(rows) if not (args.sketch or args.sketch_large) else rows
-    rate = gemm_rate(args.device)
+    rates = {"torch": gemm_rate(args.device)}
+    if args.device == "cpu":
+        rates["onednn"] = gemm_rate(args.device, "onednn")
+    rate = max(rates.values())  # the floor at the faster library
     import torch
     import transformers
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"benchmark": f"eNTK, all parameters, {args.task} train, max_length {args.max_length}, scalar readout",
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "device": args.device, "gemm_gflops": rate / 1e9},
+                          "device": args.device, "gemm_gflops": rate / 1e9,
+                          "gemm_gflops_by_library": {k: v / 1e9 for k, v in rates.items()}},
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "python": platform.python_version()},
               "commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": best, "all_runs": rows}
