@@ -160,3 +160,35 @@ def test_real_model_kernels_agree_across_backends(minilm, data_dir):
     with gemm.using("torch"):
         b = kernel_matrix(r, x, method="factored", progress=False)
     assert rel(a, b) < 1e-5
+
+
+def _planned_gemm(model, x) -> str:
+    from ntkft.kernel import Inputs, Method, Options, plan_units, select_params
+    from ntkft.kernel.contract import differentiating
+
+    sel = select_params(model, "all")
+    with differentiating(model, sel):
+        _, plan = plan_units(model, Inputs.of(x, "x1"), None, sel, Method.FACTORED, Options(max_memory=2**30))
+    return plan.info["gemm"]
+
+
+@needs_onednn
+def test_small_kernels_keep_torch_unless_named(monkeypatch):
+    from ntkft.kernel import factored
+
+    m = load_model("tiny-bert")
+    r = Readout.from_loaded(m, out_dim=1)
+    x = encode(m.tokenizer, m.kind, [("a b c", "d e"), ("f", "g h")], max_length=8)
+    monkeypatch.delenv("NTKFT_GEMM", raising=False)
+    monkeypatch.setattr(gemm, "_chosen", None)
+    monkeypatch.setattr(gemm, "_calibrate", lambda: "onednn")  # as if oneDNN won the timing here
+    assert _planned_gemm(r, x) == "torch"  # far below SMALL_WORK: not worth oneDNN's extra cost
+    assert gemm._chosen is None  # ... nor the timing
+    monkeypatch.setattr(factored, "SMALL_WORK", 0.0)
+    assert _planned_gemm(r, x) == "onednn"
+    monkeypatch.setattr(factored, "SMALL_WORK", 1e30)
+    monkeypatch.setattr(gemm, "_chosen", None)
+    monkeypatch.setenv("NTKFT_GEMM", "onednn")  # named: kept whatever the size
+    assert _planned_gemm(r, x) == "onednn"
+    with gemm.using("torch"):
+        assert _planned_gemm(r, x) == "torch"

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 2**20  # most per-sample-gradient bytes one Gram step materialises on a CPU
 ROW_BYTES = 256 * 2**10  # ... and per sample: ~110 rows of 576 floats, enough for an efficient bmm
+SMALL_WORK = 1e11  # GEMM flops below which a kernel keeps torch's matmul (oneDNN cost MiniLM N = 16 ~0.1 s more)
 ROW_BYTES_ONEDNN = 128 * 2**10  # ... ~55 rows when the Gram goes through oneDNN (see gemm.py): its GEMM likes short chunks
 
 
@@ -108,8 +109,7 @@ class FactoredMethod:
         need = sum(sizes.values())
         biggest = max(sizes.values(), default=0.0)
         batch_bytes = 3 * per_sample_max * size
-        chunk = gram_chunk(self.chunk, x1.n * self.c + (0 if sym else other.n * self.c), o.device,
-                           o.device.type == "cpu" and gemm.backend() == "onednn")
+        chunk = gram_chunk(self.chunk, x1.n * self.c + (0 if sym else other.n * self.c), o.device)  # the larger one
         room = o.max_memory - k_bytes - batch_bytes - 2 * chunk  # factors kept between the passes' stages
         if room <= 0:
             raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB is too small for even one tile (one batch "
@@ -147,9 +147,15 @@ class FactoredMethod:
         self.cache: dict[tuple[int, int, int], tuple[Any, torch.Tensor]] = {}  # (group, side, batch) -> (cut out, f)
         self.cache_cap = cache_cap
         self.sizes, self.room = sizes, room
+        # GEMM work: forward + input gradient + per-sample gradients (6 flops per linear weight and token), Gram
+        tokens = sum(int(x.lengths.sum()) for _, x, _ in sides)
+        p_lin = sum(e.numel() for e in self.entries if e.kind in ("linear", "conv1d"))
+        work = 6.0 * p_lin * tokens + float(n_r) * n_c * sum(p.numel() for p in self.params.values())
+        big = o.device.type == "cpu" and (work >= SMALL_WORK or gemm.forced())  # timing small ones costs more
+        self.gemm = gemm.backend() if big else "torch"
         info = {"batch_size": size, "batches": [len(b) for b in b1], "groups": len(groups),
                 "feature_bytes": int(need), "room_bytes": int(room), "batch_bytes": int(batch_bytes),
-                "k_bytes": int(k_bytes), "largest_entry_bytes": int(biggest), "spill": spill,
+                "k_bytes": int(k_bytes), "largest_entry_bytes": int(biggest), "spill": spill, "gemm": self.gemm,
                 "moved_to_fallback": self.moved, "skipped_blocks": {g: c + 1 for g, c in self.cuts.items()},
                 "fallback_params": sum(p.numel() for p in self.fallback.values())}
         if len(groups) > 1:
@@ -162,9 +168,10 @@ class FactoredMethod:
     # ------------------------------------------------------------------ computing
 
     def compute_unit(self, unit: Unit, store: Store) -> Artifact | Block:
-        if unit.kind == "features":
-            return self._features(unit)
-        return Block(0, 0, self._gram(unit, store))
+        with gemm.using(self.gemm):
+            if unit.kind == "features":
+                return self._features(unit)
+            return Block(0, 0, self._gram(unit, store))
 
     def _side(self, side: int) -> Inputs:
         x = self.x1 if side == 1 or self.x2 is None else self.x2

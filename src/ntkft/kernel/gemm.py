@@ -4,7 +4,9 @@ torch's CPU matmul calls MKL, whose single-precision GEMM runs its AVX2 code on 
 core on an AMD EPYC with AVX-512), while oneDNN, also inside torch, runs AVX-512 there (216-250 per core). The
 kernel's products (the model's linear layers during capture, the per-sample gradients and the Gram) go through
 `backend()`: NTKFT_GEMM = torch | onednn | auto (default: a ~1 GFLOP timing of both once per process; oneDNN is
-kept when it is >= 1.25x faster and agrees with float64 to float32 rounding). Other dtypes and devices use torch."""
+kept when it is >= 1.25x faster and agrees with float64 to float32 rounding). Other dtypes and devices use torch.
+The factored kernel keeps torch's for small kernels (< 1e11 GEMM flops, e.g. MiniLM at N = 16, where oneDNN cost
+~0.1 s more in a fresh process) unless NTKFT_GEMM names the backend."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ ENV = "NTKFT_GEMM"
 SPEEDUP = 1.25  # oneDNN must beat torch's matmul by this much to be chosen (keeps the choice stable run to run)
 
 _chosen: str | None = None
+_forced = False  # chosen by NTKFT_GEMM or `using`, not timed
 
 
 def _op() -> Any:
@@ -68,28 +71,42 @@ def _calibrate() -> str:
 
 def backend() -> str:
     """'torch' or 'onednn': what float32 CPU products use in this process (NTKFT_GEMM, else timed once)."""
-    global _chosen
+    global _chosen, _forced
     if _chosen is None:
-        want = os.environ.get(ENV, "auto").strip().lower() or "auto"
-        if want not in CHOICES:
-            raise ConfigError(f"{ENV}: must be one of {', '.join(CHOICES)}, got {want!r}")
-        if want == "onednn" and _op() is None:
-            raise ConfigError(f"{ENV}: onednn requested but this torch build has no oneDNN linear")
-        _chosen = _calibrate() if want == "auto" else want
+        want = _wanted()
+        _chosen, _forced = (_calibrate(), False) if want == "auto" else (want, True)
     return _chosen
+
+
+def _wanted() -> str:
+    want = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if want not in CHOICES:
+        raise ConfigError(f"{ENV}: must be one of {', '.join(CHOICES)}, got {want!r}")
+    if want == "onednn" and _op() is None:
+        raise ConfigError(f"{ENV}: onednn requested but this torch build has no oneDNN linear")
+    return want
+
+
+def forced() -> bool:
+    """True when the backend was named (NTKFT_GEMM or `using`) rather than timed: callers then keep it even for
+    work too small to gain from it."""
+    if _chosen is None:
+        return _wanted() != "auto"
+    return _forced
 
 
 @contextmanager
 def using(name: str) -> Iterator[None]:
     """Use GEMM backend `name` ('torch' or 'onednn') inside the block (tests and benchmarks)."""
-    global _chosen
+    global _chosen, _forced
     if name not in ("torch", "onednn") or (name == "onednn" and _op() is None):
         raise ConfigError(f"gemm: cannot use {name!r} here")
-    before, _chosen = _chosen, name
+    before = _chosen, _forced
+    _chosen, _forced = name, True
     try:
         yield
     finally:
-        _chosen = before
+        _chosen, _forced = before
 
 
 def fast(*ts: torch.Tensor) -> bool:
