@@ -93,7 +93,7 @@ def pairs(data_dir):
 
 
 @needs_onednn
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "tiny-gpt-neo", "tiny-gpt2"])
 def test_kernels_agree_across_backends_float32(name, pairs):
     m = load_model(name)  # float32: the layers and the Gram go through the chosen GEMM
     r = Readout.from_loaded(m, out_dim=2, seed=0)

@@ -2,7 +2,7 @@
 
 torch's CPU matmul calls MKL, whose single-precision GEMM runs its AVX2 code on non-Intel CPUs (107 GFLOP/s per
 core on an AMD EPYC with AVX-512), while oneDNN, also inside torch, runs AVX-512 there (216-250 per core). The
-kernel's products (the model's linear layers during capture, the per-sample gradients and the Gram) go through
+kernel's products (the model's linear layers during capture, the Gram and the pair forms) go through
 `backend()`: NTKFT_GEMM = torch | onednn | auto (default: a ~1 GFLOP timing of both once per process; oneDNN is
 kept when it is >= 1.25x faster and agrees with float64 to float32 rounding). Other dtypes and devices use torch.
 The factored kernel keeps torch's for small kernels (< 1e11 GEMM flops, e.g. MiniLM at N = 16, where oneDNN cost
@@ -141,7 +141,7 @@ def linear_grad_input(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None =
     """F.linear through oneDNN for a caller that never asks for w's or b's gradient (the layer capture, which
     differentiates with respect to layer outputs), or None when torch's own path applies."""
     ts = [x, w] + ([] if b is None else [b])
-    if not fast(*ts) or x.dim() < 1 or w.dim() != 2 or (b is not None and b.dim() != 1):
+    if not fast(*ts) or x.dim() < 2 or w.dim() != 2 or (b is not None and b.dim() != 1):
         return None
     out: torch.Tensor = _GradInputLinear.apply(x, w, b)  # type: ignore[no-untyped-call]
     return out
