@@ -81,6 +81,14 @@ def test_layer_forward_and_input_gradient():
     (gw,) = torch.autograd.grad(gemm_out(x, w, b).sum(), w, allow_unused=True)
     assert gw is None  # no weight gradient: only for callers that never ask for one
 
+    class Sub(torch.Tensor):
+        pass
+
+    with gemm.using("onednn"):  # what oneDNN cannot take goes back to torch's own F.linear
+        assert gemm.linear_grad_input(x[0, 0], w, b) is None  # 1-d input
+        assert gemm.linear_grad_input(x[:0], w, b) is None  # empty
+        assert gemm.linear_grad_input(x.detach().as_subclass(Sub), w, b) is None
+
 
 def gemm_out(x, w, b):
     with gemm.using("onednn"):

@@ -139,9 +139,12 @@ class _GradInputLinear(torch.autograd.Function):
 
 def linear_grad_input(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor | None:
     """F.linear through oneDNN for a caller that never asks for w's or b's gradient (the layer capture, which
-    differentiates with respect to layer outputs), or None when torch's own path applies."""
+    differentiates with respect to layer outputs), or None when torch's own path applies (other dtypes, devices,
+    shapes, and tensor subclasses, whose own F.linear may differ)."""
     ts = [x, w] + ([] if b is None else [b])
-    if not fast(*ts) or x.dim() < 2 or w.dim() != 2 or (b is not None and b.dim() != 1):
+    if any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in ts) or not fast(*ts):
+        return None
+    if x.dim() < 2 or w.dim() != 2 or (b is not None and b.dim() != 1) or x.numel() == 0:
         return None
     out: torch.Tensor = _GradInputLinear.apply(x, w, b)  # type: ignore[no-untyped-call]
     return out
