@@ -200,3 +200,15 @@ def test_small_kernels_keep_torch_unless_named(monkeypatch):
     assert _planned_gemm(r, x) == "onednn"
     with gemm.using("torch"):
         assert _planned_gemm(r, x) == "torch"
+
+
+@needs_onednn
+def test_sketch_agrees_across_backends(pairs):
+    m = load_model("tiny-llama")
+    r = Readout.from_loaded(m, out_dim=1, seed=0)
+    x = encode(m.tokenizer, m.kind, pairs, max_length=24)
+    ks = {}
+    for name in ("onednn", "torch"):
+        with gemm.using(name):
+            ks[name] = kernel_matrix(r, x, method="sketch", sketch_dim=256, seed=3, progress=False)
+    assert rel(ks["onednn"], ks["torch"]) < 1e-5

@@ -17,12 +17,13 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, KernelError
+from . import gemm
 from .checkpoint import Store
 from .contract import KernelModel, out_dim
 from .factored import FactoredMethod, _ghost, probe_rows
@@ -157,7 +158,7 @@ class SketchMethod:
             [f"s2-b{i}" for i in range(len(self.b2))]
         cols = torch.cat([store.get(u, ["S"])[0]["S"].to(dev) for u in col_units])
         acc = dev if self.opt.accumulate == "device" else torch.device("cpu")
-        k = (rows @ cols.T).to(acc, torch.float64)
+        k = gemm.mm_t(rows, cols).to(acc, torch.float64)
         row0 = sum(len(x) for x in self.b1[:a]) * self.c
         col0 = sum(len(x) for x in self.b1[:a]) * self.c if sym else 0
         return Block(row0, col0, k)
@@ -171,7 +172,7 @@ class SketchMethod:
             scale = 1.0 / math.sqrt(k_l)
             if e is None or e.kind in ("layernorm", "elementwise"):
                 g = get(w + ".G")
-                s = None if g is None else g.reshape(g.shape[0], -1) @ self._dense(i, g.shape[-1], k_l, g)
+                s = None if g is None else _mm(g.reshape(g.shape[0], -1), self._dense(i, g.shape[-1], k_l, g))
             elif e.kind == "embedding":
                 d, tok = get(w + ".D"), get(w + ".ids")
                 s = None if d is None or tok is None else self._embedding(i, e, tok, d, k_l)
@@ -200,13 +201,13 @@ class SketchMethod:
         if e.weight and e.bias:  # one Kronecker block for [W b] = D^T [A 1]
             a = torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)], -1)
         elif not e.weight:
-            return cast(torch.Tensor, gb @ self._dense(i, gb.shape[-1], k_l, gb))  # a, d, gb: Any (read by name)
+            return _mm(gb, self._dense(i, gb.shape[-1], k_l, gb))
         u = _gauss((d.shape[-1], k_l), _seed(self.opt.seed, i, "out"), d.dtype).to(d.device)
         v = _gauss((a.shape[-1], k_l), _seed(self.opt.seed, i, "in"), a.dtype).to(a.device)
-        av = a @ v
+        av = _mm(a, v)
         if av.shape[0] != d.shape[0]:
             av = av.repeat_interleave(d.shape[0] // av.shape[0], 0)
-        return cast(torch.Tensor, ((d @ u) * av).sum(1))
+        return (_mm(d, u) * av).sum(1)
 
     def _embedding(self, i: int, e: Entry, ids: torch.Tensor, d: torch.Tensor, k_l: int) -> torch.Tensor:
         v = _gauss((d.shape[-1], k_l), _seed(self.opt.seed, i, "emb"), d.dtype).to(d.device)
@@ -215,10 +216,15 @@ class SketchMethod:
         tok = rows[inv]  # (B, T, k_l)
         if tok.shape[0] != d.shape[0]:
             tok = tok.repeat_interleave(d.shape[0] // tok.shape[0], 0)
-        return ((d @ v) * tok).sum(1)
+        return (_mm(d, v) * tok).sum(1)
 
     def _token_row(self, name: str, i: int, token: int, k_l: int, dtype: torch.dtype) -> torch.Tensor:
         key = (name, token)
         if key not in self._token_rows:
             self._token_rows[key] = _gauss((k_l,), _seed(self.opt.seed, i, "tok", token), dtype)
         return self._token_rows[key]
+
+
+def _mm(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x @ m over x's last dimension (through the CPU GEMM library `gemm` chose)."""
+    return gemm.mm_t(x.reshape(-1, x.shape[-1]), m.T).reshape(*x.shape[:-1], m.shape[-1])
