@@ -86,3 +86,15 @@ def test_spectrum_says_a_kernel_is_a_sketch(tmp_path, data_dir, capsys):
     assert code == 0, err
     assert "sketched eNTK (k = 256" in out
     assert json.loads((tmp_path / "s" / "spectrum.json").read_text())["stsb"]["sketch"]["dim"] == 256
+
+
+def test_a_sketch_smaller_than_n_has_rank_k_in_its_spectrum(data_dir):
+    """K = S S^T is summed in float64, so a float32 model's sketch with k < N has at most k positive eigenvalues
+    above the spectrum's floor (a float32 product left ~1e-7 noise there, which the decay fits took as a tail)."""
+    from ntkft.spectrum import eigenvalues
+
+    m = load_model("tiny-bert")  # float32
+    r = Readout.from_loaded(m)
+    x = encode(m.tokenizer, m.kind, subsample(load_task("stsb", "train", data_dir), 40, seed=0), max_length=24)
+    k = _sketch(r, x, 24, 0)
+    assert 10 <= int((eigenvalues(k.numpy()) > 0).sum()) <= 24  # (a layer the readout never reaches adds zeros)
