@@ -218,3 +218,14 @@ def test_later_layer_groups_start_from_cached_blocks(tiny, monkeypatch, caplog):
         handle.remove()
     assert rel(k, ref) <= 1e-10
     assert calls["n"] == 1 + 2 * batches and "every pass now runs the whole forward" in caplog.text
+
+
+def test_default_cpu_batches_hold_at_most_batch_bytes_of_factors(tiny, monkeypatch):
+    from ntkft.kernel import factored
+
+    r, x = tiny
+    per_sample = _plan(r, x, max_memory=2**30, batch_size=1).info["batch_bytes"] / 3  # factors of one sample
+    assert _plan(r, x, max_memory=2**30).info["batch_size"] == 16  # tiny: far below the cap
+    monkeypatch.setattr(factored, "BATCH_BYTES", int(5.5 * per_sample))
+    assert _plan(r, x, max_memory=2**30).info["batch_size"] == 5
+    assert _plan(r, x, max_memory=2**30, batch_size=12).info["batch_size"] == 12  # asked for: kept
