@@ -115,7 +115,7 @@ class FactoredMethod:
         need = sum(sizes.values())
         biggest = max(sizes.values(), default=0.0)
         batch_bytes = 3 * per_sample_max * size
-        chunk = gram_chunk(self.chunk, x1.n * self.c + (0 if sym else other.n * self.c), o.device)  # the larger one
+        chunk = gram_chunk(self.chunk, x1.n * self.c + (0 if sym else other.n * self.c), o.device)  # >= oneDNN's
         room = o.max_memory - k_bytes - batch_bytes - 2 * chunk  # factors kept between the passes' stages
         if room <= 0:
             raise KernelError(f"max_memory {o.max_memory / GiB:.2f} GiB is too small for even one tile (one batch "
@@ -305,7 +305,7 @@ def chunk_bytes(max_memory: float, device: torch.device | str) -> int:
 def gram_chunk(chunk: int, n: int, device: torch.device | str, onednn: bool = False) -> int:
     """The chunk a Gram over n rows uses: on a CPU ROW_BYTES per row (at least 4 MiB), so that each step holds
     ~110 rows of every sample's gradient whatever N (14 rows at N = 1,000 ran the bmm at 2/3 of its rate);
-    ROW_BYTES_ONEDNN through oneDNN, whose per-sample products want more rows."""
+    ROW_BYTES_ONEDNN (~55 rows) where the Gram goes through oneDNN, whose Gram GEMM runs best on short chunks."""
     if torch.device(device).type == "cuda":
         return chunk
     return int(min(chunk, max(4 << 20, (ROW_BYTES_ONEDNN if onednn else ROW_BYTES) * n)))
