@@ -229,3 +229,5 @@ def test_default_cpu_batches_hold_at_most_batch_bytes_of_factors(tiny, monkeypat
     monkeypatch.setattr(factored, "BATCH_BYTES", int(5.5 * per_sample))
     assert _plan(r, x, max_memory=2**30).info["batch_size"] == 5
     assert _plan(r, x, max_memory=2**30, batch_size=12).info["batch_size"] == 12  # asked for: kept
+    monkeypatch.setattr(factored, "FEW_BATCHES", 1)  # 24 samples are 2 batches of 16: "many" now, no cap
+    assert _plan(r, x, max_memory=2**30).info["batch_size"] == 16

@@ -36,6 +36,8 @@ ROW_BYTES = 256 * 2**10  # ... and per sample: ~110 rows of 576 floats, enough f
 BATCH_BYTES = 512 * 2**20  # most factor bytes of one default CPU batch: the next batch then reuses the memory of
 # its activations instead of taking fresh pages (SmolLM2, 65 MB per sample: batches of 8, N = 16 3.4-3.9 s against
 # 3.8-4.1 s in one batch, N = 100 28-32 s against 33 s in batches of 13; MiniLM, 9 MB: unchanged at 16)
+FEW_BATCHES = 16  # ... applied where the budget alone gives at most this many batches: with many, later batches
+# reuse memory anyway and halving them costs per-batch work (SmolLM2 N = 1,000: 715 s in 125 batches, 689 s in 63)
 SMALL_WORK = 1e11  # GEMM flops below which a kernel keeps torch's matmul (oneDNN cost MiniLM N = 16 ~0.1 s more)
 ROW_BYTES_ONEDNN = 128 * 2**10  # ... ~55 rows when the Gram goes through oneDNN (see gemm.py): its GEMM likes short chunks
 
@@ -97,7 +99,8 @@ class FactoredMethod:
         size = o.batch_size or 16
         if per_sample_max > 0:
             cap = (o.max_memory / 2) // (3 * per_sample_max)
-            if o.batch_size is None and o.device.type == "cpu":
+            few = math.ceil((x1.n + (0 if sym else other.n)) / max(1, min(size, cap))) <= FEW_BATCHES
+            if o.batch_size is None and o.device.type == "cpu" and few:
                 cap = min(cap, BATCH_BYTES // per_sample_max)
             size = int(max(1, min(size, cap)))
         order1 = sort_by_length(x1)
