@@ -212,3 +212,30 @@ def test_sketch_agrees_across_backends(pairs):
         with gemm.using(name):
             ks[name] = kernel_matrix(r, x, method="sketch", sketch_dim=256, seed=3, progress=False)
     assert rel(ks["onednn"], ks["torch"]) < 1e-5
+
+
+@needs_onednn
+def test_kernel_file_and_checkpoint_key_name_the_library_used(tmp_path, data_dir, monkeypatch):
+    from ntkft.kernel import Inputs, Method, Options, factored, plan_units, select_params
+    from ntkft.kernel.api import work_key
+    from ntkft.kernel.contract import differentiating
+    from ntkft.pipeline import compute_kernel_file
+
+    monkeypatch.delenv("NTKFT_GEMM", raising=False)
+    monkeypatch.setattr(gemm, "_chosen", None)
+    monkeypatch.setattr(gemm, "_calibrate", lambda: "onednn")  # as if oneDNN won the timing here
+    kf = compute_kernel_file("tiny-bert", "stsb", n=5, max_length=16, method="factored", out=tmp_path / "small",
+                             progress=False)
+    assert kf.meta["gemm"] == "torch"  # a small kernel: torch's matmul, whatever the timing says
+    monkeypatch.setattr(factored, "SMALL_WORK", 0.0)
+    kf = compute_kernel_file("tiny-bert", "stsb", n=5, max_length=16, method="factored", out=tmp_path / "big",
+                             progress=False)
+    assert kf.meta["gemm"] == "onednn"
+    m = load_model("tiny-bert")
+    r = Readout.from_loaded(m, out_dim=1)
+    x = Inputs.of(encode(m.tokenizer, m.kind, [("a b", "c")], max_length=8), "x1")
+    sel = select_params(r, "all")
+    with differentiating(r, sel):
+        opts = Options(max_memory=2**30)
+        _, plan = plan_units(r, x, None, sel, Method.FACTORED, opts)
+        assert work_key(r, x, None, sel, Method.FACTORED, plan, opts)["gemm"] == plan.info["gemm"] == "onednn"

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ import torch
 from ._io import peak_rss_mb, run_meta
 from ._runs import RunFolder
 from .errors import KernelError
-from .kernel import KernelFile, gemm, kernel_matrix, load_kernel_file, resolve_method, select_params
+from .kernel import KernelFile, kernel_matrix, load_kernel_file, resolve_method, select_params
 from .kernel.api import parse_device
 from .kernel.params import num_params
 from .models import Readout, fingerprint, load_model
@@ -62,9 +63,11 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
             log.info("%s already holds this kernel", out)
             return load_kernel_file(out)
     t0 = time.time()
+    info: dict[str, Any] = {}
     k = kernel_matrix(readout, enc, params=params, method=meth, batch_size=batch_size, max_memory=max_memory,
                       checkpoint_dir=rf.root / "work" if rf is not None else None, progress=progress,
-                      max_disk=max_disk, device=device, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed)
+                      max_disk=max_disk, device=device, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed,
+                      info=info)
     seconds = time.time() - t0
     with torch.no_grad():
         f = readout(enc["input_ids"].to(readout.head.weight.device),
@@ -78,7 +81,7 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
                     peak_rss_mb=round(peak_rss_mb(), 1), normalisation="unnormalised: K = J J^T",
                     sketch={"dim": sketch_dim, "seed": seed, "estimator": "unbiased"} if meth.value == "sketch" else None,
                     device=str(readout.head.weight.device),
-                    gemm=gemm.backend() if readout.head.weight.device.type == "cpu" else "torch")
+                    gemm=info.get("gemm", "torch"))
     kf = KernelFile(k.cpu(), enc["input_ids"], enc["attention_mask"], readout.head.weight.detach().cpu().clone(),
                     readout.head.bias.detach().cpu().clone(), f, labels, torch.as_tensor(data.indices), meta)
     if rf is not None:

@@ -90,10 +90,12 @@ def checked_args(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Te
 
 def work_key(model: KernelModel, in1: Inputs, in2: Inputs | None, sel: dict[str, nn.Parameter], meth: Method,
              plan: Plan, opts: Options) -> dict[str, Any]:
-    """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan and options."""
+    """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan, options and the
+    GEMM library the plan computes with (float32 rounding differs between them; `plan.info["gemm"]`)."""
     return {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
             "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(cast(nn.Module, model)),
-            "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key()}
+            "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key(),
+            "gemm": plan.info.get("gemm", "torch")}
 
 
 def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None = None,
@@ -101,7 +103,8 @@ def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.T
                   method: Method | str = Method.AUTO, max_memory: float | None = None,
                   batch_size: int | None = None, checkpoint_dir: str | Path | None = None,
                   progress: bool = True, *, max_disk: float | None = None, device: str | torch.device | None = None,
-                  accumulate: str = "host", sketch_dim: int | None = None, seed: int = 0) -> torch.Tensor:
+                  accumulate: str = "host", sketch_dim: int | None = None, seed: int = 0,
+                  info: dict[str, Any] | None = None) -> torch.Tensor:
     """Unnormalised eNTK K_ij = <grad f(x_i), grad f(x_j)> (float64, on the host).
 
     `model` meets `KernelModel` (e.g. a Readout); with C outputs the result is (N1*C, N2*C), rows ordered
@@ -111,13 +114,16 @@ def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.T
     and layer groups (one forward/backward each) keep both within budget at any N. With `checkpoint_dir`,
     finished units are kept there, a rerun resumes from them, and the files are removed after success (only
     files the kernel wrote). `device` must be the model's; `accumulate` = "host" or "device" says where float64
-    K is summed. `sketch_dim`/`seed` belong to method "sketch" (an unbiased estimate, not the exact K)."""
+    K is summed. `sketch_dim`/`seed` belong to method "sketch" (an unbiased estimate, not the exact K). `info`, if
+    given, receives the plan's facts (batches, layer groups, spill, the GEMM library used: "gemm")."""
     model, in1, in2, sel, meth, mem, disk, dev = checked_args(model, x1, x2, params, method, max_memory, max_disk,
                                                               batch_size, device, accumulate, sketch_dim)
     opts = Options(max_memory=mem if mem is not None else default_max_memory(dev), max_disk=disk, batch_size=batch_size,
                    device=dev, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed, progress=progress)
     with differentiating(model, sel):
         impl, plan = plan_units(model, in1, in2, sel, meth, opts)
+        if info is not None:
+            info.update(plan.info)
         key = work_key(model, in1, in2, sel, meth, plan, opts) if checkpoint_dir is not None else None
         stores = open_stores(plan, checkpoint_dir, key)
         try:

@@ -242,7 +242,7 @@ def distributed_kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[
                               progress: bool = True, *, max_disk: float | None = None,
                               device: str | torch.device | None = None, accumulate: str = "host",
                               sketch_dim: int | None = None, seed: int = 0,
-                              keep_work: bool = False) -> torch.Tensor | None:
+                              keep_work: bool = False, info: dict[str, Any] | None = None) -> torch.Tensor | None:
     """`kernel_matrix` with its units shared over the torchrun ranks: K (float64, caller's order) on rank 0,
     None elsewhere. Same arguments; `work_dir` (seen by every rank) holds the checkpointed units, removed
     after success unless `keep_work` (then call `finish_work` yourself once K is saved)."""
@@ -257,6 +257,8 @@ def distributed_kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[
                    sketch_dim=sketch_dim, seed=seed, progress=progress)
     with differentiating(model, sel):
         impl, plan = plan_units(model, in1, in2, sel, meth, opts)
+        if info is not None:
+            info.update(plan.info)
         key = work_key(model, in1, in2, sel, meth, plan, opts)
         acc_dev = dev if accumulate == "device" else torch.device("cpu")
         k, own = execute_distributed(impl, plan, work_dir, key, progress, acc_dev)

@@ -160,7 +160,8 @@ class FactoredMethod:
         tokens = sum(int(x.lengths.sum()) for _, x, _ in sides)
         p_lin = sum(e.numel() for e in self.entries if e.kind in ("linear", "conv1d"))
         work = 6.0 * p_lin * tokens + float(n_r) * n_c * sum(p.numel() for p in self.params.values())
-        big = o.device.type == "cpu" and (work >= SMALL_WORK or gemm.forced())  # timing small ones costs more
+        f32 = any(p.dtype == torch.float32 for p in self.params.values())  # other dtypes never use oneDNN
+        big = o.device.type == "cpu" and f32 and (work >= SMALL_WORK or gemm.forced())  # timing small ones costs more
         self.gemm = gemm.backend() if big else "torch"
         info = {"batch_size": size, "batches": [len(b) for b in b1], "groups": len(groups),
                 "feature_bytes": int(need), "room_bytes": int(room), "batch_bytes": int(batch_bytes),

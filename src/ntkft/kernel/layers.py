@@ -158,16 +158,12 @@ class _Recorder(TorchFunctionMode):
         return out
 
     def _fast_linear(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
-        w, b = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+        x, w, b = (_arg(args, kwargs, i, n) for i, n in enumerate(("input", "weight", "bias")))
         native = self.native or set()
         for t in (w, b):
             if isinstance(t, torch.Tensor) and t.requires_grad and (not t.is_leaf or id(t) in native):
                 return None
-        x = _arg(args, kwargs, 0, "input")
-        if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor) or \
-                not (b is None or isinstance(b, torch.Tensor)):
-            return None
-        return gemm.linear_grad_input(x, w, b)
+        return gemm.linear_grad_input(x, w, b)  # None for anything but plain float32 CPU tensors
 
 
 @dataclass

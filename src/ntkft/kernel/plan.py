@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, KernelError
-from . import gemm
 
 GiB = 2**30
 
@@ -84,10 +83,8 @@ class Options:
     progress: bool = True
 
     def to_key(self) -> dict[str, Any]:
-        """The options that change the result beyond the plan (budgets and batch size act through the plan), and
-        the CPU's GEMM library (float32 rounding differs between them)."""
-        return {"sketch_dim": self.sketch_dim, "seed": self.seed, "accumulate": self.accumulate,
-                "gemm": gemm.backend() if self.device.type == "cpu" else self.device.type}
+        """The options that change the result beyond the plan (budgets and batch size act through the plan)."""
+        return {"sketch_dim": self.sketch_dim, "seed": self.seed, "accumulate": self.accumulate}
 
 
 @dataclass(frozen=True)
