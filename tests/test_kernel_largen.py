@@ -231,3 +231,39 @@ def test_default_cpu_batches_hold_at_most_batch_bytes_of_factors(tiny, monkeypat
     assert _plan(r, x, max_memory=2**30, batch_size=12).info["batch_size"] == 12  # asked for: kept
     monkeypatch.setattr(factored, "FEW_BATCHES", 1)  # 24 samples are 2 batches of 16: "many" now, no cap
     assert _plan(r, x, max_memory=2**30).info["batch_size"] == 16
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_pair_form_and_materialised_gradients_give_one_kernel(tiny, tmp_path, monkeypatch, spill):
+    """Every linear layer in the pair form (layers reading one input, q/k/v and gate/up, share its token Gram) or
+    every one through materialised per-sample gradients: the same K to 1e-10 in float64, in memory and read back
+    from a spill (where aliased inputs come back as one tensor, so the sharing is found there too)."""
+    from ntkft.kernel import factored
+
+    r, x = tiny
+    kw: dict = dict(batch_size=4)
+    if spill:
+        need = _feature_bytes(r, x)
+        kw.update(max_memory=_budget(r, x, 0.5 * need), max_disk=2**30)
+        assert _plan(r, x, **kw).spill
+    widths: list[int] = []
+    real = factored._ghost
+    monkeypatch.setattr(factored, "_ghost", lambda ai, di, aj, dj, match=False: (
+        widths.append(len(di) if isinstance(di, list) else 1), real(ai, di, aj, dj, match))[1])
+    monkeypatch.setattr(factored, "psg_weight", lambda onednn: 0.0)  # materialised: cheaper than any pair form
+    mat = kernel_matrix(r, x, progress=False, **kw)
+    assert set(widths) <= {1}  # only the embedding's token matches
+    monkeypatch.setattr(factored, "psg_weight", lambda onednn: 1e9)  # pair form everywhere
+    widths.clear()
+    pair = kernel_matrix(r, x, progress=False, **kw)
+    assert 3 in widths and 2 in widths  # q, k, v together; gate and up together
+    assert rel(pair, mat) <= 1e-10
+
+
+def test_a_checkpoint_reads_aliased_tensors_once(tmp_path):
+    ckpt = Checkpoint(tmp_path / "c", {"k": 1})
+    a = torch.arange(6.0).reshape(2, 3)
+    ckpt.put("u", {"q.A": a, "q.D": a + 1}, {"alias": {"k.A": "q.A", "v.A": "q.A"}})
+    got, _ = ckpt.get("u", ["q.A", "k.A", "v.A", "q.D", "missing"])
+    assert set(got) == {"q.A", "k.A", "v.A", "q.D"} and torch.equal(got["v.A"], a)
+    assert got["q.A"] is got["k.A"] is got["v.A"] and got["q.D"] is not got["q.A"]

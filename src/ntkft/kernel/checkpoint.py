@@ -212,7 +212,12 @@ class Checkpoint:
                 if keys is None:
                     return {k: fh.get_tensor(k) for k in names}, meta
                 alias = meta.get("alias", {})
-                return {k: fh.get_tensor(alias.get(k, k)) for k in keys if alias.get(k, k) in names}, meta
+                read: dict[str, torch.Tensor] = {}  # names aliasing one stored tensor share one copy (q, k, v's A)
+                for k in keys:
+                    src = alias.get(k, k)
+                    if src in names and src not in read:
+                        read[src] = fh.get_tensor(src)
+                return {k: read[alias.get(k, k)] for k in keys if alias.get(k, k) in read}, meta
         except (SafetensorError, OSError, ValueError) as e:
             raise KernelError(f"{path}: unreadable checkpoint unit ({e}); delete it to recompute") from None
 

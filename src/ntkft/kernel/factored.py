@@ -17,7 +17,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +40,8 @@ FEW_BATCHES = 16  # ... applied where the budget alone gives at most this many b
 # reuse memory anyway and halving them costs per-batch work (SmolLM2 N = 1,000: 715 s in 125 batches, 689 s in 63)
 SMALL_WORK = 1e11  # GEMM flops below which a kernel keeps torch's matmul (oneDNN cost MiniLM N = 16 ~0.1 s more)
 ROW_BYTES_ONEDNN = 128 * 2**10  # ... ~55 rows when the Gram goes through oneDNN (see gemm.py): its GEMM likes short chunks
+PSG_WEIGHT = 1.15  # per-sample gradients (bmm) against GEMM flops on torch's library (see psg_weight)
+PSG_WEIGHT_ONEDNN = 2.7  # ... and against oneDNN's GEMM
 
 
 class FactoredMethod:
@@ -149,7 +151,7 @@ class FactoredMethod:
                             {"side": side, "rows": b, "group": g, "batch": k})
                        for side, _, bs in sides for k, b in enumerate(bs)]
             cost = {w: sizes[w] * (n_r + n_c) for w in members}
-            passes.append(Pass(produce, _gram_units(g, members, cost)))
+            passes.append(Pass(produce, _gram_units(g, members, cost, alias=self.alias)))
         self.groups = groups
         self.b1, self.b2 = b1, b2
         self.blocks, self.cuts = self._plan_cuts(groups) if cache_cap else (None, {})
@@ -264,8 +266,15 @@ class FactoredMethod:
         return out
 
     def _load(self, store: Store, uid: str, names: list[str]) -> dict[str, torch.Tensor]:
-        """A batch's factors on the compute device (spilled ones come back from the host)."""
-        return {k: v.to(self.opt.device, non_blocking=True) for k, v in store.get(uid, names)[0].items()}
+        """A batch's factors on the compute device (spilled ones come back from the host); names sharing one tensor
+        (aliases) share its copy, which is also how the pair form finds layers reading one input."""
+        moved: dict[int, torch.Tensor] = {}
+        out = {}
+        for k, v in store.get(uid, names)[0].items():
+            if id(v) not in moved:
+                moved[id(v)] = v.to(self.opt.device, non_blocking=True)
+            out[k] = moved[id(v)]
+        return out
 
     def _gram(self, unit: Unit, store: Store) -> torch.Tensor:
         g = unit.data["group"]
@@ -281,6 +290,7 @@ class FactoredMethod:
             wanted = [n for owner in chunk for n in _names(by_name.get(owner), owner)]
             rr = [self._load(store, uid, wanted) for uid in rows]
             cc = rr if sym else [self._load(store, uid, wanted) for uid in cols]
+            todo = []
             for owner in chunk:
                 e = by_name.get(owner)
                 names = _names(e, owner)
@@ -288,8 +298,10 @@ class FactoredMethod:
                     continue  # layer not reached by the forward pass
                 r = [{n: x[n] for n in names if n in x} for x in rr]
                 c = r if sym else [{n: x[n] for n in names if n in x} for x in cc]
-                _contract(owner, e, names, r, c, sym, k, self.chunk)
-            del rr, cc
+                todo.append(Term(owner, e, names, r, c))
+            for group in _by_input(todo):
+                _contract(group, sym, k, self.chunk)
+            del rr, cc, todo
         if not torch.isfinite(k).all():
             raise KernelError("the kernel contains NaN or inf (the model produced non-finite values)")
         return k
@@ -431,14 +443,18 @@ def _split(owners: list[str], sizes: dict[str, float], cap: float) -> list[list[
     return groups
 
 
-def _gram_units(g: int, members: list[str], cost: dict[str, float], parts: int = 16) -> list[Unit]:
-    """Consecutive entries cut into about `parts` units of similar cost (resume and sharing granularity)."""
+def _gram_units(g: int, members: list[str], cost: dict[str, float], parts: int = 16,
+                alias: dict[str, str] | None = None) -> list[Unit]:
+    """Consecutive entries cut into about `parts` units of similar cost (resume and sharing granularity), never
+    between layers reading one input (`alias`: "k_proj.A" -> "q_proj.A"), which the pair form contracts together."""
+    reads = {n.rsplit(".", 1)[0]: t.rsplit(".", 1)[0] for n, t in (alias or {}).items()}  # owner -> input's owner
     target = sum(cost.values()) / parts
     units, cur, acc = [], [], 0.0
-    for w in members:
+    for i, w in enumerate(members):
         cur.append(w)
         acc += cost[w]
-        if acc >= target:
+        nxt = members[i + 1] if i + 1 < len(members) else None
+        if acc >= target and not (nxt is not None and reads.get(nxt, nxt) in {reads.get(v, v) for v in cur}):
             units.append(cur)
             cur, acc = [], 0.0
     if cur:
@@ -461,9 +477,39 @@ def _names(e: Entry | None, owner: str) -> list[str]:
 # ------------------------------------------------------------------ contractions (float64 accumulation)
 
 
-def _contract(owner: str, e: Entry | None, names: list[str], r: list[dict[str, torch.Tensor]],
-              c: list[dict[str, torch.Tensor]], sym: bool, k: torch.Tensor, chunk: int = CHUNK_BYTES) -> None:
-    """k += this entry's Gram contribution (upper tiles only when symmetric)."""
+class Term(NamedTuple):
+    """One entry's factors in a Gram unit: its names and, per row (column) batch, its tensors."""
+
+    owner: str
+    e: Entry | None
+    names: list[str]
+    r: list[dict[str, torch.Tensor]]
+    c: list[dict[str, torch.Tensor]]
+
+
+def _by_input(terms: list[Term]) -> list[list[Term]]:
+    """Terms in order, linear layers that read one input tensor (q, k and v; gate and up) grouped: the pair form
+    then computes that input's token Gram once for all of them."""
+    groups: dict[int, list[Term]] = {}
+    out: list[list[Term]] = []
+    for t in terms:
+        if t.e is not None and t.e.kind in ("linear", "conv1d") and t.e.weight:
+            a = t.r[0][t.names[1]]
+            if id(a) in groups:
+                groups[id(a)].append(t)
+                continue
+            groups[id(a)] = [t]
+            out.append(groups[id(a)])
+        else:
+            out.append([t])
+    return out
+
+
+def _contract(group: list[Term], sym: bool, k: torch.Tensor, chunk: int = CHUNK_BYTES) -> None:
+    """k += these entries' Gram contributions (upper tiles only when symmetric); a group of linear layers reading
+    one input takes the pair form together (one input Gram, the sum of their output Grams) when that costs less
+    than their materialised per-sample gradients."""
+    owner, e, names, r, c = group[0]
     if e is None or e.kind in ("layernorm", "elementwise"):
         _vec(r, c, names[0], sym, k)
         return
@@ -471,21 +517,44 @@ def _contract(owner: str, e: Entry | None, names: list[str], r: list[dict[str, t
         _blockwise(k, r, c, sym, names[0],
                    lambda x, y: _ghost(x[names[1]], x[names[0]], y[names[1]], y[names[0]], match=True))
         return
-    if e.bias:
-        _vec(r, c, owner + ".Gb", sym, k)
+    for t in group:
+        if t.e is not None and t.e.bias:
+            _vec(t.r, t.c, t.owner + ".Gb", sym, k)
     if not e.weight:
         return
-    d_name, a_name = names[0], names[1]
-    din, dout = r[0][a_name].shape[-1], r[0][d_name].shape[-1]
-    s_r = sum(x[d_name].shape[0] * x[d_name].shape[1] for x in r)
-    s_c = sum(x[d_name].shape[0] * x[d_name].shape[1] for x in c)
+    a_name, d_names = names[1], [t.names[0] for t in group]
+    din = r[0][a_name].shape[-1]
+    douts = [t.r[0][t.names[0]].shape[-1] for t in group]
+    s_r = sum(x[names[0]].shape[0] * x[names[0]].shape[1] for x in r)
+    s_c = sum(x[names[0]].shape[0] * x[names[0]].shape[1] for x in c)
     n_r, n_c = k.shape
-    ghost = 2.0 * s_r * s_c * (din + dout) / (2 if sym else 1)
-    mat = 2.0 * (s_r + (0 if sym else s_c)) * din * dout + 2.0 * n_r * n_c * din * dout / (1.6 if sym else 1)
-    if ghost < mat:
-        _blockwise(k, r, c, sym, d_name, lambda x, y: _ghost(x[a_name], x[d_name], y[a_name], y[d_name]))
-    else:
-        _materialised(r, c, a_name, d_name, sym, k, chunk)
+    ghost = 2.0 * _tile_tokens(r, c, names[0], sym) * (din + sum(douts))
+    per_flop = 2.0 * (s_r + (0 if sym else s_c)) * psg_weight(gemm.fast(r[0][names[0]])) \
+        + 2.0 * n_r * n_c / (1.6 if sym else 1)
+    if ghost < per_flop * din * sum(douts):
+        rg = [{a_name: x[a_name], **{t.names[0]: t.r[b][t.names[0]] for t in group}} for b, x in enumerate(r)]
+        cg = rg if sym else [{a_name: x[a_name], **{t.names[0]: t.c[b][t.names[0]] for t in group}}
+                             for b, x in enumerate(c)]
+        _blockwise(k, rg, cg, sym, names[0],
+                   lambda x, y: _ghost(x[a_name], [x[d] for d in d_names], y[a_name], [y[d] for d in d_names]))
+        return
+    for t in group:
+        _materialised(t.r, t.c, t.names[1], t.names[0], sym, k, chunk)
+
+
+def psg_weight(onednn: bool) -> float:
+    """GEMM flops one per-sample-gradient flop costs: the bmm's inner dimension is a sample's length, and it stays on
+    torch's bmm when the GEMMs go through oneDNN. Measured on SmolLM2 (2-core Zen 5): bmm 153-192 GFLOP/s, MKL's GEMM
+    ~220, oneDNN's 420-440; with oneDNN the pair form then wins up to N ~ 30 (N = 16: Gram 1.1 s against 1.7 s)."""
+    return PSG_WEIGHT_ONEDNN if onednn else PSG_WEIGHT
+
+
+def _tile_tokens(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tensor]], name: str, sym: bool) -> float:
+    """Token pairs the pair form visits: every tile of (row batch, column batch), upper tiles only when symmetric."""
+    sr = [x[name].shape[0] * x[name].shape[1] for x in r]
+    if sym:
+        return float(sum(a * b for i, a in enumerate(sr) for b in sr[i:]))
+    return float(sum(sr) * sum(x[name].shape[0] * x[name].shape[1] for x in c))
 
 
 def _vec(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tensor]], name: str, sym: bool, k: torch.Tensor) -> None:
@@ -546,18 +615,24 @@ def _materialised(r: list[dict[str, torch.Tensor]], c: list[dict[str, torch.Tens
             k += gemm.mm_t(gr, gc).to(k.device, torch.float64)
 
 
-def _ghost(ai: torch.Tensor, di: torch.Tensor, aj: torch.Tensor, dj: torch.Tensor, match: bool = False) -> torch.Tensor:
-    """sum_{t,s} <a_it, a_js> <d_it, d_js> (token equality instead of <a, a> for embeddings), (rows_i, rows_j).
+def _ghost(ai: torch.Tensor, di: torch.Tensor | list[torch.Tensor], aj: torch.Tensor,
+           dj: torch.Tensor | list[torch.Tensor], match: bool = False) -> torch.Tensor:
+    """sum_{t,s} <a_it, a_js> <d_it, d_js> (token equality instead of <a, a> for embeddings), (rows_i, rows_j);
+    with lists of D (layers reading one input) sum_{t,s} <a_it, a_js> sum_l <d_l,it, d_l,js>.
     A (or ids) has one row per sample; D has samples * C rows."""
-    ni, ti = di.shape[:2]
-    nj, tj = dj.shape[:2]
+    dis = di if isinstance(di, list) else [di]
+    djs = dj if isinstance(dj, list) else [dj]
+    ni, ti = dis[0].shape[:2]
+    nj, tj = djs[0].shape[:2]
     ai, aj = _rep(ai, ni), _rep(aj, nj)
-    out = torch.zeros(ni, nj, dtype=torch.float64, device=di.device)
-    dj2 = dj.reshape(nj * tj, -1)
+    out = torch.zeros(ni, nj, dtype=torch.float64, device=dis[0].device)
+    dj2 = [d.reshape(nj * tj, -1) for d in djs]
     aj2 = aj.reshape(nj * tj, -1) if not match else aj.reshape(1, -1)
     step = max(1, int(2**24 // max(1, ti * nj * tj)))  # bound the (rows x cols) scratch to ~16M entries
     for s in range(0, ni, step):
-        dd = gemm.mm_t(di[s:s + step].reshape(-1, di.shape[-1]), dj2)
+        dd = gemm.mm_t(dis[0][s:s + step].reshape(-1, dis[0].shape[-1]), dj2[0])
+        for d, d2 in zip(dis[1:], dj2[1:]):
+            dd += gemm.mm_t(d[s:s + step].reshape(-1, d.shape[-1]), d2)
         if match:
             dd *= ai[s:s + step].reshape(-1, 1) == aj2
         else:
