@@ -190,7 +190,7 @@ def test_small_kernels_keep_torch_unless_named(monkeypatch):
     monkeypatch.delenv("NTKFT_GEMM", raising=False)
     monkeypatch.setattr(gemm, "_chosen", None)
     monkeypatch.setattr(gemm, "_calibrate", lambda: "onednn")  # as if oneDNN won the timing here
-    assert _planned_gemm(r, x) == "torch"  # far below SMALL_WORK: not worth oneDNN's extra cost
+    assert _planned_gemm(r, x) == "torch"  # far below SMALL_WORK: not worth the timing
     assert gemm._chosen is None  # ... nor the timing
     monkeypatch.setattr(factored, "SMALL_WORK", 0.0)
     assert _planned_gemm(r, x) == "onednn"

@@ -267,3 +267,25 @@ def test_a_checkpoint_reads_aliased_tensors_once(tmp_path):
     got, _ = ckpt.get("u", ["q.A", "k.A", "v.A", "q.D", "missing"])
     assert set(got) == {"q.A", "k.A", "v.A", "q.D"} and torch.equal(got["v.A"], a)
     assert got["q.A"] is got["k.A"] is got["v.A"] and got["q.D"] is not got["q.A"]
+
+
+def test_a_kernel_run_freezes_the_objects_alive_before_it(tiny, monkeypatch):
+    """The garbage collector skips the objects alive at the start (gc.freeze) for the run's duration, nested runs
+    included, and gets them back afterwards; K is the same."""
+    import gc
+
+    from ntkft.kernel import api
+    from ntkft.kernel.engine import frozen_gc
+
+    r, x = tiny
+    seen: list[int] = []
+    real = api.execute
+    monkeypatch.setattr(api, "execute", lambda *a, **k: (seen.append(gc.get_freeze_count()), real(*a, **k))[1])
+    before = gc.get_freeze_count()
+    k = kernel_matrix(r, x, progress=False, batch_size=4)
+    assert seen and seen[0] > before and gc.get_freeze_count() == before
+    with frozen_gc():
+        inner = gc.get_freeze_count()
+        k2 = kernel_matrix(r, x, progress=False, batch_size=4)
+        assert gc.get_freeze_count() > inner // 2  # the inner run did not unfreeze the outer one's objects
+    assert gc.get_freeze_count() == before and torch.equal(k, k2)

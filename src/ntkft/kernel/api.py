@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .contract import HEAD_PREFIX, KernelModel, check_model, differentiating, model_device
-from .engine import assemble, execute, open_stores, plan_units, weights_digest
+from .engine import assemble, execute, frozen_gc, open_stores, plan_units, weights_digest
 from .params import ParamGroup, select_params
 from .plan import Inputs, Options, Plan, default_max_memory
 from .registry import Method, parse_method, resolve_method
@@ -120,7 +120,7 @@ def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.T
                                                               batch_size, device, accumulate, sketch_dim)
     opts = Options(max_memory=mem if mem is not None else default_max_memory(dev), max_disk=disk, batch_size=batch_size,
                    device=dev, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed, progress=progress)
-    with differentiating(model, sel):
+    with frozen_gc(), differentiating(model, sel):
         impl, plan = plan_units(model, in1, in2, sel, meth, opts)
         if info is not None:
             info.update(plan.info)

@@ -25,7 +25,7 @@ from ..errors import ConfigError, KernelError
 from .api import checked_args, work_key
 from .checkpoint import Accumulator, Checkpoint
 from .contract import check_model, differentiating
-from .engine import assemble, plan_units
+from .engine import assemble, frozen_gc, plan_units
 from .params import ParamGroup, select_params
 from .plan import Artifact, Block, Inputs, Options, Plan, default_max_memory
 from .registry import KernelMethod, Method, parse_method, resolve_method
@@ -255,7 +255,7 @@ def distributed_kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[
         mem = int(box[0])
     opts = Options(max_memory=mem, max_disk=disk, batch_size=batch_size, device=dev, accumulate=accumulate,
                    sketch_dim=sketch_dim, seed=seed, progress=progress)
-    with differentiating(model, sel):
+    with frozen_gc(), differentiating(model, sel):
         impl, plan = plan_units(model, in1, in2, sel, meth, opts)
         if info is not None:
             info.update(plan.info)

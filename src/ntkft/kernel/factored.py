@@ -38,7 +38,7 @@ BATCH_BYTES = 512 * 2**20  # most factor bytes of one default CPU batch: the nex
 # 3.8-4.1 s in one batch, N = 100 28-32 s against 33 s in batches of 13; MiniLM, 9 MB: unchanged at 16)
 FEW_BATCHES = 16  # ... applied where the budget alone gives at most this many batches: with many, later batches
 # reuse memory anyway and halving them costs per-batch work (SmolLM2 N = 1,000: 715 s in 125 batches, 689 s in 63)
-SMALL_WORK = 1e11  # GEMM flops below which a kernel keeps torch's matmul (oneDNN cost MiniLM N = 16 ~0.1 s more)
+SMALL_WORK = 1e9  # GEMM flops below which a kernel keeps torch's matmul: timing the libraries (~30 ms) costs more
 ROW_BYTES_ONEDNN = 128 * 2**10  # ... ~55 rows when the Gram goes through oneDNN (see gemm.py): its GEMM likes short chunks
 PSG_WEIGHT = 1.15  # per-sample gradients (bmm) against GEMM flops on torch's library (see psg_weight)
 PSG_WEIGHT_ONEDNN = 2.7  # ... and against oneDNN's GEMM

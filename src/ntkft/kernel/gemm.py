@@ -5,8 +5,8 @@ core on an AMD EPYC with AVX-512), while oneDNN, also inside torch, runs AVX-512
 kernel's products (the model's linear layers during capture, the Gram and the pair forms) go through
 `backend()`: NTKFT_GEMM = torch | onednn | auto (default: a ~1 GFLOP timing of both once per process; oneDNN is
 kept when it is >= 1.25x faster and agrees with float64 to float32 rounding). Other dtypes and devices use torch.
-The factored kernel keeps torch's for small kernels (< 1e11 GEMM flops, e.g. MiniLM at N = 16, where oneDNN cost
-~0.1 s more in a fresh process) unless NTKFT_GEMM names the backend."""
+The factored kernel keeps torch's for tiny kernels (< 1e9 GEMM flops, where the ~30 ms timing costs more than it
+can save) unless NTKFT_GEMM names the backend."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _calibrate() -> str:
         return "torch"
     if not err < 1e-5:
         return "torch"
-    a, m = torch.randn(512, 1024, generator=g), torch.randn(1024, 1024, generator=g)
+    a, m = torch.randn(256, 1024, generator=g), torch.randn(512, 1024, generator=g)  # 0.27 GFLOP, ~30 ms in all
     best = {"torch": float("inf"), "onednn": float("inf")}
     runs: dict[str, Callable[[], torch.Tensor]] = {"torch": lambda: a @ m.T, "onednn": lambda: _onednn(a, m)}
     for fn in runs.values():
