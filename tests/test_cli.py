@@ -84,3 +84,11 @@ def test_spectrum_computes_kernels_over_draws(tmp_path, data_dir):
     rep = json.loads((tmp_path / "spectrum.json").read_text())
     assert len(rep["stsb"]["over_draws"]["paper"]["betas"]) == 2 and "_relative_sample_size" in rep
     assert "paper beta over 2 draws" in p.stdout and (tmp_path / "stsb-draw1" / "kernel.safetensors").exists()
+
+
+def test_a_bad_gemm_choice_stops_before_the_run_folder(tmp_path, data_dir):
+    out = tmp_path / "k"
+    p = run("kernel", "--model", "tiny-bert", "--task", "stsb", "--n", "4", "--out", out, "--data-dir", data_dir,
+            env={"NTKFT_GEMM": "fastest"})
+    assert "NTKFT_GEMM: must be one of auto, torch, onednn" in one_error_line(p)
+    assert not out.exists()

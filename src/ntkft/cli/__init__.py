@@ -5,6 +5,7 @@ One module per command group registers its commands on the shared `app`."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from ..errors import NtkftError
@@ -31,6 +32,10 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     _register()
     try:
+        if os.environ.get("NTKFT_GEMM"):  # checked before any command writes its run folder (imports torch: only then)
+            from ..kernel import gemm
+
+            gemm.check_env()
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except Exception as e:  # click (or typer's vendored click) usage errors: one line, exit 2

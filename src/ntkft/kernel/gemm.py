@@ -87,6 +87,12 @@ def _wanted() -> str:
     return want
 
 
+def check_env() -> None:
+    """Raise ConfigError (one line naming NTKFT_GEMM) for a value this process cannot use; the CLI calls it before
+    any command writes, the kernel again where the library is chosen."""
+    _wanted()
+
+
 def forced() -> bool:
     """True when the backend was named (NTKFT_GEMM or `using`) rather than timed: callers then keep it even for
     work too small to gain from it."""
