@@ -220,6 +220,9 @@ def test_length_buckets_cut_where_padding_costs_most():
     cuts = bucket([3, 3, 3, 60], 16)
     assert cuts == [(0, 3), (3, 4)]  # the long sample alone: short rows are not padded to 60
     assert sum(b - a for a, b in bucket(list(range(1, 40)), 7)) == 39
+    lens = [26, 33, 38, 38, 40, 46, 48, 49, 52, 53, 64, 64, 64, 64, 64, 64]  # MiniLM's 16 RTE pairs
+    assert bucket(lens, 16) == [(0, 16)]  # a GPU batch's overhead (8 rows): one batch padded to 64
+    assert len(bucket(lens, 16, 1.0)) == 3  # a CPU's (1 row): cut by length
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "4GB"])

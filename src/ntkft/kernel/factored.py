@@ -40,6 +40,8 @@ FEW_BATCHES = 16  # ... applied where the budget alone gives at most this many b
 # reuse memory anyway and halving them costs per-batch work (SmolLM2 N = 1,000: 715 s in 125 batches, 689 s in 63)
 SMALL_WORK = 1e9  # GEMM flops below which a kernel keeps torch's matmul: timing the libraries (~30 ms) costs more
 ROW_BYTES_ONEDNN = 128 * 2**10  # ... ~55 rows when the Gram goes through oneDNN (see gemm.py): its GEMM likes short chunks
+CPU_BATCH_OVERHEAD = 1.0  # a CPU batch's fixed cost in the length buckets, in sample rows: MiniLM N = 16 in batches
+# of 5, 5, 6 by length 0.42-0.50 s against 0.47-0.52 s padded to 64 tokens in one (fresh processes, gc frozen)
 PSG_WEIGHT = 1.15  # per-sample gradients (bmm) against GEMM flops on torch's library (see psg_weight)
 PSG_WEIGHT_ONEDNN = 2.7  # ... and against oneDNN's GEMM
 
@@ -107,8 +109,9 @@ class FactoredMethod:
             size = int(max(1, min(size, cap)))
         order1 = sort_by_length(x1)
         order2 = order1 if sym else sort_by_length(other)
-        b1 = batches(x1, order1, size)
-        b2 = [] if sym else batches(other, order2, size)
+        over = CPU_BATCH_OVERHEAD if o.device.type == "cpu" else 8.0  # a GPU batch's launches cost more
+        b1 = batches(x1, order1, size, over)
+        b2 = [] if sym else batches(other, order2, size, over)
         order1 = [i for b in b1 for i in b]
         order2 = order1 if sym else [i for b in b2 for i in b]
         sides = [(1, x1, b1)] + ([] if sym else [(2, other, b2)])

@@ -171,16 +171,16 @@ def sort_by_length(inputs: Inputs) -> list[int]:
     return torch.argsort(inputs.lengths, stable=True).tolist()
 
 
-def bucket(lengths: list[int], max_batch: int, overhead_tokens: float = 8.0) -> list[tuple[int, int]]:
+def bucket(lengths: list[int], max_batch: int, overhead_rows: float = 8.0) -> list[tuple[int, int]]:
     """Cut rows sorted by length into contiguous batches of at most `max_batch` rows, minimising the padded work
-    sum over batches of (rows + overhead_tokens) * longest (dynamic programming; the overhead stands for the
-    per-batch cost). Returns (start, stop) ranges: padding costs real flops, so short rows stay together."""
+    sum over batches of (rows + overhead_rows) * longest (dynamic programming; the overhead stands for the
+    per-batch cost, in rows). Returns (start, stop) ranges: padding costs real flops, so short rows stay together."""
     n = len(lengths)
     best = [0.0] + [math.inf] * n
     cut = [0] * (n + 1)
     for stop in range(1, n + 1):
         for start in range(max(0, stop - max_batch), stop):
-            cost = best[start] + (stop - start) * lengths[stop - 1] + overhead_tokens * lengths[stop - 1]
+            cost = best[start] + (stop - start + overhead_rows) * lengths[stop - 1]
             if cost < best[stop]:
                 best[stop], cut[stop] = cost, start
     out, stop = [], n
@@ -190,10 +190,10 @@ def bucket(lengths: list[int], max_batch: int, overhead_tokens: float = 8.0) -> 
     return out[::-1]
 
 
-def batches(inputs: Inputs, order: list[int], max_batch: int) -> list[list[int]]:
+def batches(inputs: Inputs, order: list[int], max_batch: int, overhead_rows: float = 8.0) -> list[list[int]]:
     """Length-bucketed batches of sample rows (in `order`, which is sorted by length)."""
     lens = inputs.lengths[torch.as_tensor(order, dtype=torch.long)].tolist()
-    return [order[a:b] for a, b in bucket(lens, max_batch)]
+    return [order[a:b] for a, b in bucket(lens, max_batch, overhead_rows)]
 
 
 def available_memory() -> int:
