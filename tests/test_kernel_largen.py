@@ -248,8 +248,8 @@ def test_pair_form_and_materialised_gradients_give_one_kernel(tiny, tmp_path, mo
         assert _plan(r, x, **kw).spill
     widths: list[int] = []
     real = factored._ghost
-    monkeypatch.setattr(factored, "_ghost", lambda ai, di, aj, dj, match=False: (
-        widths.append(len(di) if isinstance(di, list) else 1), real(ai, di, aj, dj, match))[1])
+    monkeypatch.setattr(factored, "_ghost", lambda ai, di, aj, dj, match=False, upper=False: (
+        widths.append(len(di) if isinstance(di, list) else 1), real(ai, di, aj, dj, match, upper))[1])
     monkeypatch.setattr(factored, "psg_weight", lambda onednn: 0.0)  # materialised: cheaper than any pair form
     mat = kernel_matrix(r, x, progress=False, **kw)
     assert set(widths) <= {1}  # only the embedding's token matches
@@ -289,3 +289,19 @@ def test_a_kernel_run_freezes_the_objects_alive_before_it(tiny, monkeypatch):
         k2 = kernel_matrix(r, x, progress=False, batch_size=4)
         assert gc.get_freeze_count() > inner // 2  # the inner run did not unfreeze the outer one's objects
     assert gc.get_freeze_count() == before and torch.equal(k, k2)
+
+
+def test_pair_form_of_a_batch_with_itself_needs_only_its_upper_triangle():
+    """_ghost with upper=True equals the full tile on and above the diagonal (several outputs per sample, lists of
+    D, token matches), computing less below it."""
+    from ntkft.kernel.factored import _ghost
+
+    g = torch.Generator().manual_seed(1)
+    for n, c, match in ((7, 1, False), (5, 2, False), (6, 1, True)):
+        a = torch.randint(0, 9, (n, 4), generator=g) if match else torch.randn(n, 4, 6, generator=g, dtype=torch.float64)
+        ds = [torch.randn(n * c, 4, w, generator=g, dtype=torch.float64) for w in (3, 5)]
+        d = ds[0] if match else ds
+        full = _ghost(a, d, a, d, match=match)
+        half = _ghost(a, d, a, d, match=match, upper=True)
+        up = torch.triu(torch.ones_like(full, dtype=torch.bool))
+        assert torch.allclose(half[up], full[up], rtol=1e-12, atol=0) and (half[~up] == 0).any(), (n, c, match)
