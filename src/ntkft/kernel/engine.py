@@ -36,7 +36,7 @@ _frozen = 0  # nesting depth of frozen_gc
 
 @contextmanager
 def frozen_gc() -> Iterator[None]:
-    """The objects alive when a kernel run starts (the model; torch's and transformers' modules: ~10^6) sit in the
+    """The objects alive when a kernel run starts (the model; torch's and transformers' modules: ~450,000) sit in the
     garbage collector's permanent generation until it ends, so the full collections the run's own allocations
     trigger do not walk them: one took 0.22 s inside a 0.5 s MiniLM kernel (N = 16). What the run creates is
     collected as usual; the frozen objects return to the collector afterwards (gc.freeze / gc.unfreeze)."""
