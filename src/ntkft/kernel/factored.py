@@ -8,7 +8,8 @@ then Gram units that add the group's layers' contributions to K (contribution un
 below each later group, whose pass starts there. For a linear layer a Gram entry is either the
 "ghost" sum_{t,s} (a_it . a_js)(d_it . d_js) or the inner product of materialised per-sample
 gradients D_i^T A_i (chunked along the longer side so the working set stays bounded); each layer takes the
-cheaper one. Embeddings use token matches, norms and biases their small per-sample gradients."""
+cheaper one, counting the per-sample bmm at its lower rate (`psg_weight`), and layers reading one input (q, k, v)
+take the pair form together. Embeddings use token matches, norms and biases their small per-sample gradients."""
 
 from __future__ import annotations
 
