@@ -239,3 +239,15 @@ def test_kernel_file_and_checkpoint_key_name_the_library_used(tmp_path, data_dir
         opts = Options(max_memory=2**30)
         _, plan = plan_units(r, x, None, sel, Method.FACTORED, opts)
         assert work_key(r, x, None, sel, Method.FACTORED, plan, opts)["gemm"] == plan.info["gemm"] == "onednn"
+
+
+@needs_onednn
+def test_a_sketch_names_the_library_its_products_use(pairs):
+    """float32 products go through the chosen library; a float64 model's never do, and its sketch says torch."""
+    for dtype, want in ((torch.float32, "onednn"), (torch.float64, "torch")):
+        m = load_model("tiny-llama", dtype=dtype)
+        x = encode(m.tokenizer, m.kind, pairs, max_length=24)
+        info: dict = {}
+        with gemm.using("onednn"):
+            kernel_matrix(Readout.from_loaded(m, out_dim=1), x, method="sketch", sketch_dim=64, progress=False, info=info)
+        assert info["gemm"] == want, dtype

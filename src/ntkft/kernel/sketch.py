@@ -105,9 +105,10 @@ class SketchMethod:
         cuts = [round(i * len(self.b1) / blocks) for i in range(blocks + 1)]
         contribute = [Unit(f"k{i}", "gram", float(cuts[i + 1] - cuts[i]), {"batches": [cuts[i], cuts[i + 1]]})
                       for i in range(blocks) if cuts[i + 1] > cuts[i]]
+        f32 = any(p.dtype == torch.float32 for p in self.params.values())  # other dtypes never use oneDNN
         info = {"sketch_dim": self.k, "layers": len(owners), "batch_size": size, "seed": o.seed,
                 "dims_min": min(self.dims.values()), "dims_max": max(self.dims.values()),
-                "gemm": gemm.backend() if o.device.type == "cpu" else "torch"}
+                "gemm": gemm.backend() if o.device.type == "cpu" and f32 else "torch"}
         return Plan("sketch", x1.n, other.n, self.c, sym, order1, order2, [Pass(produce, contribute)],
                     spill, info)
 
