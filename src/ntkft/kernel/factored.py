@@ -43,6 +43,7 @@ SMALL_WORK = 1e9  # GEMM flops below which a kernel keeps torch's matmul: timing
 ROW_BYTES_ONEDNN = 128 * 2**10  # ... ~55 rows when the Gram goes through oneDNN (see gemm.py): its GEMM likes short chunks
 CPU_BATCH_OVERHEAD = 1.0  # a CPU batch's fixed cost in the length buckets, in sample rows: MiniLM N = 16 in batches
 # of 5, 5, 6 by length 0.42-0.50 s against 0.47-0.52 s padded to 64 tokens in one (fresh processes, gc frozen)
+GPU_BATCH_OVERHEAD = 8.0  # ... on a GPU, whose batches cost kernel launches
 PSG_WEIGHT = 1.15  # per-sample gradients (bmm) against GEMM flops on torch's library (see psg_weight)
 PSG_WEIGHT_ONEDNN = 2.7  # ... and against oneDNN's GEMM
 
@@ -110,7 +111,7 @@ class FactoredMethod:
             size = int(max(1, min(size, cap)))
         order1 = sort_by_length(x1)
         order2 = order1 if sym else sort_by_length(other)
-        over = CPU_BATCH_OVERHEAD if o.device.type == "cpu" else 8.0  # a GPU batch's launches cost more
+        over = CPU_BATCH_OVERHEAD if o.device.type == "cpu" else GPU_BATCH_OVERHEAD
         b1 = batches(x1, order1, size, over)
         b2 = [] if sym else batches(other, order2, size, over)
         order1 = [i for b in b1 for i in b]
