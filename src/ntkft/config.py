@@ -35,9 +35,7 @@ def config_error(e: ValidationError, where: str = "") -> ConfigError:
         msg += f" (got {err['input']!r})"
     if where:  # a config file: name the file and its key (the value may have come from the file)
         return ConfigError(f"{where}: {loc}: {msg}")
-    out = ConfigError(f"{loc}: {msg}")
-    out.param = loc.split(".")[0] if loc != "config" else None
-    return out
+    return ConfigError(f"{loc}: {msg}", param=loc.split(".")[0] if loc != "config" else None)
 
 
 def make(cls: type[C], **kw: Any) -> C:
@@ -74,7 +72,5 @@ def finite_positive(name: str, value: float | None, allow_none: bool = True) -> 
     if value is None and allow_none:
         return None
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        err = ConfigError(f"{name}: must be a finite number > 0, got {value!r}")
-        err.param = name  # type: ignore[attr-defined]
-        raise err
+        raise ConfigError(f"{name}: must be a finite number > 0, got {value!r}", param=name)
     return float(value)

@@ -10,6 +10,10 @@ class NtkftError(Exception):
 
     param: str | None = None
 
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
 
 class DataError(NtkftError):
     """A task file, row or column is missing or malformed."""
@@ -29,3 +33,8 @@ class ConfigError(NtkftError):
 
 class TrainingError(NtkftError):
     """Training hit a non-finite loss; the last good checkpoint was kept."""
+
+
+def param_error(param: str, problem: str, kind: type[NtkftError] = ConfigError) -> NtkftError:
+    """`kind("param: problem", param=param)`: the one way to blame an argument (the CLI shows it as `--param`)."""
+    return kind(f"{param}: {problem}", param=param)

@@ -11,7 +11,8 @@ import typer
 from pydantic import Field
 
 from ..config import StrictModel
-from ..errors import ConfigError, NtkftError
+from ..errors import NtkftError
+from ..errors import param_error as _bad
 from ._common import config_command, option
 
 if TYPE_CHECKING:
@@ -54,20 +55,12 @@ def _files_arg(required: bool) -> inspect.Parameter:
                              else str, default=arg)
 
 
-def _bad(param: str, problem: str) -> ConfigError:
-    err = ConfigError(f"{param}: {problem}")
-    err.param = param
-    return err
-
-
 def _in_file(path: Path | str, e: NtkftError) -> NtkftError:
     """The same error with the kernel file named in front (analysis errors do not know the file)."""
     msg = str(e)
     if msg.startswith(str(path)):
         return e
-    out = type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}")  # a flag's error keeps the flag in front
-    out.param = e.param
-    return out
+    return type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}", param=e.param)  # a flag's error keeps it in front
 
 
 def _print_spectrum(rep: SpectrumReport, name: str = "") -> None:

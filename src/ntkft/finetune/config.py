@@ -129,9 +129,7 @@ class FinetuneConfig(StrictModel):
 
         if Path(self.task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
             if not (self.text_columns and self.label_column and self.task_type):
-                err = ConfigError(f"task: a data file ({self.task}) needs text_columns, label_column and task_type")
-                err.param = "task"
-                raise err
+                raise ConfigError(f"task: a data file ({self.task}) needs text_columns, label_column and task_type", param="task")
             return user_task(name=Path(self.task).stem, type=self.task_type, files={"train": str(Path(self.task).resolve())},
                              text_columns=self.text_columns, label_column=self.label_column, origin=self.task)
         return get_spec(self.task)

@@ -29,10 +29,8 @@ class Setting:
         """The trainable module; frozen parts have requires_grad False."""
         if layers is not None:
             if not self.takes_layers:
-                err = ConfigError(f"layers: applies to settings {', '.join(s for s in SETTINGS if SETTINGS[s].takes_layers)}"
-                                  f", not '{self.name}'")
-                err.param = "layers"
-                raise err
+                raise ConfigError(f"layers: applies to settings {', '.join(s for s in SETTINGS if SETTINGS[s].takes_layers)}"
+                                  f", not '{self.name}'", param="layers")
             loaded = loaded.truncate(layers)
         readout = Readout.from_loaded(loaded, out_dim=out_dim, sigma=sigma, seed=seed)
         if self.frozen_backbone:
@@ -58,9 +56,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
 def get_setting(name: str) -> Setting:
     """The registered setting `name` (ConfigError naming `setting` otherwise)."""
     if name not in SETTINGS:
-        err = ConfigError(f"setting: unknown '{name}', use one of {', '.join(SETTINGS)}")
-        err.param = "setting"
-        raise err
+        raise ConfigError(f"setting: unknown '{name}', use one of {', '.join(SETTINGS)}", param="setting")
     return SETTINGS[name]
 
 

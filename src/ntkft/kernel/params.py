@@ -24,9 +24,8 @@ def select_params(model: nn.Module, group: ParamGroup | str = ParamGroup.ALL) ->
     try:
         group = ParamGroup(group)
     except ValueError:
-        err = ConfigError(f"params: unknown parameter group '{group}': use one of {', '.join(g.value for g in ParamGroup)}")
-        err.param = "params"
-        raise err from None
+        raise ConfigError(f"params: unknown parameter group '{group}': use one of {', '.join(g.value for g in ParamGroup)}",
+                          param="params") from None
     embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
     out: dict[str, nn.Parameter] = {}
     seen: set[int] = set()

@@ -461,9 +461,7 @@ def rebuild(run_dir: str | Path) -> tuple[Path, Path]:
     root = Path(run_dir)
     meta = _read(root, "meta.json")
     if not isinstance(meta, dict) or meta.get("kind") != "reproduce":
-        err = ConfigError(f"run_dir: {root} is not a reproduction run folder (no meta.json of kind 'reproduce')")
-        err.param = "run_dir"
-        raise err
+        raise ConfigError(f"run_dir: {root} is not a reproduction run folder (no meta.json of kind 'reproduce')", param="run_dir")
     from .runner import _exclusive
 
     with _exclusive(root):

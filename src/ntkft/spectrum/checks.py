@@ -8,14 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ConfigError
-
-
-def bad(param: str, problem: str) -> ConfigError:
-    """A ConfigError `param: problem` with `err.param` set (the CLI shows it as --param)."""
-    err = ConfigError(f"{param}: {problem}")
-    err.param = param
-    return err
+from ..errors import param_error as bad  # noqa: F401  (re-exported: spectrum and stopping blame arguments with it)
 
 
 def positive(param: str, value: Any) -> float:
