@@ -117,10 +117,15 @@ def run_kernel(cfg: KernelConfig, out: str | Path | None = None, *, data_dir: st
     rf, done = None, None
     if ex.writes and out is not None:
         rf = RunFolder(out, "kernel", kernel_run_key(cfg, readout, data, meth), overwrite=overwrite)
-        if rf.open() and rf.complete and (rf.root / "kernel.safetensors").is_file():
-            log.info("%s already holds this kernel", out)
-            done = load_kernel_file(out)
+        if rf.open() and rf.complete:
+            try:
+                done = load_kernel_file(rf.root)
+                log.info("%s already holds this kernel", out)
+            except KernelError as e:  # a damaged or missing kernel file of a finished run: recompute it
+                rf.redo(str(e))
     if not ex.agree(done is None):
+        if rf is not None:
+            rf.release()
         return done
     work = Path(out) / "work" if out is not None else None
     t0 = time.time()

@@ -59,6 +59,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("ntkft: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
         sys.exit(130)
+    finally:
+        from .._runs import release_all
+
+        release_all()  # run-folder locks of a failed command (a finished one has released its own)
 
 
 __all__ = ["app", "main"]

@@ -392,11 +392,12 @@ class Trainer:
             except NtkftError as e:  # tell the other ranks before giving up, so none of them waits forever
                 self.ranks.broadcast(("error", str(e)))
                 raise
-            if resumed and self.rf.complete and (self.rf.root / "result.json").is_file():
+            done = self.rf.finished_json("result.json", ["model/model.safetensors"] if self.cfg.save_model else [])
+            if resumed and done is not None:
                 log.info("%s: finished run with the same key; returning its result", self.rf.root)
-                status = ("done", json.loads((self.rf.root / "result.json").read_text()))
+                status = ("done", done)
             elif resumed:
-                status = ("resume", None)
+                status = ("resume", str(self.rf.root))
             else:
                 self.rf.write_json("config.json", self.cfg.model_dump())
         status = self.ranks.broadcast(status)
@@ -404,7 +405,7 @@ class Trainer:
             raise ConfigError(status[1])
         if status[0] == "done":
             return FinetuneResult(**status[1])  # type: ignore[arg-type]
-        if status[0] == "resume" and self.try_resume():
+        if status[0] == "resume" and self.try_resume(Path(status[1])):
             log.info("resumed from step %d", self.step)
         if self.rf is None:
             return None
@@ -439,11 +440,11 @@ class Trainer:
                          {"step": self.step, "stopper": self.stopper.state_dict(), "history": self.history,
                           "drift": self.drift})
 
-    def try_resume(self) -> bool:
-        """Load the newest whole checkpoint of this run (the folder's key already matched)."""
+    def try_resume(self, root: Path | None = None) -> bool:
+        """Load the newest whole checkpoint of this run in `root` (default `out`; the folder's key already matched)."""
         if self.out is None:
             return False
-        ck = read_checkpoint(self.out)
+        ck = read_checkpoint(root or self.out)
         if ck is None:
             return False
         trainable, best, blob, meta = ck
