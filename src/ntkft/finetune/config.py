@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +112,15 @@ class FinetuneConfig(StrictModel):
         if self.warmup_steps >= self.max_steps and self.warmup_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be below max_steps ({self.max_steps})")
         return self
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier at optimiser step `step`: linear warm-up, then the schedule."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        frac = min(max((step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps), 0.0), 1.0)
+        return 1.0 - frac if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
 
     def task_spec(self) -> Any:
         """The TaskSpec this config names (a built-in, a spec file, or a data file described by the flags)."""
