@@ -91,6 +91,16 @@ def prepare(cfg: FinetuneConfig, loaded: LoadedModel, data_dir: str | None = Non
                     _split(loaded, test, cfg.max_length), train.num_classes, fp)
 
 
+def step_rows(n: int, step: int, per_step: int, seed: int, full_batch: bool) -> torch.Tensor:
+    """Training rows of optimiser step `step`: all of them (full-batch GD), or the step's slice of an epoch-seeded
+    permutation, so a resumed run replays the same order."""
+    if full_batch:
+        return torch.arange(n)
+    epoch, pos = divmod(step, max(1, -(-n // per_step)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    return perm[pos * per_step:(pos + 1) * per_step]
+
+
 def by_length(mask: torch.Tensor, batch: int) -> list[torch.Tensor]:
     """Row indices in batches of similar length (stable sort by token count), so that trimming each batch to its
     longest row leaves little padding: evaluation costs the tokens, not rows x max_length."""

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel
+from ..finetune.settings import SETTINGS, SettingName, takes_layers
 
 SPECTRUM_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte", "cr", "sst2"]
 CURVE_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte"]
@@ -20,8 +21,7 @@ class ModelPlan(StrictModel):
     name: str = Field(description="model alias, hub id, directory or .gguf file")
     label: str | None = Field(None, description="name of this plan in results (default: the model name); needed "
                               "when one model appears twice, e.g. in two settings")
-    setting: Literal["full", "head", "probe"] = Field("full", description="full fine-tuning, truncated backbone "
-                                                      "+ new head (all trained), or a frozen-backbone probe")
+    setting: SettingName = Field("full", description="fine-tuning setting: " + ", ".join(SETTINGS))
     layers: int | None = Field(None, ge=1, description="truncate the backbone after this block (head/probe)")
     lrs: list[float] = Field([2e-5, 5e-5, 1e-4], min_length=1, description="learning-rate grid, chosen per task "
                              "on the validation split")
@@ -56,8 +56,8 @@ class ModelPlan(StrictModel):
 
     @model_validator(mode="after")
     def _layers_need_truncating_setting(self) -> ModelPlan:
-        if self.layers is not None and self.setting == "full":
-            raise ValueError("layers applies to settings head and probe, not full")
+        if self.layers is not None and "layers" not in SETTINGS[self.setting].options:
+            raise ValueError(f"layers applies to settings {', '.join(takes_layers())}, not {self.setting}")
         return self
 
 
