@@ -1,0 +1,6 @@
+"""Model selection and data-need prediction from the eNTK (`ntkft select`, issue 28)."""
+
+from .config import Candidate, SelectConfig
+from .run import CandidateResult, Curve, SelectResult, select
+
+__all__ = ["Candidate", "CandidateResult", "Curve", "SelectConfig", "SelectResult", "select"]
