@@ -17,7 +17,7 @@ log = logging.getLogger("ntkft")
 def _register() -> None:
     from . import finetune, kernel, misc, spectrum  # noqa: F401  (each module adds its commands to `app`)
 
-    for optional in ("taskvec", "theory", "reproduce", "select"):
+    for optional in ("taskvec", "theory", "reproduce", "select", "efficiency"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as e:
