@@ -31,6 +31,8 @@ TABLE: list[tuple[str, str, dict[str, str]]] = [
                                "--n-test": "12", "--eval-every": "1", "--max-length": "24", "--batch-size": "4"}),
     (r"^ntkft finetune --task data\.csv ", "run",
      {"--model": "tiny-bert", "--n-train": "12", "--n-test": "8", "--max-steps": "2", "--max-length": "16"}),
+    (r"^ntkft finetune --task glue/", "parse", {}),
+    (r"^ntkft finetune --task \S+/\S+ --text-columns", "parse", {}),
     (r"^torchrun .* -m ntkft\.cli ", "parse", {}),
     (r"^ntkft reproduce ", "parse", {}),
     (r"^ntkft report ", "parse", {}),

@@ -30,15 +30,13 @@ def flag_message(e: NtkftError) -> str:
 
 
 def task_arg(task: str, text_columns: Any, label_column: str | None, task_type: str | None):
-    """A built-in name, a spec file, or a CSV/TSV/JSONL file described by flags."""
-    from ..tasks import get_spec, user_task
+    """A built-in name, a spec file, a CSV/TSV/JSONL file described by flags, or a table source (tasks.resolve_task)."""
+    from ..tasks import resolve_task
 
-    if Path(task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
-        if not (text_columns and label_column and task_type):
-            raise typer.BadParameter("a data file as --task needs --text-columns, --label-column and --task-type")
-        return user_task(name=Path(task).stem, type=task_type, files={"train": str(Path(task).resolve())},
-                         text_columns=text_columns, label_column=label_column, origin=task)
-    return get_spec(task)
+    try:
+        return resolve_task(task, text_columns, label_column, task_type)
+    except NtkftError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def write_json(path: Path, obj) -> None:
