@@ -15,13 +15,13 @@ from pydantic import Field, model_validator
 from ._io import peak_rss_mb, run_meta
 from ._runs import RunFolder
 from .config import make
-from .errors import KernelError, param_error
+from .errors import KernelError
 from .kernel import KernelFile, Method, kernel_matrix, load_kernel_file, resolve_method, select_params
 from .kernel.executor import Executor, LocalExecutor
 from .kernel.options import KernelOptions
 from .kernel.params import num_params
 from .models import LoadedModel, Readout, fingerprint, load_model
-from .tasks import TaskData, TaskSpec, encode, get_spec, load_task, subsample, user_task
+from .tasks import TaskData, TaskSpec, encode, load_task, resolve_task, subsample
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,8 @@ class KernelConfig(KernelOptions):
         return KernelOptions.of(**fields)
 
     def task_spec(self) -> TaskSpec:
-        """The TaskSpec this config names (a built-in, a spec file, or a data file described by the fields)."""
-        if Path(self.task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
-            if not (self.text_columns and self.label_column and self.task_type):
-                raise param_error("task", f"a data file ({self.task}) needs text_columns, label_column and task_type")
-            return user_task(name=Path(self.task).stem, type=self.task_type, files={"train": str(Path(self.task).resolve())},
-                             text_columns=self.text_columns, label_column=self.label_column, origin=self.task)
-        return get_spec(self.task)
+        """The TaskSpec this config names (a built-in, a spec file, a data file or table source described by the fields)."""
+        return resolve_task(self.task, self.text_columns, self.label_column, self.task_type)
 
 
 def kernel_run_key(cfg: KernelConfig, readout: Readout, data: TaskData, method: Method) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._runs import RunFolder, digest
+from .._runs import RunFolder
 from ..errors import ConfigError
 from .config import EfficiencyConfig
 from .kernel import compare_facts, compute_kernel, facts_meta, kernel_facts, read_facts, readout, weights_fp

@@ -9,7 +9,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel, load_config, make
-from ..errors import ConfigError
 from .settings import SETTINGS, SettingName, get_setting, takes_layers
 
 
@@ -123,15 +122,10 @@ class FinetuneConfig(StrictModel):
         return 1.0 - frac if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
 
     def task_spec(self) -> Any:
-        """The TaskSpec this config names (a built-in, a spec file, or a data file described by the flags)."""
-        from ..tasks import get_spec, user_task
+        """The TaskSpec this config names (a built-in, a spec file, a data file or table source described by the flags)."""
+        from ..tasks import resolve_task
 
-        if Path(self.task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
-            if not (self.text_columns and self.label_column and self.task_type):
-                raise ConfigError(f"task: a data file ({self.task}) needs text_columns, label_column and task_type", param="task")
-            return user_task(name=Path(self.task).stem, type=self.task_type, files={"train": str(Path(self.task).resolve())},
-                             text_columns=self.text_columns, label_column=self.label_column, origin=self.task)
-        return get_spec(self.task)
+        return resolve_task(self.task, self.text_columns, self.label_column, self.task_type)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:

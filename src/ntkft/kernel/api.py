@@ -108,7 +108,7 @@ def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.T
     return k.detach().cpu()
 
 
-# ------------------------------------------------------------------ normalisations (THEORY.md sec. 3)
+# ------------------------------------------------------------------ normalisations (docs/theory.md sec. 3)
 
 
 def normalise(k: torch.Tensor, n: int | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Kernel gradient descent on the eNTK: the linearised model's exact learning curve (THEORY.md sec. 4-5).
+"""Kernel gradient descent on the eNTK: the linearised model's exact learning curve (docs/theory.md sec. 4-5).
 
 One kernel per (model, task, seed) on a nested pool of training rows plus a test sample; a training size n
 uses the pool's first n rows, split like fine-tuning into train and hold-out. The path is evaluated in

@@ -1,4 +1,4 @@
-"""Stage 4: the RWY stopping rule's T_hat next to hold-out early stopping and the oracle (THEORY.md sec. 5).
+"""Stage 4: the RWY stopping rule's T_hat next to hold-out early stopping and the oracle (docs/theory.md sec. 5).
 
 On each kernel-GD unit of stage 2 (seed s, training size n): T_hat from `stop_report` (R and sigma estimated,
 step alpha = 1/lambda_1 of K/N; full-batch kernel GD takes one step per epoch), the hold-out step and the

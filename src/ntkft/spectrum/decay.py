@@ -98,7 +98,7 @@ def paper_beta(lams: ArrayLike) -> DecayFit:
 
 
 def default_window(n_pos: int) -> tuple[int, int]:
-    """k in [5, 100] clipped to the positive eigenvalues (THEORY.md sec. 6)."""
+    """k in [5, 100] clipped to the positive eigenvalues (docs/theory.md sec. 6)."""
     return min(5, max(1, n_pos // 4)), min(100, n_pos)
 
 
