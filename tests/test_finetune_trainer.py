@@ -129,3 +129,10 @@ def test_a_new_setting_is_one_registry_entry(monkeypatch):
     assert make(ModelPlan, name="minilm-l6", setting="top", layers=2).setting == "top"
     with pytest.raises(Exception, match="layers: applies to settings head, probe, top, not 'full'"):
         FinetuneConfig.make(setting="full", layers=2)
+
+
+def test_kernel_drift_callback_points(data_dir):
+    res = finetune(cfg(drift_every=2, drift_n=4, lr=1e-2), None, progress=False)
+    assert [d["step"] for d in res.drift] == [0, 2, 4]  # the start once, then every drift_every steps
+    assert res.drift[0]["kernel_drift"] == 0 and res.drift[-1]["kernel_drift"] > 0
+    assert res.drift[-1]["param_distance"] > 0 and res.drift[-1]["linearisation_gap"] >= 0
