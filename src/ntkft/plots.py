@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,14 +68,17 @@ def spectrum_plot(reports: Mapping[str, SpectrumReport] | Sequence[SpectrumRepor
 
 
 def curve_plot(xs, series: dict[str, tuple], path: str | Path, xlabel: str, ylabel: str, title: str = "",
-               logx: bool = False, logy: bool = False) -> Path:
-    """Lines with optional bands: series[name] = (mean, low, high) or (mean,)."""
+               logx: bool = False, logy: bool = False, baselines: dict[str, Any] | None = None) -> Path:
+    """Lines with optional bands: series[name] = (mean, low, high) or (mean,); baselines[name] (values at xs): the
+    constant predictor of that series, a dashed line in its colour."""
     plt = _fig()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for i, (name, s) in enumerate(series.items()):
         ax.plot(xs, s[0], "o-", color=f"C{i % 10}", label=name, ms=3)
         if len(s) == 3:
             ax.fill_between(xs, s[1], s[2], color=f"C{i % 10}", alpha=0.2)
+        if baselines and name in baselines:
+            ax.plot(xs, baselines[name], "--", color=f"C{i % 10}", lw=1, label=f"{name}: constant predictor")
     if logx:
         ax.set_xscale("log")
         ax.set_xticks(list(xs))

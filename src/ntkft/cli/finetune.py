@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..finetune.config import FinetuneConfig
+from ..finetune.result import FinetuneResult
 from ._common import DataDir, config_command, option
 
 RUN_FLAGS = [option("out", "runs/finetune", "output run folder"),
@@ -21,11 +22,25 @@ def finetune(cfg: FinetuneConfig, out: str, overwrite: bool, data_dir: str | Non
     res = run_ft(cfg, out, data_dir=data_dir, overwrite=overwrite)
     typer.echo(f"stopped at step {res.stopped_step}: {res.stop_reason}; best step {res.best_step} "
                f"(val {res.monitor} {res.best_val:.4f}); lr {res.config['lr']:g}")
-    typer.echo("test (best on val): " + ", ".join(f"{k} {v:.4f}" for k, v in res.test_best.items()))
-    typer.echo("test (last step):   " + ", ".join(f"{k} {v:.4f}" for k, v in res.test_last.items()))
+    typer.echo(summary_table(res))
     for w in res.warnings:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{res.samples_per_second:.1f} samples/s; wrote {out}/result.json, metrics.jsonl, model/, meta.json")
+
+
+def summary_table(res: FinetuneResult) -> str:
+    """The test scores of the kept and the last model beside the constant predictor's on the same rows."""
+    const = f"constant ({res.baseline})" if res.baseline else "constant"
+    head = f"{'test':<14}{'kept (best val)':>16}{'last step':>12}  {const}"
+    lines = [head]
+    for k, v in res.test_best.items():
+        name = f"f1 ({res.f1_average})" if k == "f1" and res.f1_average else k
+        lines.append(f"{name:<14}{v:>16.4f}{res.test_last.get(k, float('nan')):>12.4f}  "
+                     f"{res.baseline_test.get(k, float('nan')):.4f}")
+    if res.beats_baseline is not None:
+        lines.append(f"the kept model {'beats' if res.beats_baseline else 'does NOT beat'} the constant predictor "
+                     f"on test {res.headline}")
+    return "\n".join(lines)
 
 
 def _sizes(text: str) -> list[int]:

@@ -19,8 +19,9 @@ from .loop import finetune
 
 log = logging.getLogger(__name__)
 
+# best: the kept model's test score; last: the last step's; baseline: the constant predictor's on the same test rows
 COLUMNS = ["model", "task", "size", "seed", "setting", "lr", "best_step", "stopped_step", "stop_reason", "metric",
-           "best", "last"]
+           "best", "last", "baseline"]
 
 
 def _read(path: Path) -> list[dict]:
@@ -77,7 +78,8 @@ def learning_curve(base: FinetuneConfig, tasks: list[str], sizes: list[int], see
                     rows.append({"model": cfg.model, "task": task, "size": size, "seed": seed, "setting": cfg.setting,
                                  "lr": cfg.lr, "best_step": res.best_step, "stopped_step": res.stopped_step,
                                  "stop_reason": res.stop_reason, "metric": metric, "best": res.test_best[metric],
-                                 "last": res.test_last.get(metric, float("nan"))})
+                                 "last": res.test_last.get(metric, float("nan")),
+                                 "baseline": res.baseline_test.get(metric, float("nan"))})
                 rf.write_text("curve.csv", _table(rows))
                 log.info("%s n=%d seed=%d: %s", task, size, seed, res.test_best)
     for metric in ("mse", "accuracy", "f1"):
@@ -87,36 +89,53 @@ def learning_curve(base: FinetuneConfig, tasks: list[str], sizes: list[int], see
     return rows
 
 
+def _float(v: object) -> float:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a row from a curve.csv written before the baseline column: no value
+        return float("nan")
+
+
 def plot_curves(rows: list[dict], out: Path, base: FinetuneConfig | None = None) -> list[Path]:
-    """One PNG per metric (mse for regression; accuracy and f1 for classification), tasks as lines."""
+    """One PNG per metric (mse for regression; accuracy and f1 for classification), tasks as lines named by the
+    task's name, each with its constant predictor (training mean; majority class) as a dashed line."""
     from ..plots import curve_plot
 
     written = []
     for metric in ("mse", "accuracy", "f1"):
-        series, xs_all = {}, set()
+        series, consts, xs_all = {}, {}, set()
         for task in sorted({r["task"] for r in rows}):
             sel = [r for r in rows if r["task"] == task and r["metric"] == metric]
             spec = _spec(base, task) if base is not None else get_spec(task)
             if not sel or spec.type == ("classification" if metric == "mse" else "regression"):
                 continue
+            name = spec.name
+            if metric == "f1" and spec.labels:
+                name += f" ({'binary' if len(spec.labels) == 2 else 'macro'} f1)"
             sizes = sorted({int(r["size"]) for r in sel})
             vals = [[float(r["best"]) for r in sel if int(r["size"]) == s] for s in sizes]
             mean = np.array([np.mean(v) for v in vals])
             sd = np.array([np.std(v) for v in vals])
-            series[task] = (mean, mean - sd, mean + sd, sizes)
+            series[name] = (mean, mean - sd, mean + sd, sizes)
+            consts[name] = np.array([np.mean([_float(r.get("baseline")) for r in sel if int(r["size"]) == s])
+                                     for s in sizes])
             xs_all.update(sizes)
         if not series:
             continue
         xs = sorted(xs_all)
-        aligned = {}
-        for task, (m, lo, hi, sizes) in series.items():
+        aligned, base_lines = {}, {}
+        for name, (m, lo, hi, sizes) in series.items():
+            c = consts[name]
             if sizes != xs:
                 idx = [xs.index(s) for s in sizes]
-                full = [np.full(len(xs), np.nan) for _ in range(3)]
-                for arr, src in zip(full, (m, lo, hi), strict=True):
+                full = [np.full(len(xs), np.nan) for _ in range(4)]
+                for arr, src in zip(full, (m, lo, hi, c), strict=True):
                     arr[idx] = src
-                m, lo, hi = full
-            aligned[task] = (m, lo, hi)
+                m, lo, hi, c = full
+            aligned[name] = (m, lo, hi)
+            if np.isfinite(c).any():
+                base_lines[name] = c
         written.append(curve_plot(xs, aligned, out / f"curve_{metric}.png", "training samples", f"test {metric}",
-                                  title=f"learning curves ({metric}, mean +- sd over seeds)", logx=True))
+                                  title=f"learning curves ({metric}, mean +- sd over seeds)", logx=True,
+                                  baselines=base_lines))
     return written

@@ -183,8 +183,8 @@ class Trainer(Predictor):
                        f"predicting the training mean ({const:.4g})")
         if not beats:
             out.append(f"on the {len(self.test)} test rows the kept model (step {st.best_step}) has {m} "
-                       f"{self.evaluate(self.test)[m]:.4g}, no better than the constant predictor "
-                       f"({self.constant_name()}) at {self.baseline_test[m]:.4g}")
+                       f"{self.evaluate(self.test)[m]:.4g}, no better than the constant predictor's "
+                       f"{self.baseline_test[m]:.4g} ({self.constant_name()} for every row)")
         for msg in out:
             log.warning(msg)
         return out
