@@ -39,6 +39,7 @@ from .result import Result
 
 CHUNK = 2 * 10**7  # float64 entries of subsample matrices held at once (160 MB)
 SHIFT_GRID = 120  # positive index shifts tried by the shift fit
+SUBSAMPLE_FIXED_SHIFT = True  # the interval's subsamples reuse the estimate's shift and start (see fit_shift)
 MIN_SHIFT_POINTS = 8  # a shift is fitted only on windows of at least this many points (2 parameters, a spread test)
 
 
@@ -122,11 +123,15 @@ def _shift_grid(r: float, a: int, b: int) -> Array:
     return out
 
 
-def _fit_window(d: Array, r: float, a: int, b: int, shift: bool) -> tuple[Array, Array, Array]:
-    """(beta, c, weighted mean squared residual) per row on the points k = a..b (d has exactly these columns)."""
+def _fit_window(d: Array, r: float, a: int, b: int, shift: bool, c: float | None = None) -> tuple[Array, Array, Array]:
+    """(beta, c, weighted mean squared residual) per row on the points k = a..b (d has exactly these columns);
+    `c` given: that shift, not fitted."""
     k = np.arange(a, b + 1, dtype=np.float64)
     w = 1.0 / k
-    cs = _shift_grid(r, a, b) if shift and b - a + 1 >= MIN_SHIFT_POINTS else np.zeros(1)
+    if c is not None:
+        cs = np.array([c])
+    else:
+        cs = _shift_grid(r, a, b) if shift and b - a + 1 >= MIN_SHIFT_POINTS else np.zeros(1)
     g = np.log((k[None, :] + cs[:, None]) / (r * k[None, :] + cs[:, None]))  # (C, K)
     num = (d * w) @ g.T  # (B, C)
     den = (g * g) @ w  # (C,)
@@ -140,14 +145,21 @@ def _fit_window(d: Array, r: float, a: int, b: int, shift: bool) -> tuple[Array,
     return beta[rows, pick], cs[pick], rss[rows, pick] / w.sum()
 
 
-def fit_shift(d: Array, r: float, a: int, b: int, shift: bool = True) -> tuple[Array, Array, NDArray[np.int64]]:
+def fit_shift(d: Array, r: float, a: int, b: int, shift: bool = True,
+              fixed: tuple[float, int] | None = None) -> tuple[Array, Array, NDArray[np.int64]]:
     """(beta, c, first k fitted) per row of the matched points d (k = a..b): weighted (1/k) least squares of
     d_k = 2 beta log((k + c)/(r k + c)), the matched difference of a shifted power law mu_k = (k + c)^(-2 beta).
 
     The shift is kept only where it halves the weighted spread of the points about the fit (a pure power law keeps
     c = 0: its points are flat). With `shift`, the fit may also start one or two octaves later (k from 2a or 4a,
     while 4 points remain), whichever leaves the smallest mean squared residual: a few large leading eigenvalues
-    (a spiked spectrum) distort the matched points up to k ~ (number of spikes) / r, which no shift models."""
+    (a spiked spectrum) distort the matched points up to k ~ (number of spikes) / r, which no shift models.
+    `fixed` = (c, first k): fit beta alone with that shift and start (the interval's subsamples reuse the full
+    sample's: c and the spikes are properties of the operator's indices, the same at every N)."""
+    if fixed is not None:
+        s0 = int(min(max(fixed[1], a), max(a, b - MIN_SHIFT_POINTS // 2)))
+        beta, c, _ = _fit_window(d[:, s0 - a:], r, s0, b, True, c=fixed[0])
+        return beta, c, np.full(len(d), s0, dtype=np.int64)
     if not shift:
         beta, c, _ = _fit_window(d, r, a, b, False)
         return beta, c, np.full(len(d), a, dtype=np.int64)
@@ -175,7 +187,8 @@ def _subsets(rng: np.random.Generator, n: int, m: int, shape: tuple[int, ...]) -
 
 
 def _estimate(kk: Array, idx: NDArray[np.int64], inner: int, rng: np.random.Generator, a: int, b: int,
-              floor: float, shift: bool = True) -> tuple[Array, Array, NDArray[np.int64], Array]:
+              floor: float, shift: bool = True, fixed: tuple[float, int] | None = None
+              ) -> tuple[Array, Array, NDArray[np.int64], Array]:
     """The matched estimate on each subset idx[i] (all of size n): its spectrum against `inner` half-subsets.
     Returns (beta, shift c, first k fitted, matched points d) per subset."""
     n = idx.shape[1]
@@ -185,7 +198,7 @@ def _estimate(kk: Array, idx: NDArray[np.int64], inner: int, rng: np.random.Gene
     sub_idx = np.take_along_axis(idx[:, None, :], pos, axis=2).reshape(-1, m)
     l_sub = log_spectra(kk, sub_idx, floor).reshape(idx.shape[0], inner, m).mean(axis=1)
     d = matched_points(l_full, l_sub, m / n, a, b)
-    beta, c, start = fit_shift(d, m / n, a, b, shift)
+    beta, c, start = fit_shift(d, m / n, a, b, shift, fixed)
     return beta, c, start, d
 
 
@@ -242,7 +255,8 @@ def subsample_ci(k: Any, m: int | None = None, draws: int = 200, level: float = 
     ests = []
     for start in range(0, draws, per_chunk):
         idx = _subsets(rng, n, size, (min(per_chunk, draws - start),))
-        ests.append(_estimate(kk, idx, inner, rng, a_sub, b_sub, floor, shift)[0])
+        fixed = (res.shift, res.fit_k_min) if shift and SUBSAMPLE_FIXED_SHIFT else None
+        ests.append(_estimate(kk, idx, inner, rng, a_sub, b_sub, floor, shift, fixed)[0])
     est = np.concatenate(ests)
     est = est[np.isfinite(est)]
     res.inner_draws, res.draws, res.estimates = inner, int(len(est)), est.tolist()
