@@ -126,6 +126,21 @@ def table(summary: list[dict[str, Any]], seconds: float, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def real_section(res: dict[str, Any], source: str) -> str:
+    """The real-eNTK check (bench/beta_draws.py): the interval per draw against the spread of beta over draws."""
+    f = res["full"]
+    full_ci = f"[{f['low']:.3f}, {f['high']:.3f}]" if f["low"] is not None else "(no interval)"
+    return "\n".join([
+        "", "## On a real eNTK: the interval against the spread over disjoint draws", "",
+        f"{res['model']} on {res['task']}: one eNTK of N = {res['N']} training rows split into {res['draws']} disjoint "
+        f"draws of {res['n_per_draw']} rows (source: `{source}`, made by `bench/beta_draws.py`).", "",
+        f"- beta over the draws: mean {res['beta_mean']:.3f}, sd {res['beta_sd']:.3f}.",
+        f"- the 90% interval of one draw: median half-width {res['half_width_median']:.3f}, i.e. an implied sd of "
+        f"{res['implied_sd']:.3f} ({res['implied_sd'] / res['beta_sd']:.2f}x the sd over draws); it contains the "
+        f"mean over draws in {res['coverage_of_mean']:.0%} of the draws.",
+        f"- beta of the whole N = {res['N']} kernel: {f['beta']:.3f} {full_ci}, index shift {f['shift']:+.2f}.", ""])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the grid (resumable: rows already in the JSONL are kept) and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -135,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", default="20,8", help="replicate kernels per cell, one per size")
     ap.add_argument("--draws", type=int, default=40, help="subsamples per interval")
     ap.add_argument("--betas", default=",".join(map(str, BETAS)))
+    ap.add_argument("--real", type=Path, default=None, help="bench/beta_draws.py's JSON: add the real-eNTK section")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     reps = [int(s) for s in args.reps.split(",")]
@@ -157,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{fam} beta={beta} N={n} seed={seed}: {row['ntkft']:.3f} [{row['low']}, {row['high']}] "
                               f"old {row['old']:.3f} paper {row['paper']:.3f}", flush=True)
     cmd = f"python -m ntkft.spectrum.validate --sizes {args.sizes} --reps {args.reps} --draws {args.draws}"
-    args.out.write_text(table(summarise(rows), time.time() - t0, cmd))
+    page = table(summarise(rows), time.time() - t0, cmd)
+    if args.real is not None:
+        page += real_section(json.loads(args.real.read_text()), str(args.real))
+    args.out.write_text(page)
 
 
 if __name__ == "__main__":
