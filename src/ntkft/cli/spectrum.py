@@ -11,7 +11,8 @@ import typer
 from pydantic import Field
 
 from ..config import StrictModel
-from ..errors import ConfigError, NtkftError
+from ..errors import NtkftError
+from ..errors import param_error as _bad
 from ._common import config_command, option
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ class StopConfig(StrictModel):
     sigma: float | None = Field(None, gt=0, description="noise standard deviation (estimated if not given)")
     radius: float | None = Field(None, gt=0, description="RKHS radius R = ||f_PT - f*||_H (estimated if not given)")
     batch_size: int | None = Field(None, ge=1, description="also express T_hat in epochs of this batch size")
+    lr: float | None = Field(None, gt=0, description="learning rate of `ntkft finetune --optimizer gd` that the printed "
+                             "action (--max-steps = T_hat alpha / (2 lr)) is for (default alpha/2: one fine-tuning "
+                             "step per kernel-GD step)")
 
 
 def _files_arg(required: bool) -> inspect.Parameter:
@@ -56,20 +60,12 @@ def _files_arg(required: bool) -> inspect.Parameter:
                              else str, default=arg)
 
 
-def _bad(param: str, problem: str) -> ConfigError:
-    err = ConfigError(f"{param}: {problem}")
-    err.param = param
-    return err
-
-
 def _in_file(path: Path | str, e: NtkftError) -> NtkftError:
     """The same error with the kernel file named in front (analysis errors do not know the file)."""
     msg = str(e)
     if msg.startswith(str(path)):
         return e
-    out = type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}")  # a flag's error keeps the flag in front
-    out.param = e.param
-    return out
+    return type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}", param=e.param)  # a flag's error keeps it in front
 
 
 def _print_spectrum(rep: SpectrumReport, name: str = "", all_estimators: bool = False) -> None:
@@ -238,16 +234,21 @@ def _stop_out(lk: LoadedKernel, path: str, out: str | None) -> Path:
                                                              "kernel run folder, else runs/stop)", str | None),
                        option("overwrite", False, "replace another run in --out", bool)])
 def stop(cfg: StopConfig, kernels: str, out: str | None, overwrite: bool) -> None:
-    """The RWY early-stopping rule on a kernel file with targets: eta*, critical radius, T_hat (steps and epochs)."""
+    """The RWY early-stopping rule on a kernel file with targets: T_hat, and the `ntkft finetune` steps it means.
+
+    Prints the rule's numbers (eta*, critical radius, T_hat in kernel-GD steps), then an action: the
+    `ntkft finetune --optimizer gd --lr LR --max-steps S` command (S = T_hat alpha / (2 LR)) with its epochs at
+    --batch-size, and the error bound in the targets' units beside the constant predictor's (vacuous when above it)."""
     from .._runs import RunFolder, file_digest
     from ..kernel.io import load_kernel
-    from ..stopping import stop_report
+    from ..stopping import finetune_action, stop_report
 
     lk = load_kernel(kernels)
     y = lk.targets()
     try:
         rep = stop_report(lk.K, y, lk.outputs, step=cfg.step, sigma=cfg.sigma, radius=cfg.radius,
                           batch_size=cfg.batch_size)
+        act = finetune_action(rep, y, cfg.lr or rep.step / 2, cfg.batch_size)
     except NtkftError as e:
         raise _in_file(lk.source, e) from None
     target = _stop_out(lk, kernels, out)
@@ -260,6 +261,17 @@ def stop(cfg: StopConfig, kernels: str, out: str | None, overwrite: bool) -> Non
                     if lk.label_map else "the file's labels")
     for k_, v in d.items():
         typer.echo(f"{k_:14s} {v}")
+    d["action"] = act.to_dict()
+    units = "targets' units squared" if not lk.label_map else "+-1 targets squared"
+    typer.echo(f"\nerror bound    {act.bound_mse:.4g} (mean squared error on these {rep.n} rows, {units}; "
+               f"root {act.bound_mse ** 0.5:.3g})\nconstant pred. {act.constant_mse:.4g} (root "
+               f"{act.constant_mse ** 0.5:.3g}): predicting the mean target on the same rows\n               "
+               + act.note.replace("; ", "\n               "))
+    per = f"at batch size {act.batch_size}" if act.batch_size else "full batch (--batch-size N)"
+    typer.echo(f"action         {act.command}\n               = {act.epochs:.3g} epochs {per}; T_hat = {rep.t_hat} "
+               f"kernel-GD steps of alpha = {rep.step:.3g}, i.e. {act.max_steps} GD steps at lr {act.lr:g} on the mean "
+               "squared error" + ("" if not lk.label_map else " (the rule is for squared loss: with cross-entropy "
+                                  "treat it as a first guess)"))
     rf.write_json("stop.json", d)
     rf.finish(command="stop")
     typer.echo(f"wrote {target / 'stop.json'}, meta.json")

@@ -104,7 +104,7 @@ def paper_beta(lams: ArrayLike) -> DecayFit:
 
 
 def default_window(n_pos: int) -> tuple[int, int]:
-    """k in [5, 100] clipped to the positive eigenvalues (THEORY.md sec. 6)."""
+    """k in [5, 100] clipped to the positive eigenvalues (docs/theory.md sec. 6)."""
     return min(5, max(1, n_pos // 4)), min(100, n_pos)
 
 
@@ -112,9 +112,7 @@ def _window(pos: Array, k_min: int | None, k_max: int | None, total: int) -> tup
     dmin, dmax = default_window(len(pos))
     a, b = k_min or dmin, min(k_max or dmax, len(pos))
     if a < 1:
-        err = ConfigError(f"k_min: must be >= 1, got {a}")
-        err.param = "k_min"
-        raise err
+        raise ConfigError(f"k_min: must be >= 1, got {a}", param="k_min")
     if b - a + 1 < 3:
         raise KernelError(f"fit window [{a}, {b}] has fewer than 3 positive eigenvalues "
                           f"({len(pos)} positive of {total}); use more samples or a wider window")
@@ -174,9 +172,7 @@ def over_draws(kernels: list[Any], estimator: Estimator = "paper", seed: int = 0
     from .matched import subsample_ci
 
     if estimator not in ("paper", "window", "matched"):
-        err = ConfigError(f"estimator: must be paper, window or matched, got {estimator!r}")
-        err.param = "estimator"
-        raise err
+        raise ConfigError(f"estimator: must be paper, window or matched, got {estimator!r}", param="estimator")
     if not kernels:
         raise KernelError("over_draws needs at least one kernel")
     if estimator == "matched":

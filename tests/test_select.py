@@ -1,0 +1,137 @@
+"""`ntkft select` (issue 28): the candidate is finetune's model, ranking, resume after a kill, CLI errors, curve maths."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+from conftest import killed_on_call, run_cli
+
+import ntkft
+from ntkft.errors import ConfigError
+from ntkft.select import run as select_run
+from ntkft.select.config import SelectConfig, parse_candidate
+from ntkft.select.run import Curve, at_n, n_for
+
+FAST = {"task": "sst2", "n": 48, "pool": 96, "n_subsets": 4, "progress": False}
+
+
+@pytest.mark.parametrize("spec,setting,layers", [("tiny-bert", "full", None), ("tiny-llama@1", "head", 1)])
+def test_candidate_is_the_model_finetune_builds(spec, setting, layers, data_dir):
+    """Same parameters (names and values) and the same head weight as finetune's module before its first step (the
+    head's bias differs: finetune centres it, and the eNTK has no b in it); eval mode."""
+    from ntkft.finetune import FinetuneConfig
+    from ntkft.finetune.loop import Trainer
+
+    for task in ("sst2", "stsb"):
+        cfg = FinetuneConfig.make(model=spec.split("@")[0], task=task, setting=setting, layers=layers, n_train=16,
+                                  n_test=8, sigma=0.7, seed=3)
+        ft = Trainer(cfg, progress=False).model
+        out_dim = 2 if task == "sst2" else 1
+        _, ours = select_run.build_candidate(parse_candidate(spec), out_dim, sigma=0.7, seed=3)
+        theirs = dict(ft.named_parameters())
+        mine = dict(ours.named_parameters())
+        assert sorted(theirs) == sorted(mine)
+        for name, p in mine.items():
+            if name != "head.bias":
+                assert torch.equal(p, theirs[name]), name
+        assert ours.head.weight.shape[0] == out_dim and not ours.training
+
+
+def test_trained_model_ranks_above_random(tmp_path, data_dir):
+    """A tiny-bert fine-tuned on SST-2 is ranked above the same random tiny-bert, by the curve, KTA and LogME."""
+    from ntkft.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig.make(model="tiny-bert", task="sst2", n_train=256, n_test=32, lr=1e-3, max_steps=150,
+                              batch_size=32, patience=100)
+    finetune(cfg, tmp_path / "ft", progress=False)
+    res = ntkft.select(models=["tiny-bert", str(tmp_path / "ft")], **{**FAST, "pool": 128, "n_subsets": 10})
+    assert isinstance(res, ntkft.SelectResult)
+    assert [c.name for c in res.candidates] == [str(tmp_path / "ft"), "tiny-bert"]
+    trained, rand = res.candidates
+    assert trained.kta > rand.kta and trained.logme > rand.logme
+    assert trained.error_at_n < trained.baseline_at_n
+
+
+def test_resume_after_a_kill_mid_candidate(tmp_path, data_dir, monkeypatch):
+    """Killed in the second candidate after its kernel: the rerun computes no kernel again and gives the same
+    ranking and numbers as an uninterrupted run."""
+    models = ["tiny-bert", "tiny-gpt2"]
+    monkeypatch.setattr(select_run, "predict", killed_on_call(select_run.predict, 2))
+    with pytest.raises(KeyboardInterrupt):
+        ntkft.select(models=models, out=tmp_path / "a", **FAST)
+    assert (tmp_path / "a" / "candidates" / "00.json").is_file()
+    assert (tmp_path / "a" / "kernels" / "01.safetensors").is_file()
+    monkeypatch.undo()
+    calls = {"n": 0}
+    real = select_run.kernel_matrix
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(select_run, "kernel_matrix", counting)
+    resumed = ntkft.select(models=models, out=tmp_path / "a", **FAST)
+    assert calls["n"] == 0
+    fresh = ntkft.select(models=models, out=tmp_path / "b", **FAST)
+    assert calls["n"] == 2
+    strip = lambda r: [{k: v for k, v in c.model_dump().items() if "seconds" not in k} for c in r.candidates]  # noqa: E731
+    assert strip(resumed) == strip(fresh)
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["status"] == "complete" and "work" not in meta["files"]
+    listed = json.loads((tmp_path / "a" / "select.json").read_text())["candidates"]
+    assert [c["name"] for c in listed] == [c.name for c in fresh.candidates]
+    assert (tmp_path / "a" / "select.csv").read_text().count("\n") == 3
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 1000 and (tmp_path / "a" / "index.html").is_file()
+
+
+def _errors(err: str) -> int:
+    """Lines of ntkft's own on stderr (transformers may draw its weight-loading bar there first); no traceback."""
+    assert "Traceback" not in err
+    return sum(line.startswith("ntkft:") for line in err.splitlines())
+
+
+def test_cli_errors(tmp_path, capsys, data_dir):
+    out = tmp_path / "sel"
+    for models, words in [("tiny-bert,nope", "unknown model 'nope'"), ("tiny-bert@x", "block count"),
+                          ("tiny-bert,tiny-bert", "listed twice"), ("tiny-bert@9", "has 2")]:
+        code, _, err = run_cli(["select", "--models", models, "--task", "sst2", "--pool", "64", "--out", str(out)],
+                               capsys)
+        assert code == 2 and words in err and _errors(err) == 1, err
+        if "@9" not in models:
+            assert not out.exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert"}')  # no weights, no tokenizer: no eNTK
+    args = ["select", "--models", f"tiny-bert,{broken}", "--task", "sst2", "--n", "32", "--pool", "64",
+            "--n-subsets", "3"]
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "s1")], capsys)
+    assert code == 2 and f"candidate '{broken}' gives no eNTK" in err and _errors(err) == 1
+    code, out_text, _ = run_cli([*args, "--skip-failed", "--out", str(tmp_path / "s2")], capsys)
+    assert code == 0 and "failed" in out_text.splitlines()[2] and "tiny-bert" in out_text.splitlines()[1]
+
+
+def test_at_n_and_n_for_target_interpolate_and_extrapolate():
+    """On an exact c + a n^-r curve: interpolation inside the pool, the fitted law beyond it (flagged)."""
+    sizes = [16, 32, 64, 128, 256]
+    law = lambda n: 0.2 + 3.0 * n ** -0.5  # noqa: E731
+    vals = [law(n) for n in sizes]
+    cur = Curve(sizes=sizes, mean=vals, low=[v - 0.01 for v in vals], high=[v + 0.01 for v in vals],
+                baseline=[1.0] * 5, metric="mse")
+    mean, low, high, base, extra = at_n(cur, 64)
+    assert mean == pytest.approx(law(64)) and not extra and low < mean < high and base == 1.0
+    mean, _, _, _, extra = at_n(cur, 1024)
+    assert extra and mean == pytest.approx(law(1024), rel=1e-3)
+    n, extra = n_for(cur, law(100))
+    assert not extra and 64 < n < 128
+    n, extra = n_for(cur, law(2000))
+    assert extra and n == pytest.approx(2000, rel=0.02)
+    assert n_for(cur, 0.1) == (None, True)  # below the limit c = 0.2
+
+
+def test_config_parses_candidates(tmp_path):
+    cfg = SelectConfig.make(models="tiny-bert, tiny-llama@1")
+    assert [(c.name, c.setting, c.layers) for c in cfg.candidates()] == [("tiny-bert", "full", None),
+                                                                         ("tiny-llama@1", "head", 1)]
+    with pytest.raises(ConfigError, match="no such GGUF"):
+        parse_candidate(str(tmp_path / "x.gguf"))
