@@ -38,6 +38,8 @@ class SpectrumConfig(StrictModel):
     ci_draws: int = Field(200, ge=0, description="subsamples for the beta interval (0: no interval)")
     level: float = Field(0.9, gt=0, lt=1, description="confidence level of the beta interval")
     seed: int = Field(0, ge=0, description="seed of the subsampling")
+    all_estimators: bool = Field(False, description="also print the descriptive window fit and the paper's fit "
+                                                    "(eq 31-32), by their names; beta is always the headline")
 
 
 class StopConfig(StrictModel):
@@ -66,18 +68,22 @@ def _in_file(path: Path | str, e: NtkftError) -> NtkftError:
     return type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}", param=e.param)  # a flag's error keeps it in front
 
 
-def _print_spectrum(rep: SpectrumReport, name: str = "") -> None:
-    """Two lines per kernel: the scale-matched beta with its interval and window, then the descriptive fits."""
+def _print_spectrum(rep: SpectrumReport, name: str = "", all_estimators: bool = False) -> None:
+    """One line per kernel: beta with its interval and what it was fitted on; with --all-estimators a second line
+    with the descriptive fits by their names."""
     b, w, p = rep.beta, rep.beta_window, rep.beta_paper
     ci = (f"[{b.low:.4f}, {b.high:.4f}] ({round(b.level * 100)}% subsampling CI)" if b.low is not None
           and b.high is not None else f"(no interval: {b.note})")
     zeros = f"; {rep.num_zero} of {rep.n} eigenvalues floored to 0" if rep.num_zero else ""
-    typer.echo(f"{name}N={rep.n}: beta = {b.beta:.4f} {ci}; scale-matched on k={b.k_min}..{b.k_max} against "
-               f"{b.m_estimate}-subsets{zeros}")
+    shift = f", index shift {b.shift:+.2f}" if b.shift else ""
     rate = f"{rep.rate_exponent:.3f}" if rep.rate_exponent is not None else "n/a"
     shape = f"; decay looks {rep.decay_model.better}" if rep.decay_model is not None else ""
-    typer.echo(f"{name}  window fit (k={w.k_min}..{w.k_max}, weights 1/k) {w.beta:.4f}, R^2 {w.r2:.3f}; paper "
-               f"(k=1..{p.k_max}) {p.beta:.4f}{shape}; predicted error ~ N^-{rate}")
+    typer.echo(f"{name}N={rep.n}: beta = {b.beta:.4f} {ci}; fitted on k={b.k_min}..{b.k_max}{shift}{zeros}; "
+               f"predicted error ~ N^-{rate}{shape}")
+    if all_estimators:
+        typer.echo(f"{name}  other estimators (descriptive, not beta): window fit (k={w.k_min}..{w.k_max}, weights 1/k) "
+                   f"{w.beta:.4f}, R^2 {w.r2:.3f}; paper eq 31-32 (k=1..{p.k_max}) {p.beta:.4f}, R^2 {p.r2:.3f} "
+                   f"uncentred / {p.r2_centred:.3f} centred")
 
 
 def _kernel_key(loaded: list[LoadedKernel], paths: list[str]) -> list[dict[str, str]]:
@@ -135,19 +141,24 @@ def _analyse_rows(rows: list[_Row], cfg: SpectrumConfig) -> tuple[dict[str, Any]
     return result, reports
 
 
-def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport]) -> None:
+def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport], all_estimators: bool = False) -> None:
+    def label(est: str) -> str:
+        return "beta" if est == "matched" else f"{est} fit"
+
     for name, rep in reports.items():
         sk = result[name].get("sketch")
         if sk:
             typer.echo(f"{name}: a sketched eNTK (k = {sk.get('dim')}, seed {sk.get('seed')}, unbiased for K): "
                        "its small eigenvalues carry the sketch's noise")
-        _print_spectrum(rep, f"{name}: ")
+        _print_spectrum(rep, f"{name}: ", all_estimators)
         for est, od in rep.over_draws.items():
-            typer.echo(f"{name}:   {est} beta over {len(od.betas)} draws = {od.mean:.4f} +- {od.std:.4f}")
+            if all_estimators or est == "matched":
+                typer.echo(f"{name}:   {label(est)} over {len(od.betas)} draws = {od.mean:.4f} +- {od.std:.4f}")
     for est, od in result.get("_over_draws", {}).items():
-        typer.echo(f"over {len(od['betas'])} draws: {est} beta = {od['mean']:.4f} +- {od['std']:.4f}")
+        if all_estimators or est == "matched":
+            typer.echo(f"over {len(od['betas'])} draws: {label(est)} = {od['mean']:.4f} +- {od['std']:.4f}")
     if "_relative_sample_size" in result:
-        typer.echo(f"samples needed relative to {next(iter(reports))} (same constant, scale-matched beta): "
+        typer.echo(f"samples needed relative to {next(iter(reports))} (same constant, from beta): "
                    + ", ".join(f"{t} x{v:.2f}" for t, v in result["_relative_sample_size"].items()))
 
 
@@ -157,7 +168,8 @@ def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport]) -> N
                        option("data_dir", None, "task data directory for --model (default: $NTKFT_DATA_DIR, then "
                                                 "./data)", str | None)])
 def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite: bool, data_dir: str | None) -> None:
-    """Decay rate beta of each kernel (scale-matched with an interval; window and paper fits), one row per file."""
+    """Decay rate beta of each kernel with its interval, one row per file (--all-estimators: also the window and paper
+    fits, by their names)."""
     from .._runs import RunFolder
     from ..kernel.io import load_kernel
     from ..plots import spectrum_plot
@@ -169,7 +181,7 @@ def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite
         raise _bad("task" if cfg.model else "model", "give kernel files, or --model and --task")
     if cfg.draws_of and len(files) < 2:
         raise _bad("draws_of", f"needs at least 2 kernel files, got {len(files)}")
-    key: dict[str, Any] = {"config": cfg.model_dump()}
+    key: dict[str, Any] = {"config": cfg.model_dump(exclude={"all_estimators"})}  # printing only: not in the key
     if files:  # every file read, checked and analysed before anything is written
         loaded = [load_kernel(f) for f in files]
         key["kernels"] = _kernel_key(loaded, files)
@@ -192,7 +204,7 @@ def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite
                     for d in range(cfg.draws)]
             rows.append(_Row(tname, mats, str(Path(out) / f"{tname}-draw0")))
         result, reports = _analyse_rows(rows, cfg)
-    _print_rows(result, reports)
+    _print_rows(result, reports, cfg.all_estimators)
     rf.write_json("spectrum.json", result)
     spectrum_plot(reports, rf.path("spectrum.png"))
     rf.finish(command="spectrum", rows=list(reports))

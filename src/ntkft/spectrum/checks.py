@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import param_error as bad  # noqa: F401  (re-exported: spectrum and stopping blame arguments with it)
+from ..errors import param_error
+
+bad = param_error  # exported (an `import ... as` is not under strict mypy): spectrum and stopping blame arguments with it
 
 
 def positive(param: str, value: Any) -> float:
