@@ -98,9 +98,9 @@ def aggregate(cfg: EfficiencyConfig, variants: dict[str, Variant], linear: dict[
                          "rate_differs": _disjoint(r.rate.ci, par.rate.ci),
                          "n_half_differs": _disjoint(r.n_half.ci, par.n_half.ci)})
     n_planned = len(variants)
-    v = verdict(p, power["0.7"], t.alpha, t.power_needed, k, k_needed=max(12, n_planned) if n_planned >= 12 else n_planned)
+    verdict_ = verdict(p, power["0.7"], t.alpha, t.power_needed, k, k_needed=n_planned)
     cell_cpu = sum(c.get("cpu_seconds", 0.0) for per in cells.values() for cs in per.values() for c in cs)
-    return Summary(tasks=rows, primary_test=primary, predictors=preds, verdict=v, controls=controls,
+    return Summary(tasks=rows, primary_test=primary, predictors=preds, verdict=verdict_, controls=controls,
                    config=cfg.model_dump(), timings=timings | {"cpu_seconds_all_cells": cell_cpu})
 
 

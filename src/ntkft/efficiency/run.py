@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._runs import RunFolder, digest
+from .._runs import RunFolder
 from ..errors import ConfigError
 from .config import EfficiencyConfig
 from .kernel import compare_facts, compute_kernel, facts_meta, kernel_facts, read_facts, readout, weights_fp
@@ -108,9 +107,10 @@ def kernel_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Varia
             t = compute_kernel(cfg, model.to(dev), loaded.tokenizer, [v.train_a[i] for i in rows],
                                [v.train_b[i] for i in rows] if v.train_b is not None else None, progress=progress)
             arrays = {k: x.cpu() for k, x in t.items()} | {"rows": torch.as_tensor(rows)}
-            rf.save_tensors(name, arrays, facts_meta(facts, key))
+            cpu = time.process_time() - c0
+            rf.save_tensors(name, arrays, facts_meta(facts, key) | {"cpu_seconds": f"{cpu:.1f}"})
             got = ({k: x.numpy() for k, x in arrays.items()}, facts)
-            units.done(name, time.process_time() - c0)
+            units.done(name, cpu)
         else:
             units.reused.append(name)
         out[task] = (got[0], got[1], key)
@@ -150,7 +150,15 @@ def cell_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Variant
     """Tier (b): every fine-tuning cell; each model is checked against its kernel file's facts first."""
     from .cells import run_cell
 
-    jobs = [(v, s, seed) for v in variants.values() for s in cfg.finetune.sizes for seed in range(cfg.finetune.seeds)]
+    ft = cfg.finetune
+    fits = {(v.name, s) for v in variants.values() for s in ft.sizes
+            if s + n_val_at(s, ft.val_frac, ft.min_val) <= len(v.train_a)}
+    for v in variants.values():
+        if v.control is None and any((v.name, s) not in fits for s in ft.sizes):
+            log.warning("%s: %d training rows; sizes %s (+ validation rows) do not fit and are left out", v.name,
+                        len(v.train_a), [s for s in ft.sizes if (v.name, s) not in fits])
+    jobs = [(v, s, seed) for v in variants.values() for s in ft.sizes if (v.name, s) in fits
+            for seed in range(ft.seeds)]
     out: dict[str, dict[int, list[dict]]] = {v: {s: [] for s in cfg.finetune.sizes} for v in variants}
     bar = tqdm(jobs, desc="tier (b): fine-tuning", disable=not progress, unit="cell")
     for v, size, seed in bar:
