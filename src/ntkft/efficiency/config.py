@@ -28,7 +28,7 @@ class Control(StrictModel):
 class LinearTier(StrictModel):
     """Tier (a): hold-out kernel GD on the eNTK over the pool (the linearised model's exact curve)."""
 
-    sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
+    sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 384])
     subsets: int = Field(30, ge=2)
     val_frac: float = Field(0.25, gt=0, lt=1)
     min_val: int = Field(32, ge=1)

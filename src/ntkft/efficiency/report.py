@@ -207,8 +207,11 @@ def _num(x: Any, fmt: str = ".3f") -> str:
     return format(v, fmt) if math.isfinite(v) else "n/a"
 
 
-def _ci(ci: list[Any], fmt: str = ".2f") -> str:
-    return f"[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+def _ci(ci: list[Any], fmt: str = ".2f", value: Any = None) -> str:
+    """An interval; marked with a dagger when it excludes its own estimate (an unstable statistic: read with care)."""
+    v, lo, hi = _f(value), _f(ci[0]), _f(ci[1])
+    mark = " †" if math.isfinite(v) and math.isfinite(lo) and math.isfinite(hi) and not lo <= v <= hi else ""
+    return f"[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]{mark}"
 
 
 def readme(s: Summary) -> str:
@@ -250,9 +253,13 @@ def readme(s: Summary) -> str:
     for r in s.tasks:
         lines.append(f"| {r.name} | {r.control_of or ''} | {_num(r.beta.paper)} | {_num(r.beta.ntkft)} "
                      f"{_ci(r.beta.ci, '.3f')} | {_num(r.predicted_rate)} | {_num(r.rate.value, '.2f')} "
-                     f"{_ci(r.rate.ci)} | {_num(r.n_half.value, '.0f')} {_ci(r.n_half.ci, '.0f')} | "
+                     f"{_ci(r.rate.ci, '.2f', r.rate.value)} | {_num(r.n_half.value, '.0f')} "
+                     f"{_ci(r.n_half.ci, '.0f', r.n_half.value)} | "
                      f"{_num(r.kgd_rate, '.2f')} | {_num(r.kta)} | {r.n_test} |")
-    lines += ["", "## Competing predictors (one-sided Spearman with the measure; partial rho given the predicted "
+    lines += ["", "† the 90% bootstrap interval excludes the point estimate: the statistic jumps between resamples "
+              "(a curve that is flat or not monotone over the sizes); n/a: no finite value (n_half when the largest "
+              "size does not beat the constant predictor). A rate of 4 is the fit's bound (no curvature to fit).",
+              "", "## Competing predictors (one-sided Spearman with the measure; partial rho given the predicted "
               "rate)", "", "| predictor | measure | rho | p | partial rho |", "|---|---|---|---|---|"]
     for pr in s.predictors:
         lines.append(f"| {pr.name}: {PREDICTORS.get(pr.name, '')} | {pr.measure} | {_num(pr.rho, '+.2f')} | "
