@@ -59,7 +59,7 @@ def aggregate(cfg: EfficiencyConfig, variants: dict[str, Variant], linear: dict[
     for name, v in variants.items():
         lin = linear[name]
         m = meas[name] = measured(cfg, cells[name])
-        kc = lin["kgd_curve"]
+        kc, sc = lin["kgd_curve"], float(lin.get("kgd_scale", 1.0))
         b = lin["beta"]
         rows.append(TaskRow(
             name=name, family=v.family, control_of=v.parent if v.control is not None else None,
@@ -69,7 +69,8 @@ def aggregate(cfg: EfficiencyConfig, variants: dict[str, Variant], linear: dict[
             predicted_rate=_f(lin["predicted_rate"]), kgd_rate=_f(lin["kgd_rate"]), kgd_n_half=_f(lin["kgd_n_half"]),
             logme=_f(lin["logme"]), hscore=_f(lin["hscore"]), n_test=len(v.y_test),
             curve=Curve(sizes=m.sizes, error=m.error, se=m.se, baseline=m.baseline) if m else None,
-            kgd_curve=Curve(sizes=kc["sizes"], error=kc["mean"], baseline=float(np.mean(kc["baseline"])))))
+            kgd_curve=Curve(sizes=kc["sizes"], error=[e / sc for e in kc["mean"]],
+                            baseline=float(np.mean(kc["baseline"])) / sc)))
     rate = [_f(r.rate.value) for r in rows]
     neg_nh = [-_f(r.n_half.value) for r in rows]
     pr = [_f(r.predicted_rate) for r in rows]
@@ -289,6 +290,7 @@ def readme(s: Summary) -> str:
     lines += ["", "## Sources and cost", "",
               "- `summary.json` (this page's numbers, issue 27's schema), `tasks.csv` (one row per variant); the run "
               "folder holds every unit (`kernels/`, `linear/`, `cells/`).",
+              "- The beta estimators' bias and interval coverage on closed-form kernels: `estimators.md`.",
               f"- Fine-tuning CPU seconds over all cells: {tm.get('cpu_seconds_all_cells', 0):.0f}; this call "
               f"computed {tm.get('computed')} units and reused {tm.get('reused')}.", ""]
     return "\n".join(lines)

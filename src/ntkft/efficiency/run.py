@@ -30,6 +30,9 @@ from .variants import Variant, load_variants, n_val_at, pool_rows
 log = logging.getLogger(__name__)
 
 
+LINEAR_VERSION = 2  # part of every tier-(a) unit's key: raise it when linear_unit's output changes
+
+
 class InjectedFault(RuntimeError):
     """Raised by `run(..., fail_after=k)` after k computed units (the resume test's stand-in for a kill)."""
 
@@ -127,7 +130,8 @@ def linear_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Varia
     for name, v in tqdm(variants.items(), desc="tier (a)", disable=not progress, unit="variant"):
         arrays, _, kkey = kernels[v.parent]
         y = v.y_train[arrays["rows"].astype(np.int64)]
-        key = _sha({"kernel": kkey, "y": _sha(y.round(8).tolist()), "linear": cfg.linear.model_dump(),
+        key = _sha({"version": LINEAR_VERSION, "kernel": kkey, "y": _sha(y.round(8).tolist()),
+                    "linear": cfg.linear.model_dump(),
                     "beta_draws": cfg.beta_draws, "paper_n": cfg.paper_n})
         fname = f"linear/{name}.json"
         got = _read_json(rf.root / fname, key)
