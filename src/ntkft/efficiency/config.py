@@ -3,6 +3,7 @@ validated once at the boundary."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -27,7 +28,7 @@ class Control(StrictModel):
 class LinearTier(StrictModel):
     """Tier (a): hold-out kernel GD on the eNTK over the pool (the linearised model's exact curve)."""
 
-    sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
+    sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 384])
     subsets: int = Field(30, ge=2)
     val_frac: float = Field(0.25, gt=0, lt=1)
     min_val: int = Field(32, ge=1)
@@ -86,8 +87,11 @@ class EfficiencyConfig(StrictModel):
         for c in self.controls:
             if c.parent not in self.tasks:
                 raise ValueError(f"controls: '{c.name}' has parent '{c.parent}', which is not in tasks")
-        if max(self.linear.sizes) > self.pool:
-            raise ValueError(f"linear: size {max(self.linear.sizes)} exceeds the pool ({self.pool})")
+        big = max(self.linear.sizes)
+        used = big + max(self.linear.min_val, math.ceil(self.linear.val_frac * big))
+        if used >= self.pool:
+            raise ValueError(f"linear: size {big} + its validation rows ({used} in all) leave no test rows in the "
+                             f"pool ({self.pool})")
         if sorted(set(self.linear.sizes)) != self.linear.sizes or sorted(set(self.finetune.sizes)) != self.finetune.sizes:
             raise ValueError("linear: sizes must be increasing and distinct (finetune too)")
         return self

@@ -60,4 +60,5 @@ def linear_unit(cfg: EfficiencyConfig, k: np.ndarray, feats: np.ndarray, y: np.n
             "kta": kta(k, y), "logme": logme(feats, labels, classification=classification),
             "hscore": hscore(feats, labels) if classification else math.nan,
             "kgd_curve": curve.to_dict(), "kgd_rate": fit.r, "kgd_c": fit.c, "kgd_a": fit.a,
-            "kgd_n_half": n_half(curve.sizes, subsets, base)}
+            "kgd_n_half": n_half(curve.sizes, subsets, base),
+            "kgd_scale": 1.0 if classification else float(np.var(y)) or 1.0}  # MSE -> MSE / Var(y), as tier (b)

@@ -59,7 +59,7 @@ def aggregate(cfg: EfficiencyConfig, variants: dict[str, Variant], linear: dict[
     for name, v in variants.items():
         lin = linear[name]
         m = meas[name] = measured(cfg, cells[name])
-        kc = lin["kgd_curve"]
+        kc, sc = lin["kgd_curve"], float(lin.get("kgd_scale", 1.0))
         b = lin["beta"]
         rows.append(TaskRow(
             name=name, family=v.family, control_of=v.parent if v.control is not None else None,
@@ -69,7 +69,8 @@ def aggregate(cfg: EfficiencyConfig, variants: dict[str, Variant], linear: dict[
             predicted_rate=_f(lin["predicted_rate"]), kgd_rate=_f(lin["kgd_rate"]), kgd_n_half=_f(lin["kgd_n_half"]),
             logme=_f(lin["logme"]), hscore=_f(lin["hscore"]), n_test=len(v.y_test),
             curve=Curve(sizes=m.sizes, error=m.error, se=m.se, baseline=m.baseline) if m else None,
-            kgd_curve=Curve(sizes=kc["sizes"], error=kc["mean"], baseline=float(np.mean(kc["baseline"])))))
+            kgd_curve=Curve(sizes=kc["sizes"], error=[e / sc for e in kc["mean"]],
+                            baseline=float(np.mean(kc["baseline"])) / sc)))
     rate = [_f(r.rate.value) for r in rows]
     neg_nh = [-_f(r.n_half.value) for r in rows]
     pr = [_f(r.predicted_rate) for r in rows]
@@ -98,9 +99,9 @@ def aggregate(cfg: EfficiencyConfig, variants: dict[str, Variant], linear: dict[
                          "rate_differs": _disjoint(r.rate.ci, par.rate.ci),
                          "n_half_differs": _disjoint(r.n_half.ci, par.n_half.ci)})
     n_planned = len(variants)
-    v = verdict(p, power["0.7"], t.alpha, t.power_needed, k, k_needed=max(12, n_planned) if n_planned >= 12 else n_planned)
+    verdict_ = verdict(p, power["0.7"], t.alpha, t.power_needed, k, k_needed=n_planned)
     cell_cpu = sum(c.get("cpu_seconds", 0.0) for per in cells.values() for cs in per.values() for c in cs)
-    return Summary(tasks=rows, primary_test=primary, predictors=preds, verdict=v, controls=controls,
+    return Summary(tasks=rows, primary_test=primary, predictors=preds, verdict=verdict_, controls=controls,
                    config=cfg.model_dump(), timings=timings | {"cpu_seconds_all_cells": cell_cpu})
 
 
@@ -207,8 +208,11 @@ def _num(x: Any, fmt: str = ".3f") -> str:
     return format(v, fmt) if math.isfinite(v) else "n/a"
 
 
-def _ci(ci: list[Any], fmt: str = ".2f") -> str:
-    return f"[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+def _ci(ci: list[Any], fmt: str = ".2f", value: Any = None) -> str:
+    """An interval; marked with a dagger when it excludes its own estimate (an unstable statistic: read with care)."""
+    v, lo, hi = _f(value), _f(ci[0]), _f(ci[1])
+    mark = " †" if math.isfinite(v) and math.isfinite(lo) and math.isfinite(hi) and not lo <= v <= hi else ""
+    return f"[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]{mark}"
 
 
 def readme(s: Summary) -> str:
@@ -250,9 +254,13 @@ def readme(s: Summary) -> str:
     for r in s.tasks:
         lines.append(f"| {r.name} | {r.control_of or ''} | {_num(r.beta.paper)} | {_num(r.beta.ntkft)} "
                      f"{_ci(r.beta.ci, '.3f')} | {_num(r.predicted_rate)} | {_num(r.rate.value, '.2f')} "
-                     f"{_ci(r.rate.ci)} | {_num(r.n_half.value, '.0f')} {_ci(r.n_half.ci, '.0f')} | "
+                     f"{_ci(r.rate.ci, '.2f', r.rate.value)} | {_num(r.n_half.value, '.0f')} "
+                     f"{_ci(r.n_half.ci, '.0f', r.n_half.value)} | "
                      f"{_num(r.kgd_rate, '.2f')} | {_num(r.kta)} | {r.n_test} |")
-    lines += ["", "## Competing predictors (one-sided Spearman with the measure; partial rho given the predicted "
+    lines += ["", "† the 90% bootstrap interval excludes the point estimate: the statistic jumps between resamples "
+              "(a curve that is flat or not monotone over the sizes); n/a: no finite value (n_half when the largest "
+              "size does not beat the constant predictor). A rate of 4 is the fit's bound (no curvature to fit).",
+              "", "## Competing predictors (one-sided Spearman with the measure; partial rho given the predicted "
               "rate)", "", "| predictor | measure | rho | p | partial rho |", "|---|---|---|---|---|"]
     for pr in s.predictors:
         lines.append(f"| {pr.name}: {PREDICTORS.get(pr.name, '')} | {pr.measure} | {_num(pr.rho, '+.2f')} | "
@@ -282,6 +290,7 @@ def readme(s: Summary) -> str:
     lines += ["", "## Sources and cost", "",
               "- `summary.json` (this page's numbers, issue 27's schema), `tasks.csv` (one row per variant); the run "
               "folder holds every unit (`kernels/`, `linear/`, `cells/`).",
+              "- The beta estimators' bias and interval coverage on closed-form kernels: `estimators.md`.",
               f"- Fine-tuning CPU seconds over all cells: {tm.get('cpu_seconds_all_cells', 0):.0f}; this call "
               f"computed {tm.get('computed')} units and reused {tm.get('reused')}.", ""]
     return "\n".join(lines)

@@ -30,6 +30,9 @@ from .variants import Variant, load_variants, n_val_at, pool_rows
 log = logging.getLogger(__name__)
 
 
+LINEAR_VERSION = 2  # part of every tier-(a) unit's key: raise it when linear_unit's output changes
+
+
 class InjectedFault(RuntimeError):
     """Raised by `run(..., fail_after=k)` after k computed units (the resume test's stand-in for a kill)."""
 
@@ -107,9 +110,10 @@ def kernel_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Varia
             t = compute_kernel(cfg, model.to(dev), loaded.tokenizer, [v.train_a[i] for i in rows],
                                [v.train_b[i] for i in rows] if v.train_b is not None else None, progress=progress)
             arrays = {k: x.cpu() for k, x in t.items()} | {"rows": torch.as_tensor(rows)}
-            rf.save_tensors(name, arrays, facts_meta(facts, key))
+            cpu = time.process_time() - c0
+            rf.save_tensors(name, arrays, facts_meta(facts, key) | {"cpu_seconds": f"{cpu:.1f}"})
             got = ({k: x.numpy() for k, x in arrays.items()}, facts)
-            units.done(name, time.process_time() - c0)
+            units.done(name, cpu)
         else:
             units.reused.append(name)
         out[task] = (got[0], got[1], key)
@@ -126,7 +130,8 @@ def linear_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Varia
     for name, v in tqdm(variants.items(), desc="tier (a)", disable=not progress, unit="variant"):
         arrays, _, kkey = kernels[v.parent]
         y = v.y_train[arrays["rows"].astype(np.int64)]
-        key = _sha({"kernel": kkey, "y": _sha(y.round(8).tolist()), "linear": cfg.linear.model_dump(),
+        key = _sha({"version": LINEAR_VERSION, "kernel": kkey, "y": _sha(y.round(8).tolist()),
+                    "linear": cfg.linear.model_dump(),
                     "beta_draws": cfg.beta_draws, "paper_n": cfg.paper_n})
         fname = f"linear/{name}.json"
         got = _read_json(rf.root / fname, key)
@@ -149,7 +154,15 @@ def cell_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Variant
     """Tier (b): every fine-tuning cell; each model is checked against its kernel file's facts first."""
     from .cells import run_cell
 
-    jobs = [(v, s, seed) for v in variants.values() for s in cfg.finetune.sizes for seed in range(cfg.finetune.seeds)]
+    ft = cfg.finetune
+    fits = {(v.name, s) for v in variants.values() for s in ft.sizes
+            if s + n_val_at(s, ft.val_frac, ft.min_val) <= len(v.train_a)}
+    for v in variants.values():
+        if v.control is None and any((v.name, s) not in fits for s in ft.sizes):
+            log.warning("%s: %d training rows; sizes %s (+ validation rows) do not fit and are left out", v.name,
+                        len(v.train_a), [s for s in ft.sizes if (v.name, s) not in fits])
+    jobs = [(v, s, seed) for v in variants.values() for s in ft.sizes if (v.name, s) in fits
+            for seed in range(ft.seeds)]
     out: dict[str, dict[int, list[dict]]] = {v: {s: [] for s in cfg.finetune.sizes} for v in variants}
     bar = tqdm(jobs, desc="tier (b): fine-tuning", disable=not progress, unit="cell")
     for v, size, seed in bar:
