@@ -28,7 +28,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples docs/hooks.py
 	$(BIN)/mypy
 
 docs: install

@@ -112,7 +112,9 @@ def render(root: Path) -> tuple[str, str, dict[str, bytes]]:
     cfg_yaml = yaml.safe_dump(cfg, sort_keys=False)
     prov_yaml = yaml.safe_dump(prov, sort_keys=False)
     md = [f"# {title}\n", f"Run folder `{root}`; status {prov['status']}; commit {prov['git commit']}.\n"]
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+    out = [f"<!doctype html><html><head><meta charset='utf-8'>"
+           "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+           f"<title>{html.escape(title)}</title><style>{CSS}</style>"
            f"</head><body><h1>{html.escape(title)}</h1>",
            f"<p>Run folder <code>{html.escape(str(root))}</code>; status {html.escape(str(prov['status']))}.</p>"]
     for s in secs:
