@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def build_readout(model: str, layers: int | None = None, seed: int = 0, sigma: float = 1.0, out_dim: int = 1,
-                  dtype: torch.dtype = torch.float32):
+                  dtype: torch.dtype = torch.float32) -> tuple[LoadedModel, Readout]:
     """Load `model`, optionally truncate it after block `layers`, and put the seeded readout on top."""
     loaded = load_model(model, dtype=dtype)
     if layers is not None:

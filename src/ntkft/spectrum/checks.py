@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import param_error as bad  # noqa: F401  (re-exported: spectrum and stopping blame arguments with it)
+from ..errors import param_error
+
+bad = param_error  # spectrum and stopping blame an argument with it (the one helper, errors.param_error)
 
 
 def positive(param: str, value: Any) -> float:
