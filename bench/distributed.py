@@ -1,4 +1,4 @@
-"""Distributed eNTK benchmark: `ntkft kernel-distributed` on 2 torchrun ranks against `ntkft kernel` in one process.
+"""Distributed eNTK benchmark: `ntkft kernel` on 2 torchrun ranks against `ntkft kernel` in one process.
 
 Same model, task, samples and budget; runs alternate (one, two, one, two) and the best of the repeats is reported.
 The kernel seconds are the ones each run records in its kernel file (model loading excluded; for 2 ranks the
@@ -34,7 +34,7 @@ def _run(ranks: int, args: argparse.Namespace, out: Path) -> dict:
         cmd = [str(BIN / "ntkft"), "kernel", "--n", str(args.n), *common]
     else:
         cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={ranks}", "-m", "ntkft.cli",
-               "kernel-distributed", "--samples", str(args.n), *common]
+               "kernel", "--samples", str(args.n), *common]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     t = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def build_readout(model: str, layers: int | None = None, seed: int = 0, sigma: float = 1.0, out_dim: int = 1,
-                  dtype: torch.dtype = torch.float32):
+                  dtype: torch.dtype = torch.float32) -> tuple[LoadedModel, Readout]:
     """Load `model`, optionally truncate it after block `layers`, and put the seeded readout on top."""
     loaded = load_model(model, dtype=dtype)
     if layers is not None:
@@ -135,7 +135,7 @@ def run_kernel(cfg: KernelConfig, out: str | Path | None = None, *, data_dir: st
         kf.save(staging)
         os.replace(staging / "kernel.safetensors", rf.path("kernel.safetensors"))
         rf.remove("staging")
-        rf.finish(**{k: v for k, v in kf.meta.items() if k != "kind"}, model_kind=kf.meta["kind"])  # "kind": the run's
+        rf.finish(**{f: v for f, v in kf.meta.items() if f != "kind"}, model_kind=kf.meta["kind"])  # "kind": the run's
         log.info("wrote %s", rf.root / "kernel.safetensors")
     ex.finish(work)
     return kf

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any, cast
 
 from ..errors import NtkftError
 from ._common import app, flag_message
@@ -47,7 +48,7 @@ def main() -> None:
         if "UsageError" in names:
             ctx = getattr(e, "ctx", None)
             where = f" (see '{ctx.command_path} --help')" if ctx else ""
-            print(f"ntkft: error: {e.format_message()}{where}".replace("\n", " "), file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"ntkft: error: {cast(Any, e).format_message()}{where}".replace("\n", " "), file=sys.stderr)
             sys.exit(2)
         if "Abort" in names:
             print("ntkft: interrupted", file=sys.stderr)

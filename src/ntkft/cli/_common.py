@@ -7,7 +7,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, Literal, Optional, Union, cast, get_args, get_origin
 
 import typer
 import yaml
@@ -30,7 +30,7 @@ def flag_message(e: NtkftError) -> str:
     return msg
 
 
-def write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (numpy arrays and paths allowed)."""
     from .._io import write_json as _w
 
@@ -83,8 +83,8 @@ def config_options(cls: type[BaseModel], skip: frozenset[str] | set[str] = froze
         hint = f" \\[default: {shown}]" if default is not None else ""  # escaped: rich markup ate "[default: ...]"
         kinds = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
         choices = f" ({' | '.join(map(str, kinds))})" if kinds else ""
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        aliases = [str(f) for f in extra.get("flags", []) or []]  # type: ignore[union-attr]  # e.g. --samples for --n
+        more = field.json_schema_extra.get("flags") if isinstance(field.json_schema_extra, dict) else None
+        aliases = [str(f) for f in more] if isinstance(more, list) else []  # further flags, e.g. --samples for --n
         if typ is bool:
             opt = typer.Option(None, f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",
                                help=(field.description or "") + hint, show_default=False)
@@ -105,7 +105,8 @@ def load_config(cls: type[BaseModel], config: str | None, given: dict[str, Any])
 
 
 def config_command(cls: type[BaseModel], name: str | None = None, skip: frozenset[str] | set[str] = frozenset(),
-                   extra: list[inspect.Parameter] | None = None, target: typer.Typer | None = None):
+                   extra: list[inspect.Parameter] | None = None,
+                   target: typer.Typer | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `fn(cfg, **extra)` as a command whose options are generated from the pydantic model `cls`.
 
     `extra` are further typer parameters (e.g. `--out`, `--overwrite`) passed to `fn` by name; `target` is a
@@ -120,7 +121,7 @@ def config_command(cls: type[BaseModel], name: str | None = None, skip: frozense
             extras = {p.name: kw.pop(p.name) for p in extra}
             return fn(load_config(cls, config, kw), **extras)
 
-        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        cast(Any, command).__signature__ = inspect.Signature(params)  # what typer reads the options from
         command.__doc__ = fn.__doc__
         command.__name__ = fn.__name__
         (target or app).command(name or fn.__name__.replace("_", "-"))(command)

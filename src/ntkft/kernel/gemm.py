@@ -129,7 +129,7 @@ class _GradInputLinear(torch.autograd.Function):
     """y = x @ w.T + b by oneDNN whose backward gives x's gradient only (w and b get none)."""
 
     @staticmethod
-    def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         return _onednn(x, w.detach(), None if b is None else b.detach())
 
     @staticmethod
@@ -137,7 +137,7 @@ class _GradInputLinear(torch.autograd.Function):
         ctx.save_for_backward(inputs[1])
 
     @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (w,) = ctx.saved_tensors
         gx = _onednn(gy, w.detach().t()) if ctx.needs_input_grad[0] else None
         return gx, None, None
