@@ -48,6 +48,7 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
     computed, not what it is."""
     data = subsample(load_task(task, split, data_dir), n, seed=seed)
     loaded, readout = build_readout(model, layers=layers, seed=seed)
+    loaded.check_length(max_length)  # beyond the position embeddings: one line, not an IndexError
     if device is not None:
         readout.to(parse_device(device))
     enc = encode(loaded.tokenizer, loaded.kind, data, max_length=max_length)

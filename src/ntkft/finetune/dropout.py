@@ -161,7 +161,7 @@ def install(model: nn.Module, p: float | None, seed: int, left: bool) -> Masks:
         if getattr(cfg, "_attn_implementation", None) == "eager":
             configs[id(cfg)] = cfg
         if p is not None and isinstance(getattr(mod, "attention_dropout", None), float):
-            mod.attention_dropout = float(p)  # type: ignore[assignment]  (Llama-style attention reads a float)
+            mod.attention_dropout = float(p)  # Llama-style attention reads a float attribute
         for child_name, child in list(mod.named_children()):
             if isinstance(child, nn.Dropout):
                 q = child.p if p is None else float(p)
