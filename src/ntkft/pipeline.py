@@ -103,6 +103,7 @@ def run_kernel(cfg: KernelConfig, out: str | Path | None = None, *, data_dir: st
     opts = cfg.options(device=ex.device(cfg.device))
     data = subsample(load_task(cfg.task_spec(), cfg.split, data_dir), cfg.n, seed=cfg.seed)
     loaded, readout = build_readout(cfg.model, layers=cfg.layers, seed=cfg.seed)
+    loaded.check_length(cfg.max_length)  # beyond the position embeddings: one line, not an IndexError
     dev = opts.torch_device()
     if dev is not None:
         readout.to(dev)

@@ -110,7 +110,9 @@ class Trainer(Predictor):
         if self.train.h is None:  # token inputs: rows of similar length together (less padding)
             chunks = tuple(part for ch in chunks for part in length_split(ch, self.train.mask))
         for ch in chunks:
-            loss = loss_fn(self._forward(self.train, ch), self._target(self.train.y[ch]).to(self.device), self.task_type)
+            with self.masks.batch(self.step, ch):  # dropout masks of (seed, step, sample): any split draws the same
+                out = self._forward(self.train, ch)
+            loss = loss_fn(out, self._target(self.train.y[ch]).to(self.device), self.task_type)
             if self.cfg.ridge:
                 loss = loss + self.cfg.ridge * self.model.head.weight.pow(2).sum()
             (loss * (len(ch) / len(idx))).backward()

@@ -19,6 +19,7 @@ from ..models import LoadedModel, fingerprint, load_model
 from ..tasks import task_metrics
 from .config import FinetuneConfig
 from .data import Prepared, Split, by_length, cache_features, in_row_order, prepare
+from .dropout import install as install_dropout
 from .parallel import Ranks, ranks_from_env
 from .settings import get_setting, readout_of
 
@@ -63,6 +64,8 @@ class Predictor:
         self.task_type, self.num_classes = self.data.task_type, self.data.num_classes
         self.model: Any = self.setting.build(self.loaded, self.data.out_dim, cfg.layers, cfg.sigma, cfg.seed)
         self.model = self.model.to(self.device)
+        # dropout masks of (seed, step, global sample): any rank/micro-batch split draws the same (finetune/dropout.py)
+        self.masks = install_dropout(self.model, cfg.dropout, cfg.seed, left=self.loaded.kind == "decoder")
         # regression targets in training units: (y - shift) / scale (0 and 1 unless standardize)
         self.shift, self.scale = 0.0, 1.0
         self.c = torch.zeros(())  # the constant a centred start begins at (center_output), training units
