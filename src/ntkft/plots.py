@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .spectrum import SpectrumReport
 
 
-def _fig():
+def _fig() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
