@@ -351,7 +351,11 @@ class Units:
         if kind == "kgd":
             return load_tensors(self.rf.root / name, fp)
         got = read_unit(self.rf.root / name, fp)
-        return None if got is None else Cell.from_dict(got, str(self.rf.root / name))
+        try:
+            return None if got is None else Cell.from_dict(got, str(self.rf.root / name))
+        except DataError as e:  # a unit of an older layout: computed again
+            log.warning("%s; recomputing it", e)
+            return None
 
     def _write(self, kind: str, name: str, fp: str, unit: Any) -> Any:
         if kind == "cell":
