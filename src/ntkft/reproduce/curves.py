@@ -135,7 +135,7 @@ class Cell(ResultModel):
     n_test: int
     batch_size: int
     baseline: Baseline
-    failed: str | None = None
+    failed: str | None = Field(None, exclude_if=lambda v: v is None)  # written only when the run failed
     best_step: int | None = None
     stopped_step: int | None = None
     stop_reason: str | None = None
