@@ -214,7 +214,7 @@ def test_width_sweep_resumes_after_a_kill(tmp_path, monkeypatch):
     s = sweeps.width_sweep(cfg, tmp_path / "run", progress=False, figures=False)
     assert calls == [(8, 0), (8, 1)]  # only the two unfinished units ran
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "complete"
-    assert s["per_width"]["8"]["seeds"] == 2 and s["fits"]["theta_dist"]["all"]["points"] == 4
+    assert s.per_width["8"].seeds == 2 and s.fits["theta_dist"].all.points == 4
     calls.clear()
     sweeps.width_sweep(cfg.model_copy(update={"seeds": 3}), tmp_path / "run", progress=False, figures=False)
     assert calls == [(4, 2), (8, 2)]  # more seeds extend the sweep; finished units are reused
@@ -249,9 +249,9 @@ def test_arithmetic_tiny(tmp_path):
 
     cfg = make(ArithmeticConfig, widths=[4, 8, 16], seeds=1, **TINY)
     a = arithmetic_sweep(cfg, tmp_path / "a", progress=False, figures=False)
-    assert set(a["per_width"]["8"]) == {"orthogonal", "overlapping"}
-    assert math.isfinite(a["per_width"]["8"]["orthogonal"]["cross_kernel_ratio"]["mean"])
-    assert a["fits"]["orthogonal.cross_kernel_ratio"]["fit"]["points"] == 3
+    assert set(a.per_width["8"]) == {"orthogonal", "overlapping"}
+    assert math.isfinite(a.per_width["8"]["orthogonal"].q("cross_kernel_ratio").mean)
+    assert a.fits["orthogonal.cross_kernel_ratio"].fit.points == 3
 
 
 def test_sample_sweep_tiny(tmp_path):
@@ -259,6 +259,6 @@ def test_sample_sweep_tiny(tmp_path):
 
     cfg = make(SampleSweepConfig, width=8, sizes=[6, 10, 14], seeds=1, **{k: v for k, v in TINY.items() if k != "n_target"})
     s = sample_sweep(cfg, tmp_path / "s", progress=False)
-    assert s["sizes"] == [6, 10, 14] and s["beta"]["window_mean"] > 0
-    assert s["fits"]["oracle.net"]["points"] == 3
+    assert s.sizes == [6, 10, 14] and s.beta.window_mean > 0
+    assert s.fits["oracle.net"].points == 3
     assert (tmp_path / "s" / "learning_curves.png").is_file() and (tmp_path / "s" / "spectrum.png").is_file()

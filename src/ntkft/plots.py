@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .spectrum import SpectrumReport
 
 
-def _fig():
+def _fig() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -23,6 +23,7 @@ def _reproduce(cfg: ReproConfig, out: str, overwrite: bool, data_dir: str | None
     from ..reproduce import reproduce
     from ..reproduce.rankings import RankingsResult
     from ..reproduce.spectra import SpectraResult
+    from ..reproduce.taskvec import TaskVecStage
 
     res = reproduce(cfg, out, data_dir=data_dir, overwrite=overwrite)
     for name, sec in res.seconds.items():
@@ -39,8 +40,8 @@ def _reproduce(cfg: ReproConfig, out: str, overwrite: bool, data_dir: str | None
                 p = f"p {c.p_one_sided:.3f}" if math.isfinite(c.p_one_sided) else f"no test with {len(c.tasks)} tasks"
                 typer.echo(f"{c.model} {c.group}: Spearman rho(beta, efficiency) {c.rho:+.2f}, {p}")
     tv = res.stages.get("taskvec")
-    if tv is not None and getattr(tv, "skipped", None):
-        typer.echo(f"stage taskvec: {tv.skipped}", err=True)  # type: ignore[attr-defined]
+    if isinstance(tv, TaskVecStage) and tv.skipped:
+        typer.echo(f"stage taskvec: {tv.skipped}", err=True)
     typer.echo(f"report: {res.report}\nsummary: {res.summary}")
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from ..theory.config import ArithmeticConfig, SampleSweepConfig, WidthSweepConfig
 from ._common import app, config_command, option
+
+if TYPE_CHECKING:
+    from ..theory.fits import SlopeFit
 
 sub = typer.Typer(no_args_is_help=True, help="The paper's reference transformer: width and sample-size scaling laws, "
                   "task arithmetic (synthetic teacher tasks, seeded).")
@@ -23,10 +28,11 @@ def _threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _slope(f: dict | None) -> str:
+def _slope(f: SlopeFit | None) -> str:
     if not f:
         return "n/a (fewer than 3 points)"
-    return f"{f['slope']:+.3f} [{f['low']:+.3f}, {f['high']:+.3f}] (predicted {f['predicted']:+.2f}: {f['verdict']})"
+    pred = "none" if f.predicted is None else f"{f.predicted:+.2f}"
+    return f"{f.slope:+.3f} [{f.low:+.3f}, {f.high:+.3f}] (predicted {pred}: {f.verdict})"
 
 
 @config_command(WidthSweepConfig, "width-sweep", target=sub,
@@ -38,8 +44,8 @@ def width_sweep(cfg: WidthSweepConfig, out: str, overwrite: bool, threads: int) 
 
     _threads(threads)
     s = run(cfg, out, overwrite)
-    for f in s["fits"].values():
-        typer.echo(f"{f['label']:58s} slope {_slope(f['all'])}")
+    for f in s.fits.values():
+        typer.echo(f"{f.label:58s} slope {_slope(f.all)}")
     typer.echo(f"results in {out}/summary.json, figures scaling.png and errors.png")
 
 
@@ -51,9 +57,9 @@ def sample_sweep(cfg: SampleSweepConfig, out: str, overwrite: bool, threads: int
 
     _threads(threads)
     s = run(cfg, out, overwrite)
-    typer.echo(f"beta (window fit, N={s['beta']['n']}) = {s['beta']['window_mean']:.3f}; predicted error slope "
-               f"{s['predicted_slope'] if s['predicted_slope'] is None else round(s['predicted_slope'], 3)}")
-    for q, f in s["fits"].items():
+    typer.echo(f"beta (window fit, N={s.beta.n}) = {s.beta.window_mean:.3f}; predicted error slope "
+               f"{s.predicted_slope if s.predicted_slope is None else round(s.predicted_slope, 3)}")
+    for q, f in s.fits.items():
         typer.echo(f"error at {q:14s} slope {_slope(f)}")
     typer.echo(f"results in {out}/summary.json, figures learning_curves.png and spectrum.png")
 
@@ -66,12 +72,12 @@ def arithmetic(cfg: ArithmeticConfig, out: str, overwrite: bool, threads: int) -
 
     _threads(threads)
     s = run(cfg, out, overwrite)
-    for w in s["widths"]:
-        pw = s["per_width"][str(w)]
+    for w in s.widths:
+        pw = s.per_width[str(w)]
         typer.echo(f"n={w:5d}: " + "; ".join(
-            f"{d} cross-kernel {pw[d]['cross_kernel_ratio']['mean']:.3f}, leakage {pw[d]['leakage']['mean']:.3f}, "
-            f"MT/FT MSE {pw[d]['normalised_mse_mean']['mean']:.3f}, negation worse {pw[d]['negation_positive']}"
+            f"{d} cross-kernel {pw[d].q('cross_kernel_ratio').mean:.3f}, leakage {pw[d].q('leakage').mean:.3f}, "
+            f"MT/FT MSE {pw[d].q('normalised_mse_mean').mean:.3f}, negation worse {pw[d].negation_positive}"
             for d in ("orthogonal", "overlapping")))
-    for f in s["fits"].values():
-        typer.echo(f"{f['label']:58s} slope {_slope(f['fit'])}")
+    for f in s.fits.values():
+        typer.echo(f"{f.label:58s} slope {_slope(f.fit)}")
     typer.echo(f"results in {out}/summary.json, figures arithmetic_scaling.png and arithmetic_addition.png")

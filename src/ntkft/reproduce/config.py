@@ -119,14 +119,14 @@ class ReproConfig(StrictModel):
 
     @field_validator("models", mode="before")
     @classmethod
-    def _names(cls, v):
+    def _names(cls, v: object) -> object:
         if isinstance(v, str):
             v = [x.strip() for x in v.split(",") if x.strip()]
         return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @field_validator("spectrum_tasks", "curve_tasks", "taskvec_tasks", mode="before")
     @classmethod
-    def _task_list(cls, v):
+    def _task_list(cls, v: object) -> object:
         if isinstance(v, str):
             v = [x.strip() for x in v.split(",") if x.strip()]
         return v

@@ -101,7 +101,7 @@ class Context:
         it beyond its file name. A unit whose key differs is recomputed, never read back."""
         return digest({"weights": self.model_fingerprint(model), "data": self.data_fp(task), **extra})
 
-    def stage_key(self, stage: str, fields: dict[str, Any], upstream: Sequence[str] = ()) -> dict:
+    def stage_key(self, stage: str, fields: dict[str, Any], upstream: Sequence[str] = ()) -> dict[str, Any]:
         """A stage folder's resume key: the config fields every unit of the stage shares and the upstream stages'
         keys. Models, tasks, sizes, seeds and draws are not in it: units are named by them and carry their own
         key (weights, data, setting), so extending a list reuses every finished unit."""
@@ -110,7 +110,7 @@ class Context:
         self.stage_keys[stage] = digest(key)
         return key
 
-    def open_stage(self, stage: str, key: dict, derived: bool = False) -> RunFolder:
+    def open_stage(self, stage: str, key: dict[str, Any], derived: bool = False) -> RunFolder:
         """Claim `root/stage` as a run folder of kind `reproduce-<stage>` (resumes on the same key). A derived
         stage (cheap arithmetic on other stages' results) is simply replaced when its key changes."""
         if self.top is not None:
@@ -163,7 +163,7 @@ def load_tensors(path: Path, data_fp: str | None = None) -> dict[str, torch.Tens
     return load_file(path)
 
 
-def read_unit(path: Path, data_fp: str) -> dict | None:
+def read_unit(path: Path, data_fp: str) -> dict[str, Any] | None:
     """A JSON unit, or None if it does not exist or was computed from other data."""
     got = read_json(path)
     return got if isinstance(got, dict) and got.get("data_fp") == data_fp else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +135,7 @@ class Cell(ResultModel):
     n_test: int
     batch_size: int
     baseline: Baseline
-    failed: str | None = None
+    failed: str | None = Field(None, exclude_if=lambda v: v is None)  # written only when the run failed
     best_step: int | None = None
     stopped_step: int | None = None
     stop_reason: str | None = None
@@ -351,7 +351,11 @@ class Units:
         if kind == "kgd":
             return load_tensors(self.rf.root / name, fp)
         got = read_unit(self.rf.root / name, fp)
-        return None if got is None else Cell.from_dict(got, str(self.rf.root / name))
+        try:
+            return None if got is None else Cell.from_dict(got, str(self.rf.root / name))
+        except DataError as e:  # a unit of an older layout: computed again
+            log.warning("%s; recomputing it", e)
+            return None
 
     def _write(self, kind: str, name: str, fp: str, unit: Any) -> Any:
         if kind == "cell":
@@ -363,11 +367,11 @@ class Units:
 
     # ------------------------------------------------------------------ asking for units
 
-    def submit(self, kind: str, jobs: list[CellJob] | list[KgdJob]) -> None:
+    def submit(self, kind: str, jobs: Sequence[Job]) -> None:
         """Queue the missing units of `jobs` in the pool (largest training size first); nothing with one worker."""
         if self.ctx.cfg.workers == 1:
             return
-        for job in sorted(jobs, key=lambda j: -j[2] if kind == "cell" else 0):  # type: ignore[arg-type]
+        for job in sorted(jobs, key=lambda j: -j[2] if kind == "cell" else 0):
             name, fp = self._spec(kind, job)
             if name in self.running or self._read(kind, name, fp) is not None:
                 continue
@@ -380,7 +384,7 @@ class Units:
                 self.pool = ProcessPoolExecutor(self.ctx.cfg.workers, multiprocessing.get_context("spawn"),
                                                 _worker_init, (threads,))
             f = self.pool.submit(_in_worker, kind, self.ctx.cfg.model_dump(), self.ctx.data_dir,
-                                 job[0].model_dump(), *job[1:])
+                                 job[0].model_dump(), job[1], *job[2:])
             self.pending[f] = (kind, name, fp)
 
     def get(self, kind: str, job: Job) -> Any:
@@ -388,7 +392,7 @@ class Units:
         name, fp = self._spec(kind, job)
         unit = None if name in self.running else self._read(kind, name, fp)
         if unit is None and self.ctx.cfg.workers > 1:
-            self.submit(kind, [job])  # type: ignore[list-item]
+            self.submit(kind, [job])
             while name in self.running:
                 self._collect()
             unit = self._read(kind, name, fp)

@@ -98,14 +98,16 @@ class KgdPath:
         """(N, T): c_t with f^t(x) = f0(x) + K(x, X) c_t."""
         q = 1.0 - (1.0 - self.alpha * self.lams[None, :]) ** ts[:, None].astype(np.float64)
         ratio = np.divide(q, self.lams[None, :], out=np.zeros_like(q), where=self.lams[None, :] > 0)
-        return self.u @ (ratio * self.proj[None, :]).T / self.n
+        out: np.ndarray = self.u @ (ratio * self.proj[None, :]).T / self.n
+        return out
 
     def predict(self, k_cross: np.ndarray, f0: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(M, T) predictions along the path, in y's units."""
-        return (f0[:, None] + k_cross @ self.coefs(ts)) * self.scale + self.shift
+        out: np.ndarray = (f0[:, None] + k_cross @ self.coefs(ts)) * self.scale + self.shift
+        return out
 
 
-def metrics(pred: np.ndarray, y_target: np.ndarray, labels: np.ndarray, task_type: str) -> dict:
+def metrics(pred: np.ndarray, y_target: np.ndarray, labels: np.ndarray, task_type: str) -> dict[str, float]:
     """Task metrics of one prediction vector (classes by sign), plus the MSE on the regression targets."""
     out = {"mse_target": float(np.mean((pred - y_target) ** 2))}
     if task_type == "regression":

@@ -58,7 +58,8 @@ def ranks(x: Sequence[float]) -> np.ndarray:
     """Average ranks (1 = smallest), ties shared; inf allowed."""
     from scipy.stats import rankdata
 
-    return rankdata(np.asarray(x, dtype=np.float64))
+    out: np.ndarray = rankdata(np.asarray(x, dtype=np.float64))
+    return out
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

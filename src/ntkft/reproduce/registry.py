@@ -2,7 +2,8 @@
 
 A stage is a module of this package with
 - `Result`: its typed result (a `ResultModel`), written to `<name>/<name>.json` and read back by the report;
-- `FILES`: the files it writes in its folder beside that JSON (listed in the report's provenance);
+- `FILES`: the files it writes in its folder beside that JSON (listed in the report's provenance; a name
+  ending in '/' is a folder of units);
 - `run(ctx, view) -> Result`: computes (or resumes) the stage; `view.of(OtherResult)` gives the results of the
   stages it needs, which the runner has run or read back first;
 - `section(view, figs) -> Section`: its part of the report, built only from typed results.

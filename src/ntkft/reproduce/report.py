@@ -100,7 +100,9 @@ def _provenance(root: Path) -> dict[str, Any]:
     return {"status": meta.get("status", "unknown"), "run finished": meta.get("time", "-"),
             "git commit": meta.get("git_commit") or live["git_commit"],
             "versions": meta.get("versions") or live["versions"], "host": meta.get("host", live["host"]),
-            "report built": live["time"], "timings (s)": (_read(root, "timings.json") or {})}
+            "report built": live["time"], "timings (s)": (_read(root, "timings.json") or {}),
+            "stage files": {st.name: [st.file] + [f"{st.name}/{f}" for f in st.module().FILES] for st in STAGES
+                            if (root / st.file).is_file()}}
 
 
 def render(root: Path) -> tuple[str, str, dict[str, bytes]]:

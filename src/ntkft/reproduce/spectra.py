@@ -142,13 +142,13 @@ def run(ctx: Context, view: RunView) -> Result:
     for plan, task, draw in bar:
         name = f"kernels/{slug(plan.id)}/{task}-d{draw}.safetensors"
         fp = unit_fp(ctx, plan, task)
-        got = load_tensors(rf.root / name, fp)
-        if got is None:
+        cached = load_tensors(rf.root / name, fp)
+        if cached is None:
             bar.set_postfix_str(f"{plan.id} {task} draw {draw}")
             k = spectrum_kernel(ctx, plan, task, draw)
             rf.save_tensors(name, {"K": k.double()}, {"data": fp})
         else:
-            k = got["K"]
+            k = cached["K"]
         kernels[(plan.id, task, draw)] = k
     bar.close()
     res = analyse(ctx, kernels)

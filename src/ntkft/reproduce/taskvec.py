@@ -245,9 +245,9 @@ def section(view: RunView, figs: dict[str, bytes]) -> Section:
               "per task", "taskvec/taskvec.json: report.orthogonality.rows",
               ["pair", "kernel ratio", "kernel ratio (centred)", "cosine", "pair normalised accuracy"],
               note="kernel ratio = ||K_12||_F / sqrt(||K_11||_F ||K_22||_F); 0 = orthogonal.")
-    for r in orth.rows:
-        o.rows.append([f"{label(r.task_a)}-{label(r.task_b)}", r.kernel_ratio, r.kernel_ratio_centred, r.cosine,
-                       r.normalised_accuracy])
+    for pair in orth.rows:
+        o.rows.append([f"{label(pair.task_a)}-{label(pair.task_b)}", pair.kernel_ratio, pair.kernel_ratio_centred,
+                       pair.cosine, pair.normalised_accuracy])
     sec.tables.append(o)
     if orth.spearman:
         sec.text.append("Spearman over pairs: " + ", ".join(f"{k} {fmt(v)}" for k, v in orth.spearman.items()) +

@@ -21,8 +21,9 @@ import torch
 
 from .config import ArithmeticConfig
 from .lab import LabData, gd_step, load, mse, predict, pretrain, snapshot, tangent
+from .model import ReferenceTransformer
 from .ntk import entk, kernel_scale
-from .tasks import Split, TargetData, labelled, sequences
+from .tasks import Split, TargetData, Teacher, labelled, sequences
 
 
 def arithmetic_tasks(cfg: ArithmeticConfig, data: LabData) -> dict[str, TargetData]:
@@ -32,14 +33,16 @@ def arithmetic_tasks(cfg: ArithmeticConfig, data: LabData) -> dict[str, TargetDa
     t2 = data.teacher.shifted(cfg.shift, cfg.data_seed + 12, ref)
     gen = torch.Generator().manual_seed(cfg.data_seed + 13)
 
-    def task(fn, which: str) -> TargetData:
-        draw = lambda n: labelled(fn, sequences(n, cfg.seq_len, cfg.vocab, which, gen), cfg.noise, gen)  # noqa: E731
+    def task(fn: Teacher, which: str) -> TargetData:
+        def draw(n: int) -> Split:
+            return labelled(fn, sequences(n, cfg.seq_len, cfg.vocab, which, gen), cfg.noise, gen)
+
         return TargetData(draw(cfg.n_target), draw(cfg.n_val), draw(cfg.n_test))
 
     return {"task1": task(t1, "A"), "task2_orthogonal": task(t2, "B"), "task2_overlapping": task(t2, "A")}
 
 
-def finetune_holdout(cfg: ArithmeticConfig, model, task: TargetData) -> tuple[list[torch.Tensor], int]:
+def finetune_holdout(cfg: ArithmeticConfig, model: ReferenceTransformer, task: TargetData) -> tuple[list[torch.Tensor], int]:
     """GD from the current weights with hold-out early stopping (stop after `patience` steps without a better
     validation loss); returns the best-validation weights and their step."""
     lr, y = cfg.lr(model.spec.width), task.train.y.float()
@@ -55,12 +58,13 @@ def finetune_holdout(cfg: ArithmeticConfig, model, task: TargetData) -> tuple[li
     return best_theta, best_t
 
 
-def _tangent(model, theta, tau, ids) -> torch.Tensor:
+def _tangent(model: ReferenceTransformer, theta: list[torch.Tensor], tau: list[torch.Tensor],
+             ids: torch.Tensor) -> torch.Tensor:
     """u = <tau, grad f(theta)> on ids (float64)."""
     return tangent(model, theta, tau, ids)[1]
 
 
-def _at(model, theta, ids) -> torch.Tensor:
+def _at(model: ReferenceTransformer, theta: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
     load(model, theta)
     return predict(model, ids)
 
@@ -68,7 +72,7 @@ def _at(model, theta, ids) -> torch.Tensor:
 RANKS = (1, 2, 4, 8, 16, 32)
 
 
-def cross_kernel(model, a: Split, b: Split) -> tuple[float, dict[int, float]]:
+def cross_kernel(model: ReferenceTransformer, a: Split, b: Split) -> tuple[float, dict[int, float]]:
     """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) on the two training sets (Assumption 5.1: 0), and the leakage by
     eigendirection: ||K_ij u_k|| / ||K_jj u_k|| = ||K_ij u_k|| / lambda_k for the eigenvectors u_k of K_jj, averaged
     over the band k in [r, 2r) and over i != j: how much fitting task j's k-th kernel direction moves task i."""
@@ -86,13 +90,13 @@ def cross_kernel(model, a: Split, b: Split) -> tuple[float, dict[int, float]]:
     return ratio, by_band
 
 
-def cross_kernel_ratio(model, a: Split, b: Split) -> float:
+def cross_kernel_ratio(model: ReferenceTransformer, a: Split, b: Split) -> float:
     """||K_12||_F / sqrt(||K_11||_F ||K_22||_F) (Assumption 5.1 measured)."""
     return cross_kernel(model, a, b)[0]
 
 
 def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, TargetData], width: int,
-                    seed: int) -> tuple[dict, dict]:
+                    seed: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Pretrain, fine-tune the three tasks, and measure addition and negation for both designs."""
     model, info, _ = pretrain(cfg, data, width, seed)
     theta_pt = snapshot(model)
@@ -101,7 +105,9 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
         load(model, theta_pt)
         best, stops[name] = finetune_holdout(cfg, model, task)
         taus[name] = [b - p for b, p in zip(best, theta_pt)]
-    add = lambda *ts: [p + sum(x) for p, *x in zip(theta_pt, *ts)]  # noqa: E731
+    def add(*ts: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [p + sum(x) for p, *x in zip(theta_pt, *ts)]
+
     out: dict[str, Any] = {"width": width, "seed": seed, "theta_dist": info["theta_dist"], "stops": stops, "designs": {}}
     for design in ("orthogonal", "overlapping"):
         names = ["task1", f"task2_{design}"]

@@ -61,7 +61,7 @@ class LabConfig(StrictModel):
         return self.eta0 / width if self.parameterisation == "standard" else self.eta0
 
 
-def _listify(v):
+def _listify(v: object) -> object:
     """A single number given on the command line (`--widths 64`) is a one-element list."""
     return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
@@ -87,7 +87,7 @@ class WidthSweepConfig(LabConfig):
         return _widths(v)
 
     @model_validator(mode="after")
-    def _need_two(self):
+    def _need_two(self) -> WidthSweepConfig:
         if len(self.widths) < 2:
             raise ValueError("widths: need at least two widths for a slope")
         return self

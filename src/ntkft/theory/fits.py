@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
+from .._results import ResultModel
 
-@dataclass
-class SlopeFit:
+
+class SlopeFit(ResultModel):
     """log y = intercept + slope log x by least squares over all (x, y) points (every seed its own point)."""
 
     slope: float
@@ -25,16 +26,14 @@ class SlopeFit:
     predicted: float | None = None
     verdict: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-
-def loglog_slope(x, y, level: float = 0.95, predicted: float | None = None, x_min: float = 0.0) -> SlopeFit | None:
+def loglog_slope(x: ArrayLike, y: ArrayLike, level: float = 0.95, predicted: float | None = None,
+                 x_min: float = 0.0) -> SlopeFit | None:
     """OLS slope of log y on log x for x >= x_min and y > 0, with a two-sided t interval (points - 2 dof).
     None when fewer than 3 usable points."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    keep = (x >= x_min) & (y > 0) & np.isfinite(y)
-    lx, ly = np.log(x[keep]), np.log(y[keep])
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = (xa >= x_min) & (ya > 0) & np.isfinite(ya)
+    lx, ly = np.log(xa[keep]), np.log(ya[keep])
     m = len(lx)
     if m < 3 or np.ptp(lx) == 0:
         return None
@@ -44,8 +43,9 @@ def loglog_slope(x, y, level: float = 0.95, predicted: float | None = None, x_mi
     se = math.sqrt(np.sum(resid ** 2) / (m - 2) / sxx) if m > 2 else math.inf
     q = stats.t.ppf(0.5 + level / 2, m - 2)
     ss_tot = np.sum((ly - ly.mean()) ** 2)
-    fit = SlopeFit(float(slope), float(slope - q * se), float(slope + q * se), float(icpt), level, m,
-                   float(np.exp(lx.min())), float(np.exp(lx.max())), float(1 - np.sum(resid ** 2) / ss_tot) if ss_tot else 1.0)
+    fit = SlopeFit(slope=float(slope), low=float(slope - q * se), high=float(slope + q * se), intercept=float(icpt),
+                   level=level, points=m, x_min=float(np.exp(lx.min())), x_max=float(np.exp(lx.max())),
+                   r2=float(1 - np.sum(resid ** 2) / ss_tot) if ss_tot else 1.0)
     if predicted is not None:
         fit.predicted = predicted
         fit.verdict = verdict(fit, predicted)

@@ -8,16 +8,19 @@ blocks by rows (eq 8). The paper's eq (56) mixes this with the column-major orde
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .model import Attention
+from .model import Attention, ScaledLinear
 
 
-def _w(m) -> torch.Tensor:
-    return (m.weight * m.scale).T
+def _w(m: ScaledLinear) -> torch.Tensor:
+    w: torch.Tensor = (m.weight * m.scale).T
+    return w
 
 
-def parts(attn: Attention, g: torch.Tensor, mask: torch.Tensor | None = None) -> list[dict]:
+def parts(attn: Attention, g: torch.Tensor, mask: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
     """Per head: Q_h, K_h, V_h, S_h = Q_h K_h^T / d, P_h = softmax_rows(S_h), A_h = P_h V_h, Lambda_h (eq 8)."""
     t, n = g.shape
     allowed = torch.ones(t, t, dtype=torch.bool) if mask is None else mask.bool()[None, :].expand(t, t).clone()
@@ -30,13 +33,14 @@ def parts(attn: Attention, g: torch.Tensor, mask: torch.Tensor | None = None) ->
         q, k, v = g @ wq, g @ wk, g @ wv
         s = q @ k.T / attn.n
         p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
-        lam = torch.block_diag(*[torch.diag(p[i]) - torch.outer(p[i], p[i]) for i in range(t)])
+        lam = torch.block_diag(*[torch.diag(p[i]) - torch.outer(p[i], p[i]) for i in range(t)])  # type: ignore[no-untyped-call]
         out.append({"WQ": wq, "WK": wk, "WV": wv, "WO": _w(attn.o)[cols, :], "Q": q, "K": k, "V": v, "S": s, "P": p,
                     "A": p @ v, "Lambda": lam})
     return out
 
 
-def weight_jacobians(attn: Attention, g: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+def weight_jacobians(attn: Attention, g: torch.Tensor, delta: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> dict[str, Any]:
     """J(W^O) (Hn x n) and, per head h, J(W^Q_h), J(W^K_h), J(W^V_h) (n x n), eq (9) / (59)-(63)."""
     ps = parts(attn, g, mask)
     t, n = g.shape

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -46,7 +47,10 @@ def build_data(cfg: LabConfig, n_target: int | None = None) -> LabData:
     ref = sequences(4096, cfg.seq_len, cfg.vocab, "all", torch.Generator().manual_seed(s + 3))
     target = teacher.shifted(cfg.shift, s + 2, ref)
     gen = torch.Generator().manual_seed(s + 4)
-    draw = lambda fn, n: labelled(fn, sequences(n, cfg.seq_len, cfg.vocab, "all", gen), cfg.noise, gen)  # noqa: E731
+
+    def draw(fn: Teacher, n: int) -> Split:
+        return labelled(fn, sequences(n, cfg.seq_len, cfg.vocab, "all", gen), cfg.noise, gen)
+
     source = draw(teacher, cfg.n_source)
     test = draw(target, cfg.n_test)
     val = draw(target, cfg.n_val)
@@ -80,7 +84,8 @@ def distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 @torch.no_grad()
 def predict(model: ReferenceTransformer, ids: torch.Tensor) -> torch.Tensor:
     """Model outputs on inputs, without gradients."""
-    return model(ids).squeeze(-1).double()
+    out: torch.Tensor = model(ids).squeeze(-1).double()
+    return out
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,7 +106,8 @@ def gd_step(model: ReferenceTransformer, ids: torch.Tensor, y: torch.Tensor, lr:
     return float(loss.detach())
 
 
-def pretrain(cfg: LabConfig, data: LabData, width: int, seed: int) -> tuple[ReferenceTransformer, dict, dict]:
+def pretrain(cfg: LabConfig, data: LabData, width: int,
+             seed: int) -> tuple[ReferenceTransformer, dict[str, Any], dict[str, Any]]:
     """Random init (seed) -> GD on the source task. Returns the model at theta_PT, metrics and {'theta0': ...}."""
     model = student(cfg, width, seed, data.embedding)
     theta0 = snapshot(model)
@@ -134,7 +140,8 @@ def drift_times(t_max: int, points: int) -> list[int]:
     return sorted({max(1, round(t_max * 2.0 ** -k)) for k in range(points)})
 
 
-def tangent(model: ReferenceTransformer, theta: list, v: list, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def tangent(model: ReferenceTransformer, theta: list[torch.Tensor], v: list[torch.Tensor],
+            ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(f(theta), <v, grad f(theta)>) on `ids` in float64; the JVP by double backward: d/dw <J^T w, v> = J v."""
     m = copy.deepcopy(model).double()
     load(m, theta)
@@ -143,11 +150,13 @@ def tangent(model: ReferenceTransformer, theta: list, v: list, ids: torch.Tensor
         f = m(ids).squeeze(-1)
         w = torch.zeros_like(f, requires_grad=True)
         jt_w = torch.autograd.grad((f * w).sum(), ps, create_graph=True)  # scalar outputs: no grad_outputs,
-        (jv,) = torch.autograd.grad(sum((g * t.double()).sum() for g, t in zip(jt_w, v)), w)  # which import sympy
+        inner = cast(torch.Tensor, sum((g * t.double()).sum() for g, t in zip(jt_w, v)))  # which import sympy
+        (jv,) = torch.autograd.grad(inner, w)
     return f.detach(), jv.detach()
 
 
-def taylor_remainder(model: ReferenceTransformer, theta_a: list, theta_b: list, ids: torch.Tensor) -> torch.Tensor:
+def taylor_remainder(model: ReferenceTransformer, theta_a: list[torch.Tensor], theta_b: list[torch.Tensor],
+                     ids: torch.Tensor) -> torch.Tensor:
     """f(theta_b) - f(theta_a) - <theta_b - theta_a, grad f(theta_a)> on `ids`, in float64 (Lemma 1's error e)."""
     fa, lin = tangent(model, theta_a, [b.double() - a.double() for a, b in zip(theta_a, theta_b)], ids)
     m = copy.deepcopy(model).double()
@@ -173,7 +182,8 @@ class LinearisedGD:
         return f0 + torch.from_numpy(k_cross.numpy() @ (self.u @ (ratio * self.proj)) / self.n)
 
 
-def finetune(cfg: LabConfig, model: ReferenceTransformer, data: TargetData, steps: int | None = None) -> tuple[dict, dict]:
+def finetune(cfg: LabConfig, model: ReferenceTransformer, data: TargetData,
+             steps: int | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """GD on the target train split from the current weights (theta_PT), measuring drift, linearisation and errors.
     Returns (metrics, tensors); the model ends at theta_T."""
     width, steps = model.spec.width, steps or cfg.finetune_steps
@@ -224,7 +234,7 @@ def finetune(cfg: LabConfig, model: ReferenceTransformer, data: TargetData, step
     return out, {"K_PT": k_tr, "eigenvalues": torch.from_numpy(lams.copy())}
 
 
-def width_unit(cfg: LabConfig, data: LabData, width: int, seed: int) -> tuple[dict, dict]:
+def width_unit(cfg: LabConfig, data: LabData, width: int, seed: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Pretrain + fine-tune at one (width, seed); metrics and the kernels K_0, K_PT on the target train inputs."""
     model, info, extra = pretrain(cfg, data, width, seed)
     theta_pt = snapshot(model)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ class RefSpec:
     parameterisation: Literal["standard", "ntk"] = "standard"
     causal: bool = True
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data."""
         return asdict(self)
 
 
@@ -107,7 +108,9 @@ class Attention(nn.Module):
 
     def forward(self, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, n = g.shape
-        split = lambda z: z.view(b, t, self.h, n).transpose(1, 2)  # noqa: E731  (B, H, T, n)
+        def split(z: torch.Tensor) -> torch.Tensor:  # (B, H, T, n)
+            return z.view(b, t, self.h, n).transpose(1, 2)
+
         q, k, v = split(self.q(g)), split(self.k(g)), split(self.v(g))
         scores = q @ k.transpose(-1, -2) / self.n
         allowed = mask[:, None, None, :].bool()
@@ -115,7 +118,8 @@ class Attention(nn.Module):
             allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=g.device).tril()
         p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         heads = (p @ v).transpose(1, 2).reshape(b, t, self.h * n)  # [A_1, ..., A_H]
-        return self.o(heads)
+        out: torch.Tensor = self.o(heads)
+        return out
 
 
 class Block(nn.Module):
@@ -166,10 +170,12 @@ class ReferenceTransformer(nn.Module):
         for blk in self.blocks:
             h = blk(h, attention_mask)
         m = attention_mask.to(h.dtype)[..., None]
-        return (self.ln_f(h) * m).sum(1) / m.sum(1).clamp_min(1.0)
+        pooled: torch.Tensor = (self.ln_f(h) * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return pooled
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask))
+        out: torch.Tensor = self.head(self.features(input_ids, attention_mask))
+        return out
 
 
 def recorded_modules(model: nn.Module) -> list[ScaledLinear | LayerNorm]:

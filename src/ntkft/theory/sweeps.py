@@ -23,13 +23,29 @@ from .arithmetic import RANKS, arithmetic_tasks, arithmetic_unit
 from .config import UNIT_FREE, ArithmeticConfig, LabConfig, SampleSweepConfig, WidthSweepConfig
 from .fits import loglog_slope
 from .lab import LabData, build_data, finetune, pretrain, student, width_unit
-from .plots import lines, scaling_panels, spectrum
+from .plots import Panel, lines, scaling_panels, spectrum
+from .results import (
+    ArithDesign,
+    ArithFit,
+    ArithmeticSummary,
+    MeanSd,
+    SampleBeta,
+    SampleFit,
+    SampleSize,
+    SampleSummary,
+    TaskFacts,
+    WidthFit,
+    WidthStats,
+    WidthSummary,
+)
 from .tasks import TargetData, fingerprint, labelled, sequences
+
+Unit = tuple[dict[str, Any], dict[str, torch.Tensor]]  # a unit's JSON record and its tensors
 
 LAB_VERSION = 1  # bump when a unit's computation changes, so old units are not resumed
 
 
-def run_key(cfg: LabConfig, data: LabData, kind: str) -> dict:
+def run_key(cfg: LabConfig, data: LabData, kind: str) -> dict[str, Any]:
     """Every config field that decides a unit's result + the data fingerprint + the lab version."""
     fields = {k: v for k, v in cfg.model_dump().items() if k not in UNIT_FREE}
     t = data.target
@@ -37,10 +53,10 @@ def run_key(cfg: LabConfig, data: LabData, kind: str) -> dict:
             "data": fingerprint(data.source, t.train, t.val, t.test)}
 
 
-def run_units(rf: RunFolder, units: Sequence[tuple[str, Callable[..., tuple[dict, dict]]]], progress: bool = True,
-              desc: str = "units") -> dict[str, tuple[dict, dict]]:
+def run_units(rf: RunFolder, units: Sequence[tuple[str, Callable[[], Unit]]], progress: bool = True,
+              desc: str = "units") -> dict[str, Unit]:
     """Run (or load) every named unit; each finished unit is on disk before the next starts."""
-    out: dict[str, tuple[dict, dict]] = {}
+    out: dict[str, Unit] = {}
     bar = tqdm(units, desc=desc, disable=not progress, unit="unit")
     for name, fn in bar:
         bar.set_postfix_str(name)
@@ -60,10 +76,12 @@ def run_units(rf: RunFolder, units: Sequence[tuple[str, Callable[..., tuple[dict
     return out
 
 
-def _get(d: dict, path: str):
+def _get(d: dict[str, Any], path: str) -> Any:
+    """A unit record's value at a dotted path ('err_t_hat.net')."""
+    got: Any = d
     for k in path.split("."):
-        d = d[k]
-    return d
+        got = got[k]
+    return got
 
 
 def spread(kernels: list[torch.Tensor]) -> float:
@@ -91,11 +109,11 @@ WIDTH_LAWS = {
 }
 
 
-def summarise_width(cfg: WidthSweepConfig, results: dict[str, tuple[dict, dict]]) -> dict:
+def summarise_width(cfg: WidthSweepConfig, results: dict[str, Unit]) -> WidthSummary:
     """Per-width means and sds, the eNTK spread over seeds, and log-log slopes (all widths and n >= fit_min_width)."""
     infos = [r[0] for r in results.values()]
     widths = sorted({i["width"] for i in infos})
-    per_width: dict[int, dict] = {}
+    per_width: dict[int, WidthStats] = {}
     for w in widths:
         rows = [i for i in infos if i["width"] == w]
         stats: dict[str, Any] = {}
@@ -109,55 +127,49 @@ def summarise_width(cfg: WidthSweepConfig, results: dict[str, tuple[dict, dict]]
         stats["kpt_spread"] = spread(kp) if len(kp) > 1 else None
         stats["seeds"] = len(rows)
         stats["step_ok"] = all(i["step_ok"] for i in rows)
-        per_width[w] = stats
-    fits = {}
+        per_width[w] = WidthStats.from_dict(stats, f"width {w}")
+    fits: dict[str, WidthFit] = {}
     for q, (label, pred) in WIDTH_LAWS.items():
         x = [i["width"] for i in infos]
         y = [_get(i, q) for i in infos]
-        fits[q] = {"label": label, "all": _fd(loglog_slope(x, y, predicted=pred)),
-                   "large": _fd(loglog_slope(x, y, predicted=pred, x_min=cfg.fit_min_width))}
+        fits[q] = WidthFit(label=label, all=loglog_slope(x, y, predicted=pred),
+                           large=loglog_slope(x, y, predicted=pred, x_min=cfg.fit_min_width))
     for q, label in (("k0_spread", "relative spread of K_0 over seeds (infinite-width limit)"),
                      ("kpt_spread", "relative spread of K_PT over seeds")):
-        xs = [w for w in widths if per_width[w][q] is not None]
-        ys = [per_width[w][q] for w in xs]
-        fits[q] = {"label": label, "all": _fd(loglog_slope(xs, ys, predicted=-0.5)),
-                   "large": _fd(loglog_slope(xs, ys, predicted=-0.5, x_min=cfg.fit_min_width))}
-    return {"widths": widths, "per_width": {str(w): s for w, s in per_width.items()}, "fits": fits}
+        xs = [w for w in widths if getattr(per_width[w], q) is not None]
+        ys = [getattr(per_width[w], q) for w in xs]
+        fits[q] = WidthFit(label=label, all=loglog_slope(xs, ys, predicted=-0.5),
+                           large=loglog_slope(xs, ys, predicted=-0.5, x_min=cfg.fit_min_width))
+    return WidthSummary(widths=widths, per_width={str(w): s for w, s in per_width.items()}, fits=fits)
 
 
-def _fd(fit) -> dict | None:
-    return fit.to_dict() if fit is not None else None
-
-
-def width_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, dict]]) -> list[str]:
+def width_figures(rf: RunFolder, summary: WidthSummary, results: dict[str, Unit]) -> list[str]:
     """scaling.png (log-log panels with fitted and predicted slopes) and errors.png (test error vs width)."""
     infos = [r[0] for r in results.values()]
     panels = []
     for q in ["theta_dist", "kernel_init_to_pt_rel", "drift_sup_rel", "lin_sup", "taylor_rms", "err_t_hat.diff_rms",
               "err_oracle.diff_rms", "err_t_hat.gap"]:
-        f = summary["fits"][q]
-        panels.append({"title": f["label"], "x": [i["width"] for i in infos], "y": [_get(i, q) for i in infos],
-                       "fit": f["all"], "predicted": -0.5})
-    ws = summary["widths"]
-    sp = [(w, summary["per_width"][str(w)]["k0_spread"]) for w in ws if summary["per_width"][str(w)]["k0_spread"]]
+        f = summary.fits[q]
+        panels.append(Panel(f.label, [i["width"] for i in infos], [_get(i, q) for i in infos], f.all, -0.5))
+    ws, pw = summary.widths, summary.per_width
+    sp = [(w, pw[str(w)].k0_spread) for w in ws if pw[str(w)].k0_spread]
     if sp:
-        panels.append({"title": summary["fits"]["k0_spread"]["label"], "x": [a for a, _ in sp], "y": [b for _, b in sp],
-                       "fit": summary["fits"]["k0_spread"]["all"], "predicted": -0.5})
+        k0 = summary.fits["k0_spread"]
+        panels.append(Panel(k0.label, [a for a, _ in sp], [b or 0.0 for _, b in sp], k0.all, -0.5))
     scaling_panels(panels, rf.path("scaling.png"), title="Reference transformer: width scaling (dotted: slope -1/2)")
-    pw = summary["per_width"]
-    series = {}
+    series: dict[str, tuple[Any, ...]] = {}
     for i, (rule, name) in enumerate((("t_hat", "T_hat (RWY)"), ("holdout", "hold-out"), ("oracle", "oracle"))):
         for kind in ("net", "lin"):
             q = f"err_{rule}.{kind}"
             series[f"{name}, {'network' if kind == 'net' else 'linearised'}"] = (
-                [pw[str(w)][q]["mean"] for w in ws], [pw[str(w)][q]["sd"] for w in ws], f"C{i}", kind == "lin")
+                [pw[str(w)].q(q).mean for w in ws], [pw[str(w)].q(q).sd for w in ws], f"C{i}", kind == "lin")
     lines(ws, series, rf.path("errors.png"), "width n", "test MSE vs f_tgt",
           "Early-stopped test error: network vs its linearisation")
     return ["scaling.png", "errors.png"]
 
 
 def width_sweep(cfg: WidthSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
-                figures: bool = True) -> dict:
+                figures: bool = True) -> WidthSummary:
     """Pretrain + fine-tune per (width, seed), then summary.json, units.csv and figures in `out`."""
     data = build_data(cfg)
     rf = RunFolder(out, "theory-width-sweep", run_key(cfg, data, "width"), overwrite)
@@ -167,8 +179,8 @@ def width_sweep(cfg: WidthSweepConfig, out: str | Path, overwrite: bool = False,
              for w in cfg.widths for s in range(cfg.seeds)]
     results = run_units(rf, units, progress, "width sweep")
     summary = summarise_width(cfg, results)
-    summary["task"] = {"task_corr": data.task_corr, "target_var": float(data.target.test.f.var())}
-    rf.write_json("summary.json", summary)
+    summary.task = TaskFacts(task_corr=data.task_corr, target_var=float(data.target.test.f.var()))
+    rf.write_json("summary.json", summary.to_dict())
     rf.write_text("units.csv", _csv([r[0] for r in results.values()], ["width", "seed", "seconds"] + list(WIDTH_LAWS)
                                     + ["lambda_1", "times.t_hat", "times.holdout", "times.oracle"]))
     if figures:
@@ -177,7 +189,7 @@ def width_sweep(cfg: WidthSweepConfig, out: str | Path, overwrite: bool = False,
     return summary
 
 
-def _csv(rows: list[dict], cols: list[str]) -> str:
+def _csv(rows: list[dict[str, Any]], cols: list[str]) -> str:
     lines_ = [",".join(cols)]
     for r in rows:
         lines_.append(",".join(f"{_get(r, c):.6g}" if isinstance(_get(r, c), float) else str(_get(r, c)) for c in cols))
@@ -187,12 +199,13 @@ def _csv(rows: list[dict], cols: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------- sample-size sweep
 
 
-def _pretrain_unit(cfg: LabConfig, data: LabData, width: int, seed: int) -> tuple[dict, dict]:
+def _pretrain_unit(cfg: LabConfig, data: LabData, width: int, seed: int) -> Unit:
     model, info, _ = pretrain(cfg, data, width, seed)
     return info, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def sample_unit(cfg: SampleSweepConfig, data: LabData, theta_pt: dict, size: int, draw: int) -> tuple[dict, dict]:
+def sample_unit(cfg: SampleSweepConfig, data: LabData, theta_pt: dict[str, torch.Tensor], size: int,
+                draw: int) -> Unit:
     """Fine-tune the pretrained model on `size` fresh target samples (draw `draw`); errors at the three stops."""
     gen = torch.Generator().manual_seed(1_000_003 * (cfg.data_seed + 1) + 7919 * size + draw)
     ids = sequences(size, cfg.seq_len, cfg.vocab, "all", gen)
@@ -208,7 +221,7 @@ def sample_unit(cfg: SampleSweepConfig, data: LabData, theta_pt: dict, size: int
 SAMPLE_RULES = {"t_hat": "T_hat (RWY)", "holdout": "hold-out", "oracle": "oracle"}
 
 
-def summarise_sample(cfg: SampleSweepConfig, results: dict[str, tuple[dict, dict]]) -> dict:
+def summarise_sample(cfg: SampleSweepConfig, results: dict[str, Unit]) -> SampleSummary:
     """Error against N_2 per stopping rule, slopes with CIs, and the slope predicted from beta (eq 30)."""
     infos = [r[0] for name, r in results.items() if name != "pretrain"]
     sizes = sorted({i["size"] for i in infos})
@@ -216,7 +229,7 @@ def summarise_sample(cfg: SampleSweepConfig, results: dict[str, tuple[dict, dict
     betas = np.array([i["beta_window"]["beta"] for i in top])
     beta = float(betas.mean())
     pred = -rate_exponent(beta) if beta > 0 else None
-    per_size = {}
+    per_size: dict[str, dict[str, Any]] = {}
     for n in sizes:
         rows = [i for i in infos if i["size"] == n]
         per_size[str(n)] = {f"err_{r}.{k}": _ms([_get(i, f"err_{r}.{k}") for i in rows])
@@ -229,37 +242,40 @@ def summarise_sample(cfg: SampleSweepConfig, results: dict[str, tuple[dict, dict
         for k in ("net", "lin"):
             x, y = [i["size"] for i in infos], [_get(i, f"err_{r}.{k}") for i in infos]
             fit, half = loglog_slope(x, y, predicted=pred), loglog_slope(x, y, predicted=-0.5)
-            fits[f"{r}.{k}"] = dict(fit.to_dict(), vs_minus_half=half.verdict) if fit and half else None
-    return {"width": cfg.width, "sizes": sizes, "beta": {"window_mean": beta, "window_sd": float(betas.std(ddof=1))
-            if len(betas) > 1 else 0.0, "paper_mean": float(np.mean([i["beta_paper"]["beta"] for i in top])),
-            "n": sizes[-1]}, "predicted_slope": pred, "per_size": per_size, "fits": fits}
+            fits[f"{r}.{k}"] = SampleFit(**fit.to_dict(), vs_minus_half=half.verdict) if fit and half else None
+    return SampleSummary(
+        width=cfg.width, sizes=sizes, predicted_slope=pred, fits=fits,
+        per_size={n: SampleSize.from_dict(v, f"size {n}") for n, v in per_size.items()},
+        beta=SampleBeta(window_mean=beta, window_sd=float(betas.std(ddof=1)) if len(betas) > 1 else 0.0,
+                        paper_mean=float(np.mean([i["beta_paper"]["beta"] for i in top])), n=sizes[-1]))
 
 
-def _ms(v) -> dict:
-    v = np.asarray(v, dtype=float)
-    v = v[np.isfinite(v)] if np.isfinite(v).any() else v
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+def _ms(v: Sequence[float]) -> MeanSd:
+    """Mean and sd (ddof 1) over the finite values (over all when none is finite)."""
+    a = np.asarray(v, dtype=float)
+    a = a[np.isfinite(a)] if np.isfinite(a).any() else a
+    return MeanSd(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0)
 
 
-def sample_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, dict]]) -> None:
+def sample_figures(rf: RunFolder, summary: SampleSummary, results: dict[str, Unit]) -> None:
     """Figures of the sample-size sweep (error against N with fitted slopes)."""
     infos = [r[0] for name, r in results.items() if name != "pretrain"]
     panels = []
     for r, label in SAMPLE_RULES.items():
         for k in ("net", "lin"):
-            panels.append({"title": f"test MSE at {label} ({'network' if k == 'net' else 'linearised'})",
-                           "x": [i["size"] for i in infos], "y": [_get(i, f"err_{r}.{k}") for i in infos],
-                           "fit": summary["fits"][f"{r}.{k}"], "predicted": summary["predicted_slope"]})
+            panels.append(Panel(f"test MSE at {label} ({'network' if k == 'net' else 'linearised'})",
+                                [i["size"] for i in infos], [_get(i, f"err_{r}.{k}") for i in infos],
+                                summary.fits[f"{r}.{k}"], summary.predicted_slope))
     scaling_panels(panels, rf.path("learning_curves.png"), xlabel="target samples N_2", ncols=2,
-                   title=f"Width {summary['width']}: error vs N_2 (dotted: -2beta/(2beta+1), beta = "
-                         f"{summary['beta']['window_mean']:.3f})")
-    big = [r for name, r in results.items() if name != "pretrain" and r[0]["size"] == summary["sizes"][-1]][0]
+                   title=f"Width {summary.width}: error vs N_2 (dotted: -2beta/(2beta+1), beta = "
+                         f"{summary.beta.window_mean:.3f})")
+    big = [r for name, r in results.items() if name != "pretrain" and r[0]["size"] == summary.sizes[-1]][0]
     spectrum(big[1]["eigenvalues"].tolist(), big[0]["beta_window"], rf.path("spectrum.png"),
-             f"eNTK spectrum of the pretrained reference model (n = {summary['width']}, N = {summary['sizes'][-1]})")
+             f"eNTK spectrum of the pretrained reference model (n = {summary.width}, N = {summary.sizes[-1]})")
 
 
 def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
-                 figures: bool = True) -> dict:
+                 figures: bool = True) -> SampleSummary:
     """Pretrain once at `width`, then per (size, draw) fine-tune and record the early-stopped errors."""
     data = build_data(cfg)
     rf = RunFolder(out, "theory-sample-sweep", run_key(cfg, data, "sample"), overwrite)
@@ -271,7 +287,7 @@ def sample_sweep(cfg: SampleSweepConfig, out: str | Path, overwrite: bool = Fals
              for n in cfg.sizes for d in range(cfg.seeds)]
     results = dict(pre, **run_units(rf, units, progress, "sample sweep"))
     summary = summarise_sample(cfg, results)
-    rf.write_json("summary.json", summary)
+    rf.write_json("summary.json", summary.to_dict())
     if figures:
         sample_figures(rf, summary, results)
     rf.finish(command="theory sample-sweep")
@@ -294,50 +310,58 @@ ARITH_LAWS = {  # (design, quantity) -> (label, predicted slope in n)
 }
 
 
-def _design_value(info: dict, design: str, q: str) -> float:
+def _design_value(info: dict[str, Any], design: str, q: str) -> float:
     d = info["designs"][design]
     if q in d or q.startswith("leakage_dir"):  # bands beyond N_2 are absent
-        return d[q] if d.get(q) is not None else float("nan")
+        return float(d[q]) if d.get(q) is not None else float("nan")
     vals = [t[q] for t in d["tasks"].values() if t[q] is not None]  # None: a task vector was zero
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def summarise_arithmetic(results: dict[str, tuple[dict, dict]]) -> dict:
+def summarise_arithmetic(results: dict[str, Unit]) -> ArithmeticSummary:
     """Summary table of the task-arithmetic lab over widths and designs."""
     infos = [r[0] for r in results.values()]
     widths = sorted({i["width"] for i in infos})
     qs = ["cross_kernel_ratio", "leakage", *[f"leakage_dir{r}" for r in RANKS], "disentanglement", "normalised_mse_mean",
           "tau_cosine", "mt_lin_rms", "neg_gap", "neg_gap_lin", "neg_rel_dev", "mse_ft", "mse_mt", "mse_pt", "mse_neg"]
-    per_width: dict[str, Any] = {}
+    per_width: dict[str, dict[str, ArithDesign]] = {}
     for w in widths:
         rows = [i for i in infos if i["width"] == w]
-        per_width[str(w)] = {d: {q: _ms([_design_value(i, d, q) for i in rows]) for q in qs}
-                             for d in ("orthogonal", "overlapping")}
+        per_width[str(w)] = {}
         for d in ("orthogonal", "overlapping"):
             gaps = [t["neg_gap"] for i in rows for t in i["designs"][d]["tasks"].values()]
-            per_width[str(w)][d]["negation_positive"] = f"{sum(g > 0 for g in gaps)}/{len(gaps)}"
-    fits = {}
+            per_width[str(w)][d] = ArithDesign.from_dict(
+                {q: _ms([_design_value(i, d, q) for i in rows]).to_dict() for q in qs}
+                | {"negation_positive": f"{sum(g > 0 for g in gaps)}/{len(gaps)}"}, f"width {w} {d}")
+    fits: dict[str, ArithFit] = {}
     for (d, q), (label, pred) in ARITH_LAWS.items():
         fit = loglog_slope([i["width"] for i in infos], [_design_value(i, d, q) for i in infos], predicted=pred)
-        fits[f"{d}.{q}"] = {"label": label, "fit": _fd(fit)}
-    return {"widths": widths, "per_width": per_width, "fits": fits}
+        fits[f"{d}.{q}"] = ArithFit(label=label, fit=fit)
+    return ArithmeticSummary(widths=widths, per_width=per_width, fits=fits)
 
 
-def arithmetic_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[dict, dict]]) -> None:
+def arithmetic_figures(rf: RunFolder, summary: ArithmeticSummary, results: dict[str, Unit]) -> None:
     """Figures of the task-arithmetic lab."""
     infos = [r[0] for r in results.values()]
-    panels = [{"title": f["label"], "x": [i["width"] for i in infos], "y": [_design_value(i, *k.split(".")) for i in infos],
-               "fit": f["fit"], "predicted": ARITH_LAWS[tuple(k.split("."))][1]} for k, f in summary["fits"].items()]
+    panels = []
+    for k, f in summary.fits.items():
+        design, q = k.split(".")
+        panels.append(Panel(f.label, [i["width"] for i in infos], [_design_value(i, design, q) for i in infos],
+                            f.fit, ARITH_LAWS[(design, q)][1]))
     scaling_panels(panels, rf.path("arithmetic_scaling.png"), title="Task arithmetic vs width")
-    ws, pw = summary["widths"], summary["per_width"]
-    series = {f"{d}: MSE(theta_PT + tau_1 + tau_2) / MSE(theta_FT,t)": (
-        [pw[str(w)][d]["normalised_mse_mean"]["mean"] for w in ws], [pw[str(w)][d]["normalised_mse_mean"]["sd"] for w in ws])
-        for d in ("orthogonal", "overlapping")}
+    ws, pw = summary.widths, summary.per_width
+    series: dict[str, tuple[Any, ...]] = {f"{d}: MSE(theta_PT + tau_1 + tau_2) / MSE(theta_FT,t)": (
+        [pw[str(w)][d].q("normalised_mse_mean").mean for w in ws],
+        [pw[str(w)][d].q("normalised_mse_mean").sd for w in ws]) for d in ("orthogonal", "overlapping")}
     lines(ws, series, rf.path("arithmetic_addition.png"), "width n", "normalised MSE (1 = no interference)",
           "Task addition (Corollary 2)")
-    ms = lambda d, q: ([pw[str(w)][d][q]["mean"] for w in ws], [pw[str(w)][d][q]["sd"] for w in ws])  # noqa: E731
-    leak = {f"orthogonal, eigendirections {r}-{2 * r - 1} of K_jj": (*ms("orthogonal", f"leakage_dir{r}"), f"C{i}", False)
-            for i, r in enumerate(RANKS)}
+
+    def ms(d: str, q: str) -> tuple[list[float], list[float]]:
+        return [pw[str(w)][d].q(q).mean for w in ws], [pw[str(w)][d].q(q).sd for w in ws]
+
+    leak: dict[str, tuple[Any, ...]] = {
+        f"orthogonal, eigendirections {r}-{2 * r - 1} of K_jj": (*ms("orthogonal", f"leakage_dir{r}"), f"C{i}", False)
+        for i, r in enumerate(RANKS)}
     leak["orthogonal, fine-tuned tau_j"] = (*ms("orthogonal", "leakage"), "k", False)
     leak["overlapping, fine-tuned tau_j"] = (*ms("overlapping", "leakage"), "0.5", True)
     lines(ws, leak, rf.path("arithmetic_leakage.png"), "width n", "||K_ij u_k|| / lambda_k(K_jj)", logy=True,
@@ -345,7 +369,7 @@ def arithmetic_figures(rf: RunFolder, summary: dict, results: dict[str, tuple[di
 
 
 def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
-                     figures: bool = True) -> dict:
+                     figures: bool = True) -> ArithmeticSummary:
     """Per (width, seed): pretrain, fine-tune three tasks, measure addition and negation for both designs."""
     data = build_data(cfg)
     tasks = arithmetic_tasks(cfg, data)
@@ -359,7 +383,7 @@ def arithmetic_sweep(cfg: ArithmeticConfig, out: str | Path, overwrite: bool = F
              for w in cfg.widths for s in range(cfg.seeds)]
     results = run_units(rf, units, progress, "arithmetic")
     summary = summarise_arithmetic(results)
-    rf.write_json("summary.json", summary)
+    rf.write_json("summary.json", summary.to_dict())
     if figures:
         arithmetic_figures(rf, summary, results)
     rf.finish(command="theory arithmetic")

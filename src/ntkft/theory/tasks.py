@@ -77,7 +77,8 @@ class Teacher:
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        return (self.net(ids).squeeze(-1) - self.mu) / self.sd
+        out: torch.Tensor = (self.net(ids).squeeze(-1) - self.mu) / self.sd
+        return out
 
     def shifted(self, shift: float, seed: int, ref_ids: torch.Tensor) -> Teacher:
         """The same teacher with each weight tensor moved by shift * std(tensor) * N(0, 1) noise."""
