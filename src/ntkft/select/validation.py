@@ -303,7 +303,7 @@ def summarise(cfg: ValidationConfig, tasks: list[dict], seconds: float, out: Pat
                                                                         for c in t["candidates"]]))
                       for t in rows if k in t["kendall"]]
             if groups:
-                tau, p = stratified_perm_test(groups, stat="kendall", n_perm=cfg.n_perm)
+                tau, p = stratified_perm_test(groups, stat="kendall", n_perm=cfg.n_perm, alternative="greater")
                 pooled.setdefault(k, {})[str(n)] = {"tau": tau, "p": p, "tasks": len(groups)}
     cells = [json.loads(p.read_text()) for p in (out / "cells").rglob("*.json")] if (out / "cells").is_dir() else []
     entk_s = [s for t in tasks for s in t["entk_seconds"].values()]
