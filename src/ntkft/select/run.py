@@ -170,7 +170,8 @@ def predict(cand: CandidateResult, k: np.ndarray, feats: np.ndarray, y: np.ndarr
     ci = subsample_ci(k, seed=cfg.seed)
     upd: dict[str, Any] = dict(curve=curve, error_at_n=mean, error_at_n_low=low, error_at_n_high=high,
                                error_at_n_extrapolated=extra, baseline_at_n=base, beta=ci.beta, beta_low=ci.low,
-                               beta_high=ci.high, rate=2 * ci.beta / (2 * ci.beta + 1), kta=kta(k, y, classification=classification),
+                               beta_high=ci.high, rate=2 * ci.beta / (2 * ci.beta + 1),
+                               kta=kta(k, y, classification=classification),
                                logme=logme(feats, y, classification=classification),
                                hscore=hscore(feats, y.astype(int)) if classification else None)
     if cfg.target_error is not None:

@@ -2,8 +2,8 @@
 
 A candidate zoo (cuts of offline models, and intermediate-task checkpoints made by `ntkft finetune`), target tasks
 never used for an intermediate candidate, every candidate fine-tuned with one rule for all (an epochs budget,
-hold-out early stopping, the learning rate chosen on validation) at each n and seed; then per task, n and predictor
-Kendall tau and Pearson between predicted and measured test score with permutation p, pooled over tasks by a
+hold-out early stopping, the learning rate chosen on validation at the smallest n) at each n and seed; then per
+task, n and predictor Kendall tau and Pearson between predicted and measured test score with permutation p, pooled over tasks by a
 stratified permutation test. Baselines: LogME and H-score on the last layer's pooled features (ntkft's), the same
 as transformer-ranker computes them (its estimators on layer-averaged features), and "more parameters is better".
 
@@ -44,7 +44,8 @@ class ZooEntry(StrictModel):
     name: str
     model: str
     layers: int | None = Field(None, ge=1)
-    intermediate: str | None = Field(None, description="task the model is fine-tuned on first (full setting)")
+    intermediate: str | None = Field(None, description="task the model is fine-tuned on first (full setting; "
+                                     "`layers` then cuts the fine-tuned model)")
 
 
 class ValidationConfig(StrictModel):
@@ -60,7 +61,7 @@ class ValidationConfig(StrictModel):
     min_steps: int = Field(20, ge=1, description="at least this many optimiser steps")
     batch_size: int = Field(16, ge=1)
     lrs: list[float] = Field([2e-5, 1e-4], min_length=1, description="AdamW learning rates; the best on "
-                             "validation at each (candidate, task, n), first seed, is used for every seed")
+                             "validation at the smallest n and first seed of each (candidate, task) is used for all")
     patience: int = Field(5, ge=1)
     intermediate_n: int = Field(1000, ge=16)
     intermediate_steps: int = Field(200, ge=1)
@@ -111,14 +112,14 @@ class Harness:
             return e.model
         from ..finetune import FinetuneConfig, finetune
 
-        run = self.out / "intermediate" / e.name
+        run = self.out / "intermediate" / f"{Path(e.model).name}+{Path(e.intermediate).stem}"  # shared by its cuts
         if not (run / "model" / "config.json").is_file() or _done(run / "result.json") is None:
             t0 = time.process_time()
             cfg = FinetuneConfig.make(model=e.model, task=e.intermediate, n_train=self.cfg.intermediate_n,
                                       max_steps=self.cfg.intermediate_steps, n_test=self.cfg.n_test,
                                       max_length=self.cfg.max_length, batch_size=self.cfg.batch_size)
             finetune(cfg, run, data_dir=self.data_dir, progress=self.progress)
-            write_json(run.parent / f"{e.name}.cpu.json", {"cpu_seconds": time.process_time() - t0})
+            write_json(run.parent / f"{run.name}.cpu.json", {"cpu_seconds": time.process_time() - t0})
         return str(run / "model")
 
     def cand_spec(self, e: ZooEntry) -> str:
@@ -197,13 +198,18 @@ class Harness:
         write_json(rec_file, rec)
         return rec
 
+    def chosen_lr(self, task: str, e: ZooEntry) -> float:
+        """The learning rate of (candidate, task): best validation loss at the smallest n and the first seed."""
+        first = [self.cell(task, e, min(self.cfg.sizes), self.cfg.seeds[0], lr) for lr in self.cfg.lrs]
+        return float(min(first, key=lambda r: math.inf if r["val_loss"] is None else r["val_loss"])["lr"])
+
     def measured(self, task: str, e: ZooEntry, n: int) -> dict[str, Any]:
-        """Mean test error over seeds at the learning rate chosen on validation (first seed)."""
-        first = [self.cell(task, e, n, self.cfg.seeds[0], lr) for lr in self.cfg.lrs]
-        best = min(first, key=lambda r: math.inf if r["val_loss"] is None else r["val_loss"])
-        recs = [best] + [self.cell(task, e, n, s, best["lr"]) for s in self.cfg.seeds[1:]]
-        return {"test_error": float(np.mean([r["test_error"] for r in recs])), "lr": best["lr"],
-                "seconds": float(sum(r["seconds"] for r in first + recs[1:]))}
+        """Mean test error over seeds at the chosen learning rate (one rule for every candidate)."""
+        lr = self.chosen_lr(task, e)
+        recs = [self.cell(task, e, n, s, lr) for s in self.cfg.seeds]
+        return {"test_error": float(np.mean([r["test_error"] for r in recs])), "lr": lr,
+                "test_errors": [r["test_error"] for r in recs], "seconds": float(sum(r["seconds"] for r in recs)),
+                "cpu_seconds": float(sum(r["cpu_seconds"] for r in recs))}
 
     # ------------------------------------------------------------------ the run
 
@@ -224,6 +230,82 @@ class Harness:
             write_json(d / "summary.json", summary)
             (d / "README.md").write_text(readme(summary))
         return summary
+
+
+def cell_rows(cfg: ValidationConfig) -> tuple[float, float]:
+    """(training rows, evaluation rows) one (candidate, task) pair costs: the lr cells at the smallest n, the seeds
+    at every n (an epochs budget; at least min_steps steps; early stopping can only shorten it); evaluation: about
+    11 passes over the validation rows and 2 over the test rows per cell."""
+    train = evals = 0.0
+    small = min(cfg.sizes)
+    for n in cfg.sizes:
+        cells = len(cfg.seeds) + (len(cfg.lrs) - 1 if n == small else 0)
+        n_fit = n - max(1, int(round(0.2 * n)))
+        steps = max(cfg.min_steps, math.ceil(cfg.epochs * n_fit / cfg.batch_size))
+        train += cells * steps * min(cfg.batch_size, n_fit)
+        evals += cells * (11 * (n - n_fit) + 2 * cfg.n_test)
+    return train, evals
+
+
+def estimate(cfg: ValidationConfig, costs: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """CPU seconds of the whole run from per-candidate costs measured at small scale (`probe`): CPU s per
+    training row (forward + backward), per evaluated row, and of the eNTK at the probe's N (scaled as N^1.5, the
+    measured MiniLM growth from N = 64 to 512)."""
+    train, evals = cell_rows(cfg)
+    per: dict[str, float] = {}
+    for e in cfg.candidates:
+        c = costs[e.name]
+        kern = c["kernel_cpu"] * (cfg.pool / c["kernel_n"]) ** 1.5
+        per[e.name] = len(cfg.tasks) * (train * c["train_row"] + evals * c["eval_row"] + kern)
+        if e.intermediate and not any(o.intermediate == e.intermediate and o.model == e.model
+                                      for o in cfg.candidates[:cfg.candidates.index(e)]):
+            per[e.name] += cfg.intermediate_steps * cfg.batch_size * c["train_row"]
+    total = sum(per.values())
+    return {"cpu_seconds": round(total), "wall_hours_at_1.6_cores": round(total / 1.6 / 3600, 2),
+            "per_candidate_cpu_seconds": {k: round(v) for k, v in per.items()}}
+
+
+def probe(cfg: ValidationConfig, data_dir: str | None = None, steps: int = 4, kernel_n: int = 32) -> dict[str, Any]:
+    """Measure each base candidate's costs on the first task (a `steps`-step cell at batch_size, its evaluation,
+    and the eNTK on `kernel_n` rows) and estimate the full run (intermediate candidates cost as their base)."""
+    from ..finetune import FinetuneConfig
+    from ..finetune.loop import Trainer
+    from ..kernel import kernel_matrix
+    from ..tasks import encode, load_task, subsample
+    from .config import parse_candidate
+    from .run import build_candidate
+
+    task = cfg.tasks[0]
+    costs: dict[str, dict[str, float]] = {}
+    for e in cfg.candidates:
+        key = f"{e.model}@{e.layers}"
+        if key in costs:
+            costs[e.name] = costs[key]
+            continue
+        fc = FinetuneConfig.make(model=e.model, task=task, setting="head" if e.layers else "full", layers=e.layers,
+                                 n_train=max(64, cfg.batch_size * 2), n_test=cfg.n_test, lr=cfg.lrs[0], max_steps=steps,
+                                 batch_size=cfg.batch_size, max_length=cfg.max_length, save_model=False,
+                                 eval_every=steps, eval_at_start=False)
+        tr = Trainer(fc, progress=False)
+        loaded, readout = build_candidate(parse_candidate(e.model + (f"@{e.layers}" if e.layers else "")), 1, 1.0, 0)
+        c0 = time.process_time()
+        with torch.no_grad():
+            for s in range(0, len(tr.test), 64):
+                readout(tr.test.ids[s:s + 64], tr.test.mask[s:s + 64])
+        eval_row = (time.process_time() - c0) / len(tr.test)
+        c0 = time.process_time()
+        tr.fit()  # one evaluation of the validation rows and two of the test rows besides the steps
+        spent = time.process_time() - c0 - eval_row * (len(tr.val) + 2 * len(tr.test))
+        train_row = max(spent, 0.0) / (steps * cfg.batch_size)
+        data = subsample(load_task(task, "train", data_dir), kernel_n, seed=0)
+        enc = encode(loaded.tokenizer, loaded.kind, data, max_length=cfg.max_length)
+        c0 = time.process_time()
+        kernel_matrix(readout, enc, progress=False)
+        costs[key] = costs[e.name] = {"train_row": train_row, "eval_row": eval_row,
+                                      "kernel_cpu": time.process_time() - c0, "kernel_n": kernel_n}
+        log.info("probe %s: %.3f CPU s per training row, %.3f per evaluated row, eNTK(%d) %.1f CPU s", e.name,
+                 train_row, eval_row, kernel_n, costs[key]["kernel_cpu"])
+    return {"costs": {e.name: costs[e.name] for e in cfg.candidates}, "estimate": estimate(cfg, costs)}
 
 
 def layer_mean_features(readout: Any, enc: dict[str, torch.Tensor], batch: int = 32) -> torch.Tensor:
@@ -364,10 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/select-validation")
     ap.add_argument("--docs", default=None, help="also write summary.json and README.md here")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--probe", action="store_true", help="only measure per-candidate costs at small scale and "
+                    "estimate the full run's CPU time (prints JSON; writes nothing)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         cfg = load_config(ValidationConfig, a.config)
+        if a.probe:
+            print(json.dumps(probe(cfg, a.data_dir), indent=2))
+            return 0
         s = Harness(cfg, a.out, a.data_dir).run(a.docs)
     except NtkftError as e:
         print(f"ntkft: error: {e}", file=sys.stderr)
