@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
-from conftest import killed_on_call, run_cli
 
 import ntkft
+from conftest import killed_on_call, run_cli
 from ntkft.errors import ConfigError
 from ntkft.select import run as select_run
 from ntkft.select.config import SelectConfig, parse_candidate
@@ -42,10 +43,10 @@ def test_trained_model_ranks_above_random(tmp_path, data_dir):
     """A tiny-bert fine-tuned on SST-2 is ranked above the same random tiny-bert, by the curve, KTA and LogME."""
     from ntkft.finetune import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig.make(model="tiny-bert", task="sst2", n_train=256, n_test=32, lr=1e-3, max_steps=150,
-                              batch_size=32, patience=100)
+    cfg = FinetuneConfig.make(model="tiny-bert", task="sst2", n_train=192, n_test=16, lr=1e-3, max_steps=80,
+                              batch_size=32, patience=100, eval_every=40)
     finetune(cfg, tmp_path / "ft", progress=False)
-    res = ntkft.select(models=["tiny-bert", str(tmp_path / "ft")], **{**FAST, "pool": 128, "n_subsets": 10})
+    res = ntkft.select(models=["tiny-bert", str(tmp_path / "ft")], **{**FAST, "pool": 96, "n_subsets": 8})
     assert isinstance(res, ntkft.SelectResult)
     assert [c.name for c in res.candidates] == [str(tmp_path / "ft"), "tiny-bert"]
     trained, rand = res.candidates
@@ -135,3 +136,44 @@ def test_config_parses_candidates(tmp_path):
                                                                          ("tiny-llama@1", "head", 1)]
     with pytest.raises(ConfigError, match="no such GGUF"):
         parse_candidate(str(tmp_path / "x.gguf"))
+
+
+def test_validation_harness_end_to_end_resumes_after_a_kill(tmp_path, data_dir, monkeypatch):
+    """Tiny zoo (a cut, an intermediate-task checkpoint), one target task, two learning rates and two seeds: killed at
+    the fourth fine-tuning cell, the same call resumes (no cell run twice) and writes summary.json in the issue's
+    schema and a README that opens with the verdict."""
+    from ntkft.select import validation as val
+
+    cfg = val.ValidationConfig(
+        candidates=[val.ZooEntry(name="bert", model="tiny-bert"), val.ZooEntry(name="bert1", model="tiny-bert", layers=1),
+                    val.ZooEntry(name="bert-sst2", model="tiny-bert", intermediate="sst2")],
+        tasks=["cr"], sizes=[16], seeds=[0, 1], pool=40, n_subsets=3, max_length=16, n_test=16, epochs=1,
+        min_steps=2, batch_size=8, lrs=[1e-3, 1e-4], intermediate_n=24, intermediate_steps=2, n_perm=100)
+    with pytest.raises(ConfigError, match="intermediate"):
+        val.ValidationConfig.make(**{**cfg.model_dump(), "tasks": ["sst2"]})
+    real = val.Harness.cell
+    monkeypatch.setattr(val.Harness, "cell", killed_on_call(real, 4))
+    with pytest.raises(KeyboardInterrupt):
+        val.Harness(cfg, tmp_path / "run", progress=False).run()
+    done = len(list((tmp_path / "run" / "cells").rglob("*.json")))
+    assert done == 3
+    import ntkft.finetune as ft
+
+    calls = {"n": 0}
+    real_ft = ft.finetune
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real_ft(*a, **k)
+
+    monkeypatch.setattr(ft, "finetune", counting)
+    monkeypatch.setattr(val.Harness, "cell", real)
+    s = val.Harness(cfg, tmp_path / "run", progress=False).run(tmp_path / "docs")
+    assert calls["n"] == 9 - done
+    assert set(s) >= {"candidates", "tasks", "pooled", "verdict"}
+    t = s["tasks"][0]
+    assert {"name", "n", "measured", "predicted", "kendall", "pearson"} <= set(t)
+    assert {"entk_curve", "beta", "kta", "logme", "hscore", "params"} <= set(t["predicted"])
+    assert (tmp_path / "docs" / "README.md").read_text().splitlines()[2].startswith("**Verdict.**")
+    with pytest.raises(ConfigError, match="another config"):
+        val.Harness(cfg.model_copy(update={"pool": 48}), tmp_path / "run", progress=False)

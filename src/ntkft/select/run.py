@@ -134,7 +134,7 @@ def at_n(curve: Curve, n: int) -> tuple[float, float, float, float, bool]:
         return vals[0], vals[1], vals[2], vals[3], False
     out = []
     for k in ("mean", "low", "high"):
-        f = fit_rate(curve.sizes, getattr(curve, k))
+        f = fit_rate(curve.sizes, getattr(curve, k), n_boot=0)
         out.append(float(f.c + f.a * n ** (-f.r)))
     return out[0], out[1], out[2], curve.baseline[-1], True
 
@@ -151,7 +151,7 @@ def n_for(curve: Curve, target: float) -> tuple[float | None, bool]:
                 return float(curve.sizes[0]), False
             x0, x1, y0, y1 = math.log(curve.sizes[i - 1]), math.log(curve.sizes[i]), m[i - 1], m[i]
             return float(math.exp(x0 + (x1 - x0) * (y0 - target) / (y0 - y1))), False
-    f = fit_rate(curve.sizes, m)
+    f = fit_rate(curve.sizes, m, n_boot=0)
     if f.a <= 0 or target <= f.c:
         return None, True
     return float((f.a / (target - f.c)) ** (1 / f.r)), True
@@ -168,10 +168,10 @@ def predict(cand: CandidateResult, k: np.ndarray, feats: np.ndarray, y: np.ndarr
                   baseline=list(pc.baseline), metric=pc.metric)
     mean, low, high, base, extra = at_n(curve, cfg.n)
     ci = subsample_ci(k, seed=cfg.seed)
-    yk = np.eye(int(y.max()) + 1)[y.astype(int)] if classification else y
     upd: dict[str, Any] = dict(curve=curve, error_at_n=mean, error_at_n_low=low, error_at_n_high=high,
                                error_at_n_extrapolated=extra, baseline_at_n=base, beta=ci.beta, beta_low=ci.low,
-                               beta_high=ci.high, rate=2 * ci.beta / (2 * ci.beta + 1), kta=kta(k, yk),
+                               beta_high=ci.high, rate=2 * ci.beta / (2 * ci.beta + 1),
+                               kta=kta(k, y, classification=classification),
                                logme=logme(feats, y, classification=classification),
                                hscore=hscore(feats, y.astype(int)) if classification else None)
     if cfg.target_error is not None:
