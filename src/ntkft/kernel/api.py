@@ -68,12 +68,18 @@ class Job:
         return plan_units(self.model, self.x1, self.x2, self.params, self.method, opts)
 
     def key(self, plan: Plan, opts: Options) -> dict[str, Any]:
-        """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan, options and
-        the GEMM library the plan computes with (float32 rounding differs between them; `plan.info["gemm"]`)."""
-        return {"method": self.method.value, "params": sorted(self.params), "x1": self.x1.digest(),
-                "x2": self.x2.digest() if self.x2 is not None else None,
-                "weights": weights_digest(cast(nn.Module, self.model)), "head_prefix": HEAD_PREFIX,
-                "plan": plan.digest(), "options": opts.to_key(), "gemm": plan.info.get("gemm", "torch")}
+        """The checkpoint key of this job under `plan` (`work_key`)."""
+        return work_key(self.model, self.x1, self.x2, self.params, self.method, plan, opts)
+
+
+def work_key(model: KernelModel, in1: Inputs, in2: Inputs | None, sel: dict[str, nn.Parameter], meth: Method,
+             plan: Plan, opts: Options) -> dict[str, Any]:
+    """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan, options and the
+    GEMM library the plan computes with (float32 rounding differs between them; `plan.info["gemm"]`)."""
+    return {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
+            "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(cast(nn.Module, model)),
+            "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key(),
+            "gemm": plan.info.get("gemm", "torch")}
 
 
 def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None = None,
