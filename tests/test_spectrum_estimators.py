@@ -83,5 +83,5 @@ def test_summary_table_from_rows():
              "paper_r2_centred": 0.9, "window": 0.98} for s in range(10)]
     s = summarise(rows)
     assert s[0]["bias_ntkft"] == pytest.approx(0.045) and s[0]["coverage"] == 1.0 and s[0]["coverage_old"] is None
-    md = table(s, 60.0, "cmd")
-    assert "1/1 cells" in md and "| power | 1 | 800 | 10 | +0.045 |" in md
+    md = table(s, 1.0, "cmd")
+    assert "1/1 cells at N >= 800" in md and "85-95% in 0/1 cells" in md and "| power | 1 | 800 | 10 | +0.045 |" in md

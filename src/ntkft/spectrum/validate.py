@@ -96,22 +96,30 @@ def _f(x: float | None, fmt: str = "+.3f") -> str:
     return "-" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
-def table(summary: list[dict[str, Any]], seconds: float, command: str) -> str:
+def table(summary: list[dict[str, Any]], minutes: float, command: str) -> str:
     """The committed Markdown page."""
     big = [s for s in summary if s["n"] >= 800]
     ok = sum(abs(s["bias_ntkft"]) <= 0.1 for s in big)
-    cov = [s for s in summary if s["coverage"] is not None and s["reps"] >= 10]
+    cov = [s for s in summary if s["coverage"] is not None]
+    inside = [s for s in cov if 0.85 <= s["coverage"] <= 0.95]
+    low = [f"{s['family']} {s['beta']:g} N={s['n']} ({s['coverage']:.0%})" for s in cov if s["coverage"] < 0.85]
     lines = [
         "# Beta estimators on closed-form kernels: bias and 90% interval coverage", "",
-        f"Made by `{command}` ({seconds / 60:.0f} min on the 2-core CPU). Kernels and estimators: the docstring of "
-        "`src/ntkft/spectrum/validate.py`. Bias in units of beta (target |bias| <= 0.1 at N >= 800); coverage = share "
-        "of 90% intervals containing beta (target 85-95%); width = median interval width.", "",
-        f"- `beta` (headline: scale-matched, index shift fitted): |bias| <= 0.1 beta in {ok}/{len(big)} cells at "
-        f"N >= 800 (worst {_f(max((abs(s['bias_ntkft']) for s in big), default=None), '.3f')}); coverage "
-        f"{_f(min((s['coverage'] for s in cov), default=None), '.0%')}-"
-        f"{_f(max((s['coverage'] for s in cov), default=None), '.0%')} over the cells with >= 10 replicates.",
-        f"- previous default (scale-matched, no shift): {sum(abs(s['bias_old']) <= 0.1 for s in big)}/{len(big)}; "
-        f"paper (eq 31-32): {sum(abs(s['bias_paper']) <= 0.1 for s in big)}/{len(big)}; window fit: "
+        f"Made by `{command}` ({minutes:.0f} min on the shared 2-core CPU). Kernels and estimators: the docstring of "
+        "`src/ntkft/spectrum/validate.py`. Bias and sd in units of beta (target |bias| <= 0.1 at N >= 800); coverage = "
+        "share of 90% intervals containing beta (target 85-95%); width = median interval width (absolute).", "",
+        f"- `beta` (the headline, `ntkft.estimate_beta`: scale-matched, index shift fitted): |bias| <= 0.1 beta in "
+        f"{ok}/{len(big)} cells at N >= 800 (worst {max(abs(s['bias_ntkft']) for s in big):.3f}).",
+        f"- Its 90% interval covers 85-95% in {len(inside)}/{len(cov)} cells; above 95% (too wide, up to ~2x the ideal "
+        f"width on pure power laws) in {sum(s['coverage'] > 0.95 for s in cov)}; below 85% in {len(low)}: "
+        f"{', '.join(low) or 'none'}. The interval's subsamples reuse the estimate's shift, so where bias of a few "
+        "hundredths remains (fast decay, beta 2-3, at N = 800) the narrow interval misses; N = 800 cells have only "
+        "6 replicates (coverage +-20%). The coverage target is **not met in every cell**.",
+        "- Spiked beta = 3 at N = 200 fails (bias -0.17): only ~28 eigenvalues lie above the numerical floor "
+        "(1e-10 lambda_1), too few to fit past three spikes.",
+        f"- previous default (scale-matched, no shift): {sum(abs(s['bias_old']) <= 0.1 for s in big)}/{len(big)} cells "
+        f"at N >= 800 (shifted -0.18 to -0.29, spiked +0.14 to +0.33; its interval covered 0% of shifted and spiked "
+        f"cells at N = 200); paper (eq 31-32): {sum(abs(s['bias_paper']) <= 0.1 for s in big)}/{len(big)}; window fit: "
         f"{sum(abs(s['bias_window']) <= 0.1 for s in big)}/{len(big)}.",
         "- The paper's R^2 is uncentred (no intercept, total = sum of y^2); centred it is lower, both shown.", "",
         "| family | beta | N | reps | bias beta | sd | coverage | width | bias old | cov. old | bias paper "
@@ -138,7 +146,11 @@ def real_section(res: dict[str, Any], source: str) -> str:
         f"- the 90% interval of one draw: median half-width {res['half_width_median']:.3f}, i.e. an implied sd of "
         f"{res['implied_sd']:.3f} ({res['implied_sd'] / res['beta_sd']:.2f}x the sd over draws); it contains the "
         f"mean over draws in {res['coverage_of_mean']:.0%} of the draws.",
-        f"- beta of the whole N = {res['N']} kernel: {f['beta']:.3f} {full_ci}, index shift {f['shift']:+.2f}.", ""])
+        f"- beta of the whole N = {res['N']} kernel: {f['beta']:.3f} {full_ci}, index shift {f['shift']:+.2f}: "
+        f"{(f['beta'] - res['beta_mean']) / res['beta_sd']:+.1f} sd of the draws away from their mean. beta read at "
+        "different N covers different indices k, and on a real eNTK the local decay still changes there: it is not "
+        "a (shifted) power law over these indices, so compare betas only at one N (the interval does not cover "
+        "this).", ""])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", default="20,8", help="replicate kernels per cell, one per size")
     ap.add_argument("--draws", type=int, default=40, help="subsamples per interval")
     ap.add_argument("--betas", default=",".join(map(str, BETAS)))
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="minutes the rows took (when regenerating the page from finished rows)")
     ap.add_argument("--real", type=Path, default=None, help="bench/beta_draws.py's JSON: add the real-eNTK section")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -173,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{fam} beta={beta} N={n} seed={seed}: {row['ntkft']:.3f} [{row['low']}, {row['high']}] "
                               f"old {row['old']:.3f} paper {row['paper']:.3f}", flush=True)
     cmd = f"python -m ntkft.spectrum.validate --sizes {args.sizes} --reps {args.reps} --draws {args.draws}"
-    page = table(summarise(rows), time.time() - t0, cmd)
+    page = table(summarise(rows), args.minutes if args.minutes is not None else (time.time() - t0) / 60, cmd)
     if args.real is not None:
         page += real_section(json.loads(args.real.read_text()), str(args.real))
     args.out.write_text(page)
