@@ -48,6 +48,7 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
     computed, not what it is."""
     data = subsample(load_task(task, split, data_dir), n, seed=seed)
     loaded, readout = build_readout(model, layers=layers, seed=seed)
+    loaded.check_length(max_length)  # beyond the position embeddings: one line, not an IndexError
     if device is not None:
         readout.to(parse_device(device))
     enc = encode(loaded.tokenizer, loaded.kind, data, max_length=max_length)
@@ -59,9 +60,14 @@ def compute_kernel_file(model: str, task: str, n: int = 100, max_length: int = 6
                "split": split, "n": len(data), "max_length": max_length, "seed": seed, "params": params,
                "method": meth.value, "layers": layers, "sketch_dim": sketch_dim, "sigma": 1.0}
         rf = RunFolder(out, "kernel", key, overwrite=overwrite)
-        if rf.open() and rf.complete and (rf.root / "kernel.safetensors").is_file():
-            log.info("%s already holds this kernel", out)
-            return load_kernel_file(out)
+        if rf.open() and rf.complete:
+            try:
+                kf = load_kernel_file(rf.root)
+                log.info("%s already holds this kernel", out)
+                rf.release()
+                return kf
+            except KernelError as e:  # a damaged or missing kernel file of a finished run: recompute it
+                rf.redo(str(e))
     t0 = time.time()
     info: dict[str, Any] = {}
     k = kernel_matrix(readout, enc, params=params, method=meth, batch_size=batch_size, max_memory=max_memory,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 from ..errors import NtkftError
 from ._common import app, flag_message
@@ -23,6 +24,24 @@ def _register() -> None:
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{optional}":
                 raise
+
+
+def _as_typed(msg: str) -> str:
+    """A message that opens with a flag names it as the user typed it (`--samples`, not its alias `--n`)."""
+    flag = msg.split(":", 1)[0]
+    args = sys.argv[1:]
+    if not flag.startswith("--") or " " in flag or any(a.split("=")[0] == flag for a in args):
+        return msg
+    try:
+        import typer.main
+
+        group: Any = typer.main.get_command(app)
+        cmd = group.commands.get(next((a for a in args if not a.startswith("-")), ""))
+        opts = next((list(p.opts) for p in cmd.params if flag in getattr(p, "opts", ())), []) if cmd else []
+    except Exception:  # noqa: BLE001  (only a nicer message is at stake)
+        return msg
+    typed = next((o for o in opts for a in args if a.split("=")[0] == o), None)
+    return typed + msg[len(flag):] if typed else msg
 
 
 def main() -> None:
@@ -54,11 +73,15 @@ def main() -> None:
             sys.exit(130)
         if not isinstance(e, NtkftError):
             raise
-        print(f"ntkft: error: {flag_message(e)}", file=sys.stderr)
+        print(f"ntkft: error: {_as_typed(flag_message(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("ntkft: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
         sys.exit(130)
+    finally:
+        from .._runs import release_all
+
+        release_all()  # run-folder locks of a failed command (a finished one has released its own)
 
 
 __all__ = ["app", "main"]

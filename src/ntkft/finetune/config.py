@@ -69,6 +69,8 @@ class FinetuneConfig(StrictModel):
     mode: Literal["min", "max"] | None = Field(None, description="min or max (default from the metric)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
+    dropout: float | None = Field(None, ge=0, lt=1, description="dropout probability at every dropout site (default: "
+                                  "the model's own; 0 = off: training follows the eval-mode model the eNTK describes)")
     sigma: float = Field(1.0, gt=0, description="scale of the new head's init: W ~ N(0, sigma^2/n), b ~ N(0, sigma^2)")
     standardize: bool = Field(True, description="regression: train on (y - mean) / sd of the training targets, "
                               "the head's bias set so that f starts at the training mean (scores in [0, 1] and [0, 5] "

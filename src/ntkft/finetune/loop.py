@@ -24,6 +24,7 @@ from ..models import fingerprint, load_model
 from ..tasks import task_metrics
 from .config import FinetuneConfig
 from .data import Split, by_length, cache_features, check_monitor, in_row_order, length_split, prepare
+from .dropout import install as install_dropout
 from .early_stopping import EarlyStopping
 from .parallel import ranks_from_env
 from .settings import get_setting, readout_of
@@ -100,6 +101,7 @@ class Trainer:
         self.task_type = self.data.task_type
         self.num_classes = self.data.num_classes
         self.model: Any = self.setting.build(self.loaded, self.data.out_dim, cfg.layers, cfg.sigma, cfg.seed).to(self.device)
+        self.masks = install_dropout(self.model, cfg.dropout, cfg.seed, left=self.loaded.kind == "decoder")
         # regression targets in training units: (y - shift) / scale (0 and 1 unless standardize)
         self.shift, self.scale = 0.0, 1.0
         self.c = torch.zeros(())  # the constant a centred start begins at (center_output), training units
@@ -239,7 +241,9 @@ class Trainer:
         if self.train.h is None:  # token inputs: rows of similar length together (less padding)
             chunks = tuple(part for ch in chunks for part in length_split(ch, self.train.mask))
         for ch in chunks:
-            loss = _loss(self._forward(self.train, ch), self._target(self.train.y[ch]).to(self.device), self.task_type)
+            with self.masks.batch(self.step, ch):  # dropout masks of (seed, step, sample): any split draws the same
+                out = self._forward(self.train, ch)
+            loss = _loss(out, self._target(self.train.y[ch]).to(self.device), self.task_type)
             if self.cfg.ridge:
                 loss = loss + self.cfg.ridge * self.model.head.weight.pow(2).sum()
             (loss * (len(ch) / len(idx))).backward()
@@ -392,11 +396,12 @@ class Trainer:
             except NtkftError as e:  # tell the other ranks before giving up, so none of them waits forever
                 self.ranks.broadcast(("error", str(e)))
                 raise
-            if resumed and self.rf.complete and (self.rf.root / "result.json").is_file():
+            done = self.rf.finished_json("result.json", ["model/model.safetensors"] if self.cfg.save_model else [])
+            if resumed and done is not None:
                 log.info("%s: finished run with the same key; returning its result", self.rf.root)
-                status = ("done", json.loads((self.rf.root / "result.json").read_text()))
+                status = ("done", done)
             elif resumed:
-                status = ("resume", None)
+                status = ("resume", str(self.rf.root))
             else:
                 self.rf.write_json("config.json", self.cfg.model_dump())
         status = self.ranks.broadcast(status)
@@ -404,7 +409,7 @@ class Trainer:
             raise ConfigError(status[1])
         if status[0] == "done":
             return FinetuneResult(**status[1])  # type: ignore[arg-type]
-        if status[0] == "resume" and self.try_resume():
+        if status[0] == "resume" and self.try_resume(Path(status[1])):
             log.info("resumed from step %d", self.step)
         if self.rf is None:
             return None
@@ -439,11 +444,11 @@ class Trainer:
                          {"step": self.step, "stopper": self.stopper.state_dict(), "history": self.history,
                           "drift": self.drift})
 
-    def try_resume(self) -> bool:
-        """Load the newest whole checkpoint of this run (the folder's key already matched)."""
+    def try_resume(self, root: Path | None = None) -> bool:
+        """Load the newest whole checkpoint of this run in `root` (default `out`; the folder's key already matched)."""
         if self.out is None:
             return False
-        ck = read_checkpoint(self.out)
+        ck = read_checkpoint(root or self.out)
         if ck is None:
             return False
         trainable, best, blob, meta = ck

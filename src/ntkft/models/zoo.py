@@ -215,6 +215,12 @@ def _from_dir(spec: str, path: str, kind: Kind | None, dtype: torch.dtype, local
         raise ModelError(f"could not load model {name} from {where}: {str(e).splitlines()[0]}") from e
     except ValueError as e:
         raise ModelError(f"could not load model '{spec}': {str(e).splitlines()[0]}") from e
+    except Exception as e:  # safetensors' SafetensorError (a truncated or corrupt weights file) and the like
+        if type(e).__name__ not in ("SafetensorError", "HeaderTooLarge", "EOFError", "UnpicklingError", "RuntimeError"):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        raise ModelError(f"could not load model '{spec}' from {path}: a weights file is damaged or incomplete "
+                         f"({type(e).__name__}: {first})") from None
     kind = kind or _detect_kind(config)
     return _finish(spec, model, tok, kind, str(path))
 

@@ -220,6 +220,12 @@ def _finish(spec: TaskSpec, split: str, rows: list) -> TaskData:
                 raise DataError(f"{origin}: unknown label '{raw}' (expected one of {known})")
             labels.append(label_index[raw])
     arr = np.asarray(labels, dtype=np.float64 if spec.type == "regression" else np.int64)
+    if spec.type == "classification" and split in ("train", "all"):
+        empty = [lab for i, lab in enumerate(spec.labels or []) if not (arr == i).any()]
+        if empty:  # a head output never trained: its class can never be predicted well
+            files = ", ".join(sorted({o.rsplit(":", 1)[0] for o in [r[0] for r in rows]}))
+            raise DataError(f"{files}: declared class(es) {', '.join(map(repr, empty))} of task '{spec.name}' have no "
+                            f"rows in split '{split}'; add rows or drop the class from labels")
     sources = [r[4] for r in rows]
     return TaskData(spec, split, [r[1] for r in rows], [r[2] for r in rows] if spec.pair else None, arr,
                     [r[0] for r in rows], sources if any(s is not None for s in sources) else None)
