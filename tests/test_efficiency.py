@@ -43,7 +43,8 @@ def test_cpu_config_end_to_end_with_a_fault_resumed(tmp_path: Path, data_dir: Pa
     out = tmp_path / "eff"
     with pytest.raises(InjectedFault):
         run(cfg, out, data_dir=str(data_dir), progress=False, fail_after=4)
-    res = run(cfg, out, data_dir=str(data_dir), progress=False, docs=tmp_path / "docs")
+    two = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"workers": 2})})  # the process pool
+    res = run(two, out, data_dir=str(data_dir), progress=False, docs=tmp_path / "docs")
     assert len(res["reused"]) == 4 and len(res["computed"]) > 0  # the four units finished before the fault
     s = Summary.model_validate(json.loads((out / "summary.json").read_text()))
     names = [t.name for t in s.tasks]

@@ -46,6 +46,7 @@ class FinetuneTier(StrictModel):
     patience: int = Field(3, ge=1)
     val_frac: float = Field(0.25, gt=0, lt=1)
     min_val: int = Field(32, ge=1, description="validation rows at every size (issue 27: >= 32)")
+    workers: int = Field(1, ge=1, le=64, description="fine-tuning cells run at once, in processes of one thread each")
 
 
 class PrimaryTest(StrictModel):

@@ -164,25 +164,60 @@ def cell_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Variant
     jobs = [(v, s, seed) for v in variants.values() for s in ft.sizes if (v.name, s) in fits
             for seed in range(ft.seeds)]
     out: dict[str, dict[int, list[dict]]] = {v: {s: [] for s in cfg.finetune.sizes} for v in variants}
-    bar = tqdm(jobs, desc="tier (b): fine-tuning", disable=not progress, unit="cell")
-    for v, size, seed in bar:
+    y_fp = {v.name: (_sha(v.y_train.round(8).tolist()), _sha([v.test_a, v.test_b, v.y_test.round(8).tolist()]))
+            for v in variants.values()}
+    todo = []
+    for v, size, seed in jobs:
         _, facts, kkey = kernels[v.parent]
-        n_val = n_val_at(size, cfg.finetune.val_frac, cfg.finetune.min_val)
-        key = _sha({"kernel": kkey, "facts": facts, "finetune": cfg.finetune.model_dump(exclude={"sizes", "seeds"}),
-                    "size": size, "seed": seed, "n_val": n_val, "y": _sha(v.y_train.round(8).tolist()),
-                    "test": _sha([v.test_a, v.test_b, v.y_test.round(8).tolist()])})
+        key = _sha({"kernel": kkey, "facts": facts, "finetune": ft.model_dump(exclude={"sizes", "seeds", "workers"}),
+                    "size": size, "seed": seed, "n_val": n_val_at(size, ft.val_frac, ft.min_val),
+                    "y": y_fp[v.name][0], "test": y_fp[v.name][1]})
         folder = f"cells/{v.name}/n{size}-s{seed}"
         got = _read_json(rf.root / folder / "result.json", key)
         if got is None:
-            bar.set_postfix_str(f"{v.name} n={size} seed={seed}")
-            rf.path(folder)
-            got = run_cell(cfg, v, size, seed, rf.root / folder / "task", facts) | {"key": key}
-            rf.write_json(f"{folder}/result.json", got)
-            units.done(f"{folder}/result.json", got["cpu_seconds"])
+            todo.append((v, size, seed, folder, key, facts))
         else:
             units.reused.append(folder)
-        out[v.name][size].append(got)
+            out[v.name][size].append(got)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="tier (b): fine-tuning", disable=not progress,
+               unit="cell")
+
+    def finish(folder: str, key: str, got: dict) -> None:
+        got = got | {"key": key}
+        rf.write_json(f"{folder}/result.json", got)
+        out[got["variant"]][got["size"]].append(got)
+        bar.update()
+        units.done(f"{folder}/result.json", got["cpu_seconds"])
+
+    if ft.workers == 1:
+        for v, size, seed, folder, key, facts in todo:
+            bar.set_postfix_str(f"{v.name} n={size} seed={seed}")
+            rf.path(folder)
+            finish(folder, key, run_cell(cfg, v, size, seed, rf.root / folder / "task", facts))
+    elif todo:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        pool = ProcessPoolExecutor(ft.workers, multiprocessing.get_context("spawn"), _one_thread)
+        try:
+            futures = {}
+            for v, size, seed, folder, key, facts in sorted(todo, key=lambda j: -j[1]):  # largest first
+                rf.path(folder)
+                futures[pool.submit(run_cell, cfg, v, size, seed, rf.root / folder / "task", facts)] = (folder, key)
+            for f in as_completed(futures):
+                finish(*futures[f], f.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+    for per in out.values():
+        for cells in per.values():
+            cells.sort(key=lambda c: c["seed"])
     return out
+
+
+def _one_thread() -> None:
+    """A fine-tuning worker's share of the cores: one thread (workers = cores)."""
+    torch.set_num_threads(1)
 
 
 def check_kernel_file(path: str | Path, cfg: EfficiencyConfig, tr_facts: dict[str, Any]) -> None:
