@@ -349,7 +349,10 @@ class Trainer:
             self.best = {n: p.detach().clone() for n, p in self.params.items()}
         self._log({"step": self.step, "train_loss": loss, "lr": self.sched.get_last_lr()[0],
                    **{f"val_{k}": v for k, v in val.items()}})
-        bar.set_postfix(loss="-" if loss is None else f"{loss:.4f}", val=f"{value:.4f}")
+        shown = {"train_loss": "-" if loss is None else f"{loss:.4f}", f"val_{self.monitor}": f"{value:.4f}"}
+        if self.monitor != "mse" and "mse" in val:  # regression: also the error in the targets' own units
+            shown["val_mse"] = f"{val['mse']:.4f}"
+        bar.set_postfix(shown)  # labelled: the monitored value is named, not a bare `val=`
         return bool(stop)
 
     def _warnings(self) -> list[str]:

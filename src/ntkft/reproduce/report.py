@@ -415,8 +415,8 @@ def _provenance(root: Path) -> dict:
 
 
 READING = [
-    "What this page measures, in plain words. For each model and task: the eNTK of the pretrained model on a few "
-    "hundred sampled rows (the kernel that fine-tuning follows while the weights stay near their start) and how "
+    "What this page measures, in plain words. For each model and task: the eNTK of the pretrained model on N sampled "
+    "rows (the kernel that fine-tuning follows while the weights stay near their start) and how "
     "fast its eigenvalues decay, beta (larger beta = fewer samples needed, by the theory); learning curves (test "
     "error after fine-tuning on n rows, kernel gradient descent on the eNTK beside it); whether tasks with larger "
     "beta learn faster (a Spearman correlation with its permutation p-value); when the early-stopping rule says to "
@@ -425,7 +425,7 @@ READING = [
     "How to read it. Each table puts the paper's number, this run's and a baseline side by side: the constant "
     "predictor (training mean or majority class) for errors, chance for correlations. A number is a finding only "
     "where it beats its baseline by more than its spread; with 3-6 tasks only a strong correlation can be told "
-    "from chance. A run of configs/quick.yaml (`make demo`) is too small to be evidence: it shows what each number "
+    "from chance. A run of configs/quick.yaml (make demo) is too small to be evidence: it shows what each number "
     "means; configs/paper-cpu.yaml is the full run.",
 ]
 
