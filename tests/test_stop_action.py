@@ -61,3 +61,15 @@ def test_cli_prints_the_action(tmp_path, capsys):
     assert "constant pred." in out
     code, out, err = run_cli(["stop", str(tmp_path / "k.safetensors"), "--lr", "-1", "--out", str(tmp_path / "s2")], capsys)
     assert code == 2 and "--lr" in err
+
+
+def test_spectrum_and_stop_write_inside_the_kernel_folder(tmp_path, capsys):
+    """One rule for both: FILE/spectrum and FILE/stop for an ntkft kernel run folder, runs/... otherwise."""
+    k = tmp_path / "k"
+    code, _, err = run_cli(["kernel", "--model", "tiny-bert", "--task", "stsb", "--n", "10", "--max-length", "16",
+                            "--out", str(k)], capsys)
+    assert code == 0, err
+    for cmd, extra in (("spectrum", ["--ci-draws", "10"]), ("stop", [])):
+        code, out, err = run_cli([cmd, str(k), *extra], capsys)
+        assert code == 0, err
+        assert (k / cmd / f"{cmd}.json").is_file() and (k / cmd / "meta.json").is_file()

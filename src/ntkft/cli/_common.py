@@ -51,8 +51,19 @@ def _option_type(annotation: Any) -> type:
     return str
 
 
+def _is_list(annotation: Any) -> bool:
+    """A list field (also inside Optional): its flag may be repeated (`--finetuned a --finetuned b`)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    inner = args[0] if get_origin(annotation) in (Union, UnionType) and len(args) == 1 else annotation
+    return get_origin(inner) is list
+
+
 def _parse(value: Any, annotation: Any) -> Any:
-    """A string flag as the field wants it: lists split on commas, literals and strings as given, the rest as YAML."""
+    """A string flag as the field wants it: lists split on commas, literals and strings as given, the rest as YAML.
+    A repeated list flag arrives as a list of strings: each is split the same way and the parts joined."""
+    if isinstance(value, (list, tuple)) and _is_list(annotation):
+        parts = [_parse(v, annotation) for v in value]
+        return [x for p in parts for x in (p if isinstance(p, list) else [p])]
     if not isinstance(value, str) or _option_type(annotation) is not str or annotation is str:
         return value
     args = [a for a in get_args(annotation) if a is not type(None)]
@@ -88,6 +99,12 @@ def config_options(cls: type[BaseModel], skip: frozenset[str] | set[str] = froze
         if typ is bool:
             opt = typer.Option(None, f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",
                                help=(field.description or "") + hint, show_default=False)
+        elif _is_list(field.annotation):  # repeatable; each value may also be a comma-separated list
+            opt = typer.Option(None, f"--{name.replace('_', '-')}", show_default=False, metavar="LIST",
+                               help=(field.description or name) + " (repeat the flag or separate with commas)" + hint)
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
+                                            default=opt))
+            continue
         else:
             opt = typer.Option(None, f"--{name.replace('_', '-')}", *aliases,
                                help=(field.description or name) + choices + hint, show_default=False)
@@ -100,7 +117,7 @@ def load_config(cls: type[BaseModel], config: str | None, given: dict[str, Any])
     from ..config import load_config as _load
 
     flags = {k: _parse(v, cls.model_fields[k].annotation) for k, v in given.items()
-             if v is not None and k in cls.model_fields}
+             if v is not None and v != [] and k in cls.model_fields}
     return _load(cls, config, flags)
 
 

@@ -43,6 +43,9 @@ def _reproduce(cfg: ReproConfig, out: str, overwrite: bool, data_dir: str | None
     if isinstance(tv, TaskVecStage) and tv.skipped:
         typer.echo(f"stage taskvec: {tv.skipped}", err=True)
     typer.echo(f"report: {res.report}\nsummary: {res.summary}")
+    typer.echo("Open the report in a browser: it starts with what was measured and how to read each number "
+               "(beta: eigenvalue decay of the eNTK, larger = fewer samples needed; every error beside the constant "
+               "predictor's).")
 
 
 def _command(**kw: Any) -> None:
@@ -52,6 +55,10 @@ def _command(**kw: Any) -> None:
         if config:
             raise typer.BadParameter("--quick is a config of its own; give --quick or --config, not both")
         config = str(quick_config_path())
+        typer.echo("ntkft reproduce --quick: the paper's Section 7 in miniature on MiniLM-L6 and real task data: the "
+                   "eNTK spectrum of each task (decay rate beta), short learning curves with kernel GD beside them, "
+                   "whether faster decay means faster learning, the stopping rule and task vectors. About 2.5 CPU "
+                   "minutes; the numbers show what each measurement means, they are too small to be evidence.")
     _reproduce(load_config(ReproConfig, config, kw), **extras)
 
 

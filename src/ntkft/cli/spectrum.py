@@ -163,11 +163,13 @@ def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport], all_
 
 
 @config_command(SpectrumConfig, "spectrum",
-                extra=[_files_arg(False), option("out", "runs/spectrum", "output run folder"),
+                extra=[_files_arg(False), option("out", None, "output run folder (default: FILE/spectrum for one ntkft kernel "
+                                                             "run folder, like stop; else runs/spectrum)", str | None),
                        option("overwrite", False, "replace another run in --out", bool),
                        option("data_dir", None, "task data directory for --model (default: $NTKFT_DATA_DIR, then "
                                                 "./data)", str | None)])
-def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite: bool, data_dir: str | None) -> None:
+def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str | None, overwrite: bool,
+             data_dir: str | None) -> None:
     """Decay rate beta of each kernel with its interval, one row per file (--all-estimators: also the window and paper
     fits, by their names)."""
     from .._runs import RunFolder
@@ -189,9 +191,11 @@ def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite
         rows = [_Row(nm, [lk.K], str(lk.source), lk.precision, lk.meta.get("sketch") or None)
                 for nm, lk in zip(names, loaded)]
         result, reports = _analyse_rows(rows, cfg)
+        out = str(_default_out(loaded[0], files[0], out, "spectrum") if len(files) == 1 else Path(out or "runs/spectrum"))
         rf = RunFolder(out, "spectrum", key, overwrite=overwrite)
         rf.open()
-    else:  # the kernels are computed into the run folder (each its own kernel run, resumable)
+    else:
+        out = out or "runs/spectrum"  # the kernels are computed into the run folder (each its own kernel run, resumable)
         from ..pipeline import compute_kernel_file
 
         assert cfg.model is not None and cfg.task is not None
@@ -211,8 +215,9 @@ def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite
     typer.echo(f"wrote {out}/spectrum.json, spectrum.png, meta.json")
 
 
-def _stop_out(lk: LoadedKernel, path: str, out: str | None) -> Path:
-    """--out, else FILE/stop inside an ntkft kernel run folder, else runs/stop (never into a foreign folder)."""
+def _default_out(lk: LoadedKernel, path: str, out: str | None, sub: str) -> Path:
+    """--out, else FILE/SUB inside an ntkft kernel run folder, else runs/SUB (never into a foreign folder): where
+    `spectrum` and `stop` write by default, one rule for both."""
     import json
 
     if out:
@@ -225,8 +230,8 @@ def _stop_out(lk: LoadedKernel, path: str, out: str | None) -> Path:
         except (ValueError, OSError, UnicodeDecodeError):
             meta = None
         if isinstance(meta, dict) and meta.get("ntkft_run") and meta.get("kind") == "kernel":
-            return folder / "stop"
-    return Path("runs/stop")
+            return folder / sub
+    return Path("runs") / sub
 
 
 @config_command(StopConfig, "stop",
@@ -251,7 +256,7 @@ def stop(cfg: StopConfig, kernels: str, out: str | None, overwrite: bool) -> Non
         act = finetune_action(rep, y, cfg.lr or rep.step / 2, cfg.batch_size)
     except NtkftError as e:
         raise _in_file(lk.source, e) from None
-    target = _stop_out(lk, kernels, out)
+    target = _default_out(lk, kernels, out, "stop")
     rf = RunFolder(target, "stop", {"kernel": {"file": str(lk.source), "sha256": file_digest(lk.source)},
                                     "config": cfg.model_dump()}, overwrite=overwrite)
     rf.open()

@@ -105,6 +105,22 @@ def _provenance(root: Path) -> dict[str, Any]:
                             if (root / st.file).is_file()}}
 
 
+READING = [
+    "What this page measures, in plain words. For each model and task: the eNTK of the pretrained model on N sampled "
+    "rows (the kernel that fine-tuning follows while the weights stay near their start) and how "
+    "fast its eigenvalues decay, beta (larger beta = fewer samples needed, by the theory); learning curves (test "
+    "error after fine-tuning on n rows, kernel gradient descent on the eNTK beside it); whether tasks with larger "
+    "beta learn faster (a Spearman correlation with its permutation p-value); when the early-stopping rule says to "
+    "stop, next to hold-out early stopping; and task vectors (how the fine-tuned weight changes of two tasks relate, "
+    "and what adding them does).",
+    "How to read it. Each table puts the paper's number, this run's and a baseline side by side: the constant "
+    "predictor (training mean or majority class) for errors, chance for correlations. A number is a finding only "
+    "where it beats its baseline by more than its spread; with 3-6 tasks only a strong correlation can be told "
+    "from chance. A run of configs/quick.yaml (make demo) is too small to be evidence: it shows what each number "
+    "means; configs/paper-cpu.yaml is the full run.",
+]
+
+
 def render(root: Path) -> tuple[str, str, dict[str, bytes]]:
     """(html, markdown, figures) of the run folder `root`."""
     figs: dict[str, bytes] = {}
@@ -119,6 +135,8 @@ def render(root: Path) -> tuple[str, str, dict[str, bytes]]:
            f"<title>{html.escape(title)}</title><style>{CSS}</style>"
            f"</head><body><h1>{html.escape(title)}</h1>",
            f"<p>Run folder <code>{html.escape(str(root))}</code>; status {html.escape(str(prov['status']))}.</p>"]
+    md += [p + "\n" for p in READING]
+    out += [f"<p class='reading'>{html.escape(p)}</p>" for p in READING]
     for s in secs:
         md.append(f"\n## {s.title}\n")
         out.append(f"<h2>{html.escape(s.title)}</h2>")
@@ -164,5 +182,7 @@ def rebuild(run_dir: str | Path) -> tuple[Path, Path]:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f2f2f2}p.src{font-size:12px;color:#666}
+
+p.reading{background:#f4f8ff;border-left:4px solid #4a78c2;padding:.5em .8em}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}pre{background:#f7f7f7;padding:.6em;
 font-size:12px;overflow-x:auto}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""

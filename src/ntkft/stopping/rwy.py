@@ -251,12 +251,12 @@ def finetune_action(rep: StopReport, y: ArrayLike, lr: float, batch_size: int | 
 
     Kernel GD with step alpha on K/N moves f by alpha (K/N)(y - f) per step; parameter GD with learning rate lr on
     the mean squared error (1/N) sum (f - y)^2 moves the linearised model by 2 lr (K/N)(y - f). The rule's
-    time eta_hat = T_hat alpha is therefore S = ceil(T_hat alpha / (2 lr)) fine-tuning steps (full batch; with
+    time eta_hat = T_hat alpha is therefore S = T_hat alpha / (2 lr) fine-tuning steps, rounded (full batch; with
     batch B < N the same number of steps is SGD with that expected step, S / ceil(N/B) epochs)."""
     lr = float(f"{positive('lr', lr):.3g}")  # the printed value is the one the steps are for
     batch_size = None if batch_size is None else count("batch_size", batch_size)
     yv = np.asarray(y, dtype=np.float64)
-    steps = max(1, math.ceil(rep.t_hat * rep.step / (2 * lr)))
+    steps = max(1, round(rep.t_hat * rep.step / (2 * lr)))
     epochs = steps_to_epochs(steps, rep.n, batch_size)
     cmd = f"ntkft finetune --optimizer gd --lr {lr:g} --max-steps {steps}" + (
         f" --batch-size {batch_size}" if batch_size else "")
