@@ -49,20 +49,11 @@ def plan_stages(selected: list[int]) -> list[int]:
 
 @contextmanager
 def _exclusive(root: Path):
-    """Hold an exclusive lock on `root` for the run: two processes must never write one run folder."""
-    import fcntl
+    """Hold the run folder's lock for the run: two processes must never write one run folder."""
+    from .._runs import locked
 
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".ntkft-lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{root}: another ntkft process is writing this run folder; wait for it or use "
-                              "another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(root):
+        yield
 
 
 def reproduce(cfg: ReproConfig, out: str | Path, data_dir: str | None = None, overwrite: bool = False,
