@@ -242,3 +242,23 @@ def test_damaged_finished_finetune_is_recomputed(tmp_path, data_dir, capsys, cap
     assert code == 0 and "recomputing" in caplog.text, err
     caplog.clear()
     assert json.loads((out / "result.json").read_text())["test_best"] == pytest.approx(first["test_best"])
+
+
+def test_a_second_command_on_a_busy_folder_exits_2_naming_the_pid_row_6(tmp_path, data_dir, capsys):
+    """Row 6: the second of two identical commands stops at once (one line naming folder and pid) and writes
+    nothing, for fine-tuning and for kernels (no misleading "not written by this checkpoint")."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for args in ([*FT, "--max-steps", "1"], KERNEL):
+        out = tmp_path / args[0]
+        hold = subprocess.Popen([sys.executable, "-c", LIGHT + "import sys, time, ntkft._runs as r\n"
+                                 "with r.locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(out)],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            assert hold.stdout is not None and hold.stdout.readline().strip() == "held"
+            code, _, err = run_cli([*args, "--out", str(out)], capsys)
+        finally:
+            hold.kill()
+            hold.wait()
+        lines = [ln for ln in err.splitlines() if ln.startswith("ntkft: error")]
+        assert code == 2 and len(lines) == 1 and f"pid {hold.pid}" in lines[0] and str(out) in lines[0], err
+        assert [p.name for p in out.iterdir()] in ([], [".ntkft-lock"])  # the holder's lock file, nothing else

@@ -19,6 +19,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,18 @@ def _unlock(key: str) -> None:
     except OSError:
         pass
     os.close(held[0])
+
+
+@contextmanager
+def locked(folder: str | Path) -> Iterator[None]:
+    """Hold `folder`'s run lock for the block (the same lock RunFolder.open takes; re-entrant in one process)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _lock(folder)
+    try:
+        yield
+    finally:
+        _unlock(key)
 
 
 def release_all() -> None:

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from .._runs import RunFolder, digest
-from ..errors import ConfigError
 from ..models import LoadedModel, Readout, fingerprint, load_model
 from ..tasks import TaskData, get_spec, load_task
 from .config import ModelPlan, ReproConfig
@@ -128,20 +127,12 @@ def kernel_params(plan: ModelPlan) -> str:
 
 @contextmanager
 def exclusive(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `root` for the run: two processes must never write one run folder."""
-    import fcntl
+    """Hold the run folder's lock for the run (the one run-folder lock of `_runs`): two processes must never write
+    one run folder."""
+    from .._runs import locked
 
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".ntkft-lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{root}: another ntkft process is writing this run folder; wait for it or use "
-                              "another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(root):
+        yield
 
 
 def read_json(path: Path) -> Any:
