@@ -56,6 +56,7 @@ def table(res: SelectResult) -> str:
 
 
 def csv_text(res: SelectResult) -> str:
+    """select.csv: one row per candidate in rank order, numbers unrounded."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(COLUMNS)

@@ -285,7 +285,7 @@ def select(cfg: SelectConfig | None = None, out: str | Path | None = None, data_
         from .report import write_report
 
         write_report(res, rf)
-        if "work" in rf.files and not any((rf.root / "work").rglob("*.*")):
+        if "work" in rf.files and not any(p.is_file() for p in (rf.root / "work").rglob("*")):
             rf.remove("work")  # the kernels' checkpoints remove their own files once complete
         rf.finish(task=res.task, n=cfg.n, pool=cfg.pool, candidates=[c.name for c in res.candidates])
     return res

@@ -49,6 +49,8 @@ class ZooEntry(StrictModel):
 
 
 class ValidationConfig(StrictModel):
+    """The validation design: zoo, targets, sizes, seeds, the one fine-tuning rule, the eNTK pool, permutations."""
+
     candidates: list[ZooEntry] = Field(..., min_length=3)
     tasks: list[str] = Field(..., min_length=1)
     sizes: list[int] = Field([64, 512], min_length=1)
@@ -441,6 +443,7 @@ def readme(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ntkft.select.validation`: run (or --probe) the validation; bad input -> one line, exit 2."""
     ap = argparse.ArgumentParser(prog="python -m ntkft.select.validation", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", default="runs/select-validation")
