@@ -152,7 +152,6 @@ def linear_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Varia
 def cell_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Variant], kernels: dict, units: Units,
                progress: bool) -> dict[str, dict[int, list[dict]]]:
     """Tier (b): every fine-tuning cell; each model is checked against its kernel file's facts first."""
-    from .cells import run_cell
 
     ft = cfg.finetune
     fits = {(v.name, s) for v in variants.values() for s in ft.sizes
@@ -189,6 +188,21 @@ def cell_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Variant
         bar.update()
         units.done(f"{folder}/result.json", got["cpu_seconds"])
 
+    try:
+        _cells(cfg, rf, todo, bar, finish)
+    finally:
+        bar.close()  # before any error line, so that the line is the last one printed
+    for per in out.values():
+        for cells in per.values():
+            cells.sort(key=lambda c: c["seed"])
+    return out
+
+
+def _cells(cfg: EfficiencyConfig, rf: RunFolder, todo: list, bar: Any, finish: Any) -> None:
+    """Fine-tune the cells `todo` here (workers = 1) or in a pool of one-thread processes; `finish` writes each."""
+    from .cells import run_cell
+
+    ft = cfg.finetune
     if ft.workers == 1:
         for v, size, seed, folder, key, facts in todo:
             bar.set_postfix_str(f"{v.name} n={size} seed={seed}")
@@ -208,11 +222,6 @@ def cell_units(cfg: EfficiencyConfig, rf: RunFolder, variants: dict[str, Variant
                 finish(*futures[f], f.result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    bar.close()
-    for per in out.values():
-        for cells in per.values():
-            cells.sort(key=lambda c: c["seed"])
-    return out
 
 
 def _one_thread() -> None:
