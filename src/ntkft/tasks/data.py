@@ -228,7 +228,7 @@ def _finish(spec: TaskSpec, split: str, rows: list) -> TaskData:
     arr = np.asarray(labels, dtype=np.float64 if spec.type == "regression" else np.int64)
     if spec.type == "classification" and split in ("train", "all"):
         empty = [lab for i, lab in enumerate(spec.labels or []) if not (arr == i).any()]
-        if empty:  # a head output never trained: its class can never be predicted well
+        if empty and len(empty) <= len(spec.labels or []) - 2:  # (one class left: said later, as "only one class")
             files = ", ".join(sorted({o.rsplit(":", 1)[0] for o in [r[0] for r in rows]}))
             raise DataError(f"{files}: declared class(es) {', '.join(map(repr, empty))} of task '{spec.name}' have no "
                             f"rows in split '{split}'; add rows or drop the class from labels")
