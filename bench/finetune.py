@@ -23,7 +23,7 @@ import json, time, torch
 from ntkft.finetune import FinetuneConfig, Trainer
 cfg = FinetuneConfig.make(model="minilm-l6", task="stsb", setting="full", n_train={N}, val=16, n_test=16,
                           max_length={MAXLEN}, batch_size={BATCH}, max_steps={STEPS}, eval_every={STEPS}, lr=2e-5)
-t = Trainer(cfg, progress=False)
+t = Trainer(cfg, progress=False).setup()
 t0 = time.time()
 for _ in range({STEPS}):
     t._train_step()

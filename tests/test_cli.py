@@ -79,11 +79,12 @@ def test_demo_runs_on_offline_defaults(tmp_path, data_dir):
 
 def test_spectrum_computes_kernels_over_draws(tmp_path, data_dir):
     p = run("spectrum", "--model", "tiny-bert", "--task", "stsb,rte", "--n", "24", "--draws", "2", "--max-length", "24",
-            "--out", str(tmp_path))
+            "--all-estimators", "--out", str(tmp_path))
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "spectrum.json").read_text())
     assert len(rep["stsb"]["over_draws"]["paper"]["betas"]) == 2 and "_relative_sample_size" in rep
-    assert "paper beta over 2 draws" in p.stdout and (tmp_path / "stsb-draw1" / "kernel.safetensors").exists()
+    assert "paper fit over 2 draws" in p.stdout and "beta over 2 draws" in p.stdout
+    assert (tmp_path / "stsb-draw1" / "kernel.safetensors").exists()
 
 
 def test_a_bad_gemm_choice_stops_before_the_run_folder(tmp_path, data_dir):

@@ -99,7 +99,7 @@ def test_bad_config(data_dir):
     with pytest.raises(ConfigError, match=r"val: a fraction must be in \(0, 1\)"):
         cfg(val=0.0)
     with pytest.raises(Exception, match="hold-out split .* would be empty"):
-        Trainer(cfg(val=0.01, n_train=20), progress=False)
+        Trainer(cfg(val=0.01, n_train=20), progress=False).setup()
 
 
 def test_one_class_in_train(tmp_path):
@@ -109,7 +109,7 @@ def test_one_class_in_train(tmp_path):
     spec.write_text(f"name: t\ntype: classification\nfiles: {{train: {f.name}}}\ntext_columns: [text]\n"
                     "label_column: label\nlabels: [a, b]\n")
     with pytest.raises(Exception, match="only one class"):
-        Trainer(cfg(task=str(spec), n_train=None, n_test=None), progress=False)
+        Trainer(cfg(task=str(spec), n_train=None, n_test=None), progress=False).setup()
 
 
 # ------------------------------------------------------------------ real pretrained model (MiniLM)
@@ -147,7 +147,7 @@ def test_minilm_closed_form_probe_matches_trained_probe(data_dir):
 @pytest.mark.slow
 def test_minilm_linearized_equals_f_pt_and_its_gradient_is_the_entk_feature_map(data_dir):
     t = Trainer(FinetuneConfig.make(model="minilm-l6", task="stsb", setting="linearized", n_train=40, n_test=10,
-                                    max_length=32), progress=False)
+                                    max_length=32), progress=False).setup()
     lin = t.model
     idx = torch.arange(4)
     x = {"input_ids": t.val.ids[idx], "attention_mask": t.val.mask[idx]}
@@ -209,7 +209,7 @@ def test_grad_accumulation_matches_larger_batch(data_dir):
 
 
 def test_schedules_and_full_batch_gd(data_dir):
-    t = Trainer(cfg(optimizer="gd", schedule="linear", warmup_steps=2, max_steps=6, lr=1e-2), progress=False)
+    t = Trainer(cfg(optimizer="gd", schedule="linear", warmup_steps=2, max_steps=6, lr=1e-2), progress=False).setup()
     lrs = []
     for _ in range(6):
         lrs.append(t.sched.get_last_lr()[0])
@@ -327,7 +327,7 @@ def test_warning_when_max_steps_ends_a_run_that_still_improves(data_dir):
 def test_head_starts_at_the_training_mean_and_step_0_competes(data_dir):
     """f starts at the training mean (the bias absorbs the random head's offset); a run whose every step makes
     things worse keeps the starting model, and says when the kept model loses to the training mean."""
-    t = Trainer(cfg(setting="full", lr=0.5, max_steps=6, eval_every=2, patience=2), progress=False)
+    t = Trainer(cfg(setting="full", lr=0.5, max_steps=6, eval_every=2, patience=2), progress=False).setup()
     assert float(t.predict(t.train).double().mean()) == pytest.approx(float(t.train.y.double().mean()), abs=1e-4)
     start = t.evaluate(t.val)
     res = t.fit()
@@ -357,8 +357,8 @@ def test_standardised_regression_starts_at_the_mean_and_saves_in_target_units(se
     """standardize: f starts at mean(y) over the training inputs (the bias absorbs the head's offset); the loss is
     in training units, metrics and the saved model in the targets' units; off: the theory's N(0, sigma^2) bias on
     raw targets."""
-    on = Trainer(cfg(setting=setting), tmp_path / "on", progress=False)
-    off = Trainer(cfg(setting=setting, standardize=False), progress=False)
+    on = Trainer(cfg(setting=setting), tmp_path / "on", progress=False).setup()
+    off = Trainer(cfg(setting=setting, standardize=False), progress=False).setup()
     y = on.train.y.double()
     assert float(on.predict(on.train).double().mean()) == pytest.approx(float(y.mean()), abs=1e-4 * on.scale)
     assert on.model.head.bias.item() != off.model.head.bias.item()
@@ -377,17 +377,17 @@ def test_standardised_regression_starts_at_the_mean_and_saves_in_target_units(se
     tol = 1e-4 if setting == "full" else 1e-2  # linearized saves theta_PT + delta, a nonlinear model near f_lin
     torch.testing.assert_close(f.float(), on.predict(test).reshape(-1), rtol=tol, atol=tol * on.scale)
     assert res.test_best["mse"] == pytest.approx(float(((on.predict(test) - test.y) ** 2).mean()), rel=1e-4)
-    rte = Trainer(cfg(task="rte", n_train=40, n_test=20), progress=False)  # classification: untouched
+    rte = Trainer(cfg(task="rte", n_train=40, n_test=20), progress=False).setup()  # classification: untouched
     assert (rte.shift, rte.scale) == (0.0, 1.0)
 
 
 def test_classification_head_starts_at_the_log_class_prior(data_dir):
     """start_at_prior: the mean initial logits over the training rows are the (smoothed) log class prior, so step 0
     is the constant predictor on average, not the random head's argmax; off: the theory's N(0, sigma^2) bias."""
-    t = Trainer(cfg(task="mrpc", n_train=40, n_test=20), progress=False)
+    t = Trainer(cfg(task="mrpc", n_train=40, n_test=20), progress=False).setup()
     counts = torch.bincount(t.train.y.long(), minlength=2).double() + 0.5
     torch.testing.assert_close(t.predict(t.train).double().mean(0), (counts / counts.sum()).log(), rtol=0, atol=1e-5)
-    off = Trainer(cfg(task="mrpc", n_train=40, n_test=20, start_at_prior=False), progress=False)
+    off = Trainer(cfg(task="mrpc", n_train=40, n_test=20, start_at_prior=False), progress=False).setup()
     assert torch.equal(off.model.head.weight, t.model.head.weight)
     assert not torch.allclose(off.predict(off.train).double().mean(0), (counts / counts.sum()).log(), atol=1e-3)
 
@@ -397,8 +397,8 @@ def test_center_output_starts_every_row_at_the_constant_predictor_with_unchanged
     """center_output: f = g - g_0 + c is the constant predictor on every row at step 0 (the training mean; the log
     class prior, so the majority class everywhere), and its gradients are g's: the eNTK is unchanged."""
     kw = {"task": task, "n_train": 40, "n_test": 20} if task == "rte" else {}
-    on = Trainer(cfg(center_output=True, save_model=False, **kw), progress=False)
-    plain = Trainer(cfg(standardize=False, start_at_prior=False, **kw), progress=False)  # the same random head
+    on = Trainer(cfg(center_output=True, save_model=False, **kw), progress=False).setup()
+    plain = Trainer(cfg(standardize=False, start_at_prior=False, **kw), progress=False).setup()  # the same random head
     assert torch.equal(on.model.head.bias, plain.model.head.bias)
     y = on.train.y
     for split in (on.train, on.val, on.test):
@@ -442,7 +442,7 @@ def test_center_output_cannot_be_saved_as_one_model(tmp_path, capsys):
 def test_length_batches_predict_as_row_by_row_and_final_evaluations_are_reused(data_dir, monkeypatch):
     """predict batches rows of similar length (less padding): the same outputs as one row at a time, in row order;
     the final report reuses the evaluations made at the best and last steps instead of a second pass."""
-    t = Trainer(cfg(eval_every=3, max_steps=9), progress=False)
+    t = Trainer(cfg(eval_every=3, max_steps=9), progress=False).setup()
     got = t.predict(t.test)
     t.model.eval()
     with torch.no_grad():
@@ -471,7 +471,7 @@ def test_length_split_partitions_a_batch_and_keeps_its_gradient(data_dir):
     assert len(parts) == 2 and sorted(torch.cat(parts).tolist()) == list(range(16))
     assert int(mask[parts[0]].sum(1).max()) <= int(mask[parts[1]].sum(1).min())
     assert length_split(torch.arange(8), torch.ones(8, 30, dtype=torch.long))[0].tolist() == list(range(8))
-    t = Trainer(cfg(), progress=False)
+    t = Trainer(cfg(), progress=False).setup()
     lens = t.train.mask.sum(1)
     order = torch.argsort(lens, stable=True)
     idx = torch.cat([order[:6], order[-6:]])

@@ -454,10 +454,9 @@ def test_units_in_worker_processes_match_one_process(tmp_path, monkeypatch, data
     assert [(b.n, b.total, b.lag) for b in bars] == [(bars[0].total, bars[0].total, 0)] and bars[0].total > 0
     assert len(two.cells) == len(one.cells) == 4 and len(two.kgd_points) == len(one.kgd_points) == 4
     for a, b in zip(one.cells, two.cells, strict=True):
-        assert (a["task"], a["size"], a["seed"], a["lr"], a["best_step"]) == \
-            (b["task"], b["size"], b["seed"], b["lr"], b["best_step"])
-        for k, v in a["test_best"].items():
-            assert b["test_best"][k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
+        assert (a.task, a.size, a.seed, a.lr, a.best_step) == (b.task, b.size, b.seed, b.lr, b.best_step)
+        for k, v in a.test_best.items():
+            assert b.test_best[k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
     for a, b in zip(one.curves, two.curves, strict=True):
         for k, v in a.kgd.items():
             assert b.kgd[k] == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k

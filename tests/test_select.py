@@ -21,13 +21,12 @@ FAST = {"task": "sst2", "n": 48, "pool": 96, "n_subsets": 4, "progress": False}
 def test_candidate_is_the_model_finetune_builds(spec, setting, layers, data_dir):
     """Same parameters (names and values) and the same head weight as finetune's module before its first step (the
     head's bias differs: finetune centres it, and the eNTK has no b in it); eval mode."""
-    from ntkft.finetune import FinetuneConfig
-    from ntkft.finetune.loop import Trainer
+    from ntkft.finetune import FinetuneConfig, Predictor
 
     for task in ("sst2", "stsb"):
         cfg = FinetuneConfig.make(model=spec.split("@")[0], task=task, setting=setting, layers=layers, n_train=16,
                                   n_test=8, sigma=0.7, seed=3)
-        ft = Trainer(cfg, progress=False).model
+        ft = Predictor(cfg).setup().model
         out_dim = 2 if task == "sst2" else 1
         _, ours = select_run.build_candidate(parse_candidate(spec), out_dim, sigma=0.7, seed=3)
         theirs = dict(ft.named_parameters())

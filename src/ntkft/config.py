@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, config_error
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -18,26 +18,6 @@ class StrictModel(BaseModel):
     """Base for ntkft configs: unknown keys are errors, NaN/inf are refused, assignments re-validated."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
-
-
-def config_error(e: ValidationError, where: str = "") -> ConfigError:
-    """The first pydantic error as a ConfigError whose message starts with the field name."""
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if not loc:  # a check across fields: its message starts with the field it blames
-        head, sep, rest = msg.partition(": ")
-        loc, msg = (head, rest) if sep and head.isidentifier() else ("config", msg)
-    if err.get("type") == "extra_forbidden":
-        msg = "unknown field"
-    if err["loc"] and "input" in err and err.get("type") != "missing" and not isinstance(err["input"], (dict, list)) \
-            and str(err["input"]) not in msg:
-        msg += f" (got {err['input']!r})"
-    if where:  # a config file: name the file and its key (the value may have come from the file)
-        return ConfigError(f"{where}: {loc}: {msg}")
-    out = ConfigError(f"{loc}: {msg}")
-    out.param = loc.split(".")[0] if loc != "config" else None
-    return out
 
 
 def make(cls: type[C], **kw: Any) -> C:
@@ -74,7 +54,5 @@ def finite_positive(name: str, value: float | None, allow_none: bool = True) -> 
     if value is None and allow_none:
         return None
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        err = ConfigError(f"{name}: must be a finite number > 0, got {value!r}")
-        err.param = name  # type: ignore[attr-defined]
-        raise err
+        raise ConfigError(f"{name}: must be a finite number > 0, got {value!r}", param=name)
     return float(value)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class NtkftError(Exception):
     """Base class of every error ntkft raises on purpose; the message is one line for the user.
@@ -9,6 +14,10 @@ class NtkftError(Exception):
     `param` names the Python parameter or config field at fault, if any; the CLI shows it as a flag."""
 
     param: str | None = None
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class DataError(NtkftError):
@@ -29,3 +38,26 @@ class ConfigError(NtkftError):
 
 class TrainingError(NtkftError):
     """Training hit a non-finite loss; the last good checkpoint was kept."""
+
+
+def param_error(param: str, problem: str, kind: type[NtkftError] = ConfigError) -> NtkftError:
+    """`kind("param: problem", param=param)`: the one way to blame an argument (the CLI shows it as `--param`)."""
+    return kind(f"{param}: {problem}", param=param)
+
+
+def config_error(e: ValidationError, where: str = "") -> ConfigError:
+    """The first pydantic error as a ConfigError whose message starts with the field name."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:  # a check across fields: its message starts with the field it blames
+        head, sep, rest = msg.partition(": ")
+        loc, msg = (head, rest) if sep and head.isidentifier() else ("config", msg)
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    if err["loc"] and "input" in err and err.get("type") != "missing" and not isinstance(err["input"], (dict, list)) \
+            and str(err["input"]) not in msg:
+        msg += f" (got {err['input']!r})"
+    if where:  # a config file: name the file and its key (the value may have come from the file)
+        return ConfigError(f"{where}: {loc}: {msg}")
+    return ConfigError(f"{loc}: {msg}", param=loc.split(".")[0] if loc != "config" else None)

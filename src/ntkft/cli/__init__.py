@@ -17,7 +17,7 @@ log = logging.getLogger("ntkft")
 def _register() -> None:
     from . import finetune, kernel, misc, spectrum  # noqa: F401  (each module adds its commands to `app`)
 
-    for optional in ("taskvec", "theory", "reproduce", "distributed", "select"):
+    for optional in ("taskvec", "theory", "reproduce", "select", "efficiency"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as e:
@@ -59,6 +59,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("ntkft: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
         sys.exit(130)
+    finally:
+        from .._runs import release_all
+
+        release_all()  # run-folder locks of a failed command (a finished one has released its own)
 
 
 __all__ = ["app", "main"]

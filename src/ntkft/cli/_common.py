@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Optional, Union, get_args, get_origin
@@ -27,18 +28,6 @@ def flag_message(e: NtkftError) -> str:
     if param and msg.startswith(f"{param}:"):
         return f"--{param.replace('_', '-')}" + msg[len(param):]
     return msg
-
-
-def task_arg(task: str, text_columns: Any, label_column: str | None, task_type: str | None):
-    """A built-in name, a spec file, or a CSV/TSV/JSONL file described by flags."""
-    from ..tasks import get_spec, user_task
-
-    if Path(task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
-        if not (text_columns and label_column and task_type):
-            raise typer.BadParameter("a data file as --task needs --text-columns, --label-column and --task-type")
-        return user_task(name=Path(task).stem, type=task_type, files={"train": str(Path(task).resolve())},
-                         text_columns=text_columns, label_column=label_column, origin=task)
-    return get_spec(task)
 
 
 def write_json(path: Path, obj) -> None:
@@ -84,20 +73,24 @@ def config_options(cls: type[BaseModel], skip: frozenset[str] | set[str] = froze
     """One keyword-only `--field-name` option per field of `cls` (help = the field's description), plus `--config`."""
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
                                 default=typer.Option(None, "--config", help=f"YAML file with {cls.__name__} fields"))]
-    for name, field in cls.model_fields.items():
+    own = cls.__dict__.get("__annotations__", {})  # a subclass's own fields first (KernelConfig: model, task...)
+    for name, field in sorted(cls.model_fields.items(), key=lambda kv: kv[0] not in own):
         if name in skip:
             continue
         typ = _option_type(field.annotation)
         default = field.default if field.default is not PydanticUndefined else None
-        hint = f" [default: {default}]" if default is not None else ""
+        shown = default.value if isinstance(default, Enum) else default
+        hint = f" \\[default: {shown}]" if default is not None else ""  # escaped: rich markup ate "[default: ...]"
         kinds = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
         choices = f" ({' | '.join(map(str, kinds))})" if kinds else ""
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        aliases = [str(f) for f in extra.get("flags", []) or []]  # type: ignore[union-attr]  # e.g. --samples for --n
         if typ is bool:
             opt = typer.Option(None, f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",
                                help=(field.description or "") + hint, show_default=False)
         else:
-            opt = typer.Option(None, f"--{name.replace('_', '-')}", help=(field.description or name) + choices + hint,
-                               show_default=False)
+            opt = typer.Option(None, f"--{name.replace('_', '-')}", *aliases,
+                               help=(field.description or name) + choices + hint, show_default=False)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[typ], default=opt))
     return params
 

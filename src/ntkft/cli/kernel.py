@@ -1,51 +1,52 @@
-"""`ntkft kernel`: the eNTK of a model on task samples, written as a kernel file in a run folder."""
+"""`ntkft kernel`: the eNTK of a model on task samples, written as a kernel file in a run folder.
+
+Flags are generated from `pipeline.KernelConfig` (= `KernelOptions` + model, task and samples). Under torchrun
+the same command shares the work units over the ranks (`kernel.executor.choose_executor` decides, once)."""
 
 from __future__ import annotations
 
 import typer
 
-from ._common import DataDir, app
-from ._common import task_arg as _task_arg
+from ..pipeline import KernelConfig
+from ._common import config_command, option
+
+KERNEL_FLAGS = [option("out", "runs/kernel", "run folder (under torchrun seen by every rank: work units go to "
+                                             "out/work/rankNNN)"),
+                option("overwrite", False, "replace another run in --out", bool),
+                option("data_dir", None, "task data directory (default: $NTKFT_DATA_DIR, then ./data)", str | None)]
+SKIP = {"max_memory", "max_disk", "progress"}  # bytes: the CLI takes --max-memory-gb / --max-disk-gb
 
 
-def budgets(max_memory_gb: float | None, max_disk_gb: float | None) -> tuple[int | None, int | None]:
-    """--max-memory-gb and --max-disk-gb checked (finite, > 0; disk may be 0) and in bytes (None = default)."""
-    from ..config import finite_positive
+def _run(cfg: KernelConfig, out: str, overwrite: bool, data_dir: str | None, distributed: bool | None) -> None:
+    from ..kernel.executor import choose_executor
+    from ..pipeline import run_kernel
 
-    mem = finite_positive("max_memory_gb", max_memory_gb)
-    disk = None
-    if max_disk_gb is not None:
-        disk = 0.0 if max_disk_gb == 0 else finite_positive("max_disk_gb", max_disk_gb)
-    return (int(mem * 2**30) if mem is not None else None), (int(disk * 2**30) if disk is not None else None)
-
-
-@app.command()
-def kernel(model: str = typer.Option("smollm2-135m"), task: str = typer.Option("rte"), n: int = 100,
-           max_length: int = 64, seed: int = typer.Option(0, help="subsample, readout head and sketch seed"),
-           params: str = typer.Option("all", help="all | backbone | head | no-embeddings"),
-           method: str = typer.Option("auto", help="auto | factored | jacobian | jvp | sketch"),
-           layers: int | None = typer.Option(None, help="truncate the backbone after this block"),
-           split: str = "train", out: str = typer.Option("runs/kernel", help="run folder"),
-           overwrite: bool = typer.Option(False, help="replace another run in --out"),
-           max_memory_gb: float | None = typer.Option(None, help="memory budget for factors, tiles and K "
-                                                                 "[default: a quarter of the available memory; "
-                                                                 "on a GPU 80% of its free memory]"),
-           max_disk_gb: float | None = typer.Option(None, help="disk budget for spilled factors [default: no limit]"),
-           batch_size: int | None = typer.Option(None, help="samples per forward/backward [default: from the budget]"),
-           device: str | None = typer.Option(None, help="cpu | cuda | cuda:N [default: cpu]"),
-           accumulate: str = typer.Option("host", help="where float64 K is summed: host | device"),
-           sketch_dim: int | None = typer.Option(None, help="projection dimension k of --method sketch"),
-           text_columns: str | None = None, label_column: str | None = None,
-           task_type: str | None = None, data_dir: str | None = DataDir) -> None:
-    """Compute the eNTK of a model's scalar readout on task samples; write kernel.safetensors + meta.json."""
-    from ..pipeline import compute_kernel_file
-
-    max_memory, max_disk = budgets(max_memory_gb, max_disk_gb)
-    spec = _task_arg(task, text_columns, label_column, task_type)
-    kf = compute_kernel_file(model, spec, n=n, max_length=max_length, seed=seed, params=params, method=method,
-                             layers=layers, split=split, out=out, data_dir=data_dir, batch_size=batch_size,
-                             max_memory=max_memory, max_disk=max_disk, overwrite=overwrite,
-                             device=device, accumulate=accumulate, sketch_dim=sketch_dim)
+    ex = choose_executor(cfg.device, distributed)
+    kf = run_kernel(cfg, out, data_dir=data_dir, overwrite=overwrite, executor=ex)
+    if kf is None:  # a rank other than 0: rank 0 reports
+        return
     sketch = f", sketch k = {kf.meta['sketch']['dim']}" if kf.meta.get("sketch") else ""
+    ranks = f", {ex.world_size} ranks" if ex.name == "distributed" else ""
+    rank0 = " (rank 0)" if ranks else ""
     typer.echo(f"K: {kf.K.shape[0]} x {kf.K.shape[1]}, {kf.meta['num_params']:,} parameters, method "
-               f"{kf.meta['method']}{sketch}, {kf.meta['seconds']}s, peak RSS {kf.meta['peak_rss_mb']:.0f} MiB -> {out}")
+               f"{kf.meta['method']}{sketch}{ranks}, {kf.meta['seconds']}s, peak RSS {kf.meta['peak_rss_mb']:.0f} MiB"
+               f"{rank0} -> {out}")
+
+
+@config_command(KernelConfig, "kernel", skip=SKIP, extra=KERNEL_FLAGS)
+def kernel(cfg: KernelConfig, out: str, overwrite: bool, data_dir: str | None) -> None:
+    """Compute the eNTK of a model's scalar readout on task samples; write kernel.safetensors + meta.json.
+    Under torchrun (`torchrun --nproc-per-node=N -m ntkft.cli kernel ...`) every rank computes its share."""
+    _run(cfg, out, overwrite, data_dir, None)
+
+
+@config_command(KernelConfig, "kernel-distributed", skip=SKIP, extra=KERNEL_FLAGS)
+def kernel_distributed(cfg: KernelConfig, out: str, overwrite: bool, data_dir: str | None) -> None:
+    """Deprecated alias of `ntkft kernel` under torchrun (which now detects the launch itself)."""
+    import logging
+
+    logging.getLogger("ntkft").warning("kernel-distributed is deprecated: use `torchrun ... -m ntkft.cli kernel`")
+    _run(cfg, out, overwrite, data_dir, True)
+
+
+__all__ = ["kernel", "kernel_distributed"]

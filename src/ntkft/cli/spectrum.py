@@ -11,7 +11,8 @@ import typer
 from pydantic import Field
 
 from ..config import StrictModel
-from ..errors import ConfigError, NtkftError
+from ..errors import NtkftError
+from ..errors import param_error as _bad
 from ._common import config_command, option
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ class SpectrumConfig(StrictModel):
     ci_draws: int = Field(200, ge=0, description="subsamples for the beta interval (0: no interval)")
     level: float = Field(0.9, gt=0, lt=1, description="confidence level of the beta interval")
     seed: int = Field(0, ge=0, description="seed of the subsampling")
+    all_estimators: bool = Field(False, description="also print the descriptive window fit and the paper's fit "
+                                                    "(eq 31-32), by their names; beta is always the headline")
 
 
 class StopConfig(StrictModel):
@@ -46,6 +49,9 @@ class StopConfig(StrictModel):
     sigma: float | None = Field(None, gt=0, description="noise standard deviation (estimated if not given)")
     radius: float | None = Field(None, gt=0, description="RKHS radius R = ||f_PT - f*||_H (estimated if not given)")
     batch_size: int | None = Field(None, ge=1, description="also express T_hat in epochs of this batch size")
+    lr: float | None = Field(None, gt=0, description="learning rate of `ntkft finetune --optimizer gd` that the printed "
+                             "action (--max-steps = T_hat alpha / (2 lr)) is for (default alpha/2: one fine-tuning "
+                             "step per kernel-GD step)")
 
 
 def _files_arg(required: bool) -> inspect.Parameter:
@@ -54,34 +60,30 @@ def _files_arg(required: bool) -> inspect.Parameter:
                              else str, default=arg)
 
 
-def _bad(param: str, problem: str) -> ConfigError:
-    err = ConfigError(f"{param}: {problem}")
-    err.param = param
-    return err
-
-
 def _in_file(path: Path | str, e: NtkftError) -> NtkftError:
     """The same error with the kernel file named in front (analysis errors do not know the file)."""
     msg = str(e)
     if msg.startswith(str(path)):
         return e
-    out = type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}")  # a flag's error keeps the flag in front
-    out.param = e.param
-    return out
+    return type(e)(f"{msg} ({path})" if e.param else f"{path}: {msg}", param=e.param)  # a flag's error keeps it in front
 
 
-def _print_spectrum(rep: SpectrumReport, name: str = "") -> None:
-    """Two lines per kernel: the scale-matched beta with its interval and window, then the descriptive fits."""
+def _print_spectrum(rep: SpectrumReport, name: str = "", all_estimators: bool = False) -> None:
+    """One line per kernel: beta with its interval and what it was fitted on; with --all-estimators a second line
+    with the descriptive fits by their names."""
     b, w, p = rep.beta, rep.beta_window, rep.beta_paper
     ci = (f"[{b.low:.4f}, {b.high:.4f}] ({round(b.level * 100)}% subsampling CI)" if b.low is not None
           and b.high is not None else f"(no interval: {b.note})")
     zeros = f"; {rep.num_zero} of {rep.n} eigenvalues floored to 0" if rep.num_zero else ""
-    typer.echo(f"{name}N={rep.n}: beta = {b.beta:.4f} {ci}; scale-matched on k={b.k_min}..{b.k_max} against "
-               f"{b.m_estimate}-subsets{zeros}")
+    shift = f", index shift {b.shift:+.2f}" if b.shift else ""
     rate = f"{rep.rate_exponent:.3f}" if rep.rate_exponent is not None else "n/a"
     shape = f"; decay looks {rep.decay_model.better}" if rep.decay_model is not None else ""
-    typer.echo(f"{name}  window fit (k={w.k_min}..{w.k_max}, weights 1/k) {w.beta:.4f}, R^2 {w.r2:.3f}; paper "
-               f"(k=1..{p.k_max}) {p.beta:.4f}{shape}; predicted error ~ N^-{rate}")
+    typer.echo(f"{name}N={rep.n}: beta = {b.beta:.4f} {ci}; fitted on k={b.k_min}..{b.k_max}{shift}{zeros}; "
+               f"predicted error ~ N^-{rate}{shape}")
+    if all_estimators:
+        typer.echo(f"{name}  other estimators (descriptive, not beta): window fit (k={w.k_min}..{w.k_max}, weights 1/k) "
+                   f"{w.beta:.4f}, R^2 {w.r2:.3f}; paper eq 31-32 (k=1..{p.k_max}) {p.beta:.4f}, R^2 {p.r2:.3f} "
+                   f"uncentred / {p.r2_centred:.3f} centred")
 
 
 def _kernel_key(loaded: list[LoadedKernel], paths: list[str]) -> list[dict[str, str]]:
@@ -139,19 +141,24 @@ def _analyse_rows(rows: list[_Row], cfg: SpectrumConfig) -> tuple[dict[str, Any]
     return result, reports
 
 
-def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport]) -> None:
+def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport], all_estimators: bool = False) -> None:
+    def label(est: str) -> str:
+        return "beta" if est == "matched" else f"{est} fit"
+
     for name, rep in reports.items():
         sk = result[name].get("sketch")
         if sk:
             typer.echo(f"{name}: a sketched eNTK (k = {sk.get('dim')}, seed {sk.get('seed')}, unbiased for K): "
                        "its small eigenvalues carry the sketch's noise")
-        _print_spectrum(rep, f"{name}: ")
+        _print_spectrum(rep, f"{name}: ", all_estimators)
         for est, od in rep.over_draws.items():
-            typer.echo(f"{name}:   {est} beta over {len(od.betas)} draws = {od.mean:.4f} +- {od.std:.4f}")
+            if all_estimators or est == "matched":
+                typer.echo(f"{name}:   {label(est)} over {len(od.betas)} draws = {od.mean:.4f} +- {od.std:.4f}")
     for est, od in result.get("_over_draws", {}).items():
-        typer.echo(f"over {len(od['betas'])} draws: {est} beta = {od['mean']:.4f} +- {od['std']:.4f}")
+        if all_estimators or est == "matched":
+            typer.echo(f"over {len(od['betas'])} draws: {label(est)} = {od['mean']:.4f} +- {od['std']:.4f}")
     if "_relative_sample_size" in result:
-        typer.echo(f"samples needed relative to {next(iter(reports))} (same constant, scale-matched beta): "
+        typer.echo(f"samples needed relative to {next(iter(reports))} (same constant, from beta): "
                    + ", ".join(f"{t} x{v:.2f}" for t, v in result["_relative_sample_size"].items()))
 
 
@@ -161,7 +168,8 @@ def _print_rows(result: dict[str, Any], reports: dict[str, SpectrumReport]) -> N
                        option("data_dir", None, "task data directory for --model (default: $NTKFT_DATA_DIR, then "
                                                 "./data)", str | None)])
 def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite: bool, data_dir: str | None) -> None:
-    """Decay rate beta of each kernel (scale-matched with an interval; window and paper fits), one row per file."""
+    """Decay rate beta of each kernel with its interval, one row per file (--all-estimators: also the window and paper
+    fits, by their names)."""
     from .._runs import RunFolder
     from ..kernel.io import load_kernel
     from ..plots import spectrum_plot
@@ -173,7 +181,7 @@ def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite
         raise _bad("task" if cfg.model else "model", "give kernel files, or --model and --task")
     if cfg.draws_of and len(files) < 2:
         raise _bad("draws_of", f"needs at least 2 kernel files, got {len(files)}")
-    key: dict[str, Any] = {"config": cfg.model_dump()}
+    key: dict[str, Any] = {"config": cfg.model_dump(exclude={"all_estimators"})}  # printing only: not in the key
     if files:  # every file read, checked and analysed before anything is written
         loaded = [load_kernel(f) for f in files]
         key["kernels"] = _kernel_key(loaded, files)
@@ -196,7 +204,7 @@ def spectrum(cfg: SpectrumConfig, kernels: list[str] | None, out: str, overwrite
                     for d in range(cfg.draws)]
             rows.append(_Row(tname, mats, str(Path(out) / f"{tname}-draw0")))
         result, reports = _analyse_rows(rows, cfg)
-    _print_rows(result, reports)
+    _print_rows(result, reports, cfg.all_estimators)
     rf.write_json("spectrum.json", result)
     spectrum_plot(reports, rf.path("spectrum.png"))
     rf.finish(command="spectrum", rows=list(reports))
@@ -226,16 +234,21 @@ def _stop_out(lk: LoadedKernel, path: str, out: str | None) -> Path:
                                                              "kernel run folder, else runs/stop)", str | None),
                        option("overwrite", False, "replace another run in --out", bool)])
 def stop(cfg: StopConfig, kernels: str, out: str | None, overwrite: bool) -> None:
-    """The RWY early-stopping rule on a kernel file with targets: eta*, critical radius, T_hat (steps and epochs)."""
+    """The RWY early-stopping rule on a kernel file with targets: T_hat, and the `ntkft finetune` steps it means.
+
+    Prints the rule's numbers (eta*, critical radius, T_hat in kernel-GD steps), then an action: the
+    `ntkft finetune --optimizer gd --lr LR --max-steps S` command (S = T_hat alpha / (2 LR)) with its epochs at
+    --batch-size, and the error bound in the targets' units beside the constant predictor's (vacuous when above it)."""
     from .._runs import RunFolder, file_digest
     from ..kernel.io import load_kernel
-    from ..stopping import stop_report
+    from ..stopping import finetune_action, stop_report
 
     lk = load_kernel(kernels)
     y = lk.targets()
     try:
         rep = stop_report(lk.K, y, lk.outputs, step=cfg.step, sigma=cfg.sigma, radius=cfg.radius,
                           batch_size=cfg.batch_size)
+        act = finetune_action(rep, y, cfg.lr or rep.step / 2, cfg.batch_size)
     except NtkftError as e:
         raise _in_file(lk.source, e) from None
     target = _stop_out(lk, kernels, out)
@@ -248,6 +261,17 @@ def stop(cfg: StopConfig, kernels: str, out: str | None, overwrite: bool) -> Non
                     if lk.label_map else "the file's labels")
     for k_, v in d.items():
         typer.echo(f"{k_:14s} {v}")
+    d["action"] = act.to_dict()
+    units = "targets' units squared" if not lk.label_map else "+-1 targets squared"
+    typer.echo(f"\nerror bound    {act.bound_mse:.4g} (mean squared error on these {rep.n} rows, {units}; "
+               f"root {act.bound_mse ** 0.5:.3g})\nconstant pred. {act.constant_mse:.4g} (root "
+               f"{act.constant_mse ** 0.5:.3g}): predicting the mean target on the same rows\n               "
+               + act.note.replace("; ", "\n               "))
+    per = f"at batch size {act.batch_size}" if act.batch_size else "full batch (--batch-size N)"
+    typer.echo(f"action         {act.command}\n               = {act.epochs:.3g} epochs {per}; T_hat = {rep.t_hat} "
+               f"kernel-GD steps of alpha = {rep.step:.3g}, i.e. {act.max_steps} GD steps at lr {act.lr:g} on the mean "
+               "squared error" + ("" if not lk.label_map else " (the rule is for squared loss: with cross-entropy "
+                                  "treat it as a first guess)"))
     rf.write_json("stop.json", d)
     rf.finish(command="stop")
     typer.echo(f"wrote {target / 'stop.json'}, meta.json")

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel, load_config, make
-from ..errors import ConfigError
-
-Setting = Literal["full", "head", "probe", "linearized"]
-
-# Learning rates that work out of the box (checked on MiniLM / STS-B): the head alone tolerates far
-# larger steps than the backbone, and full-batch GD needs larger steps than AdamW.
-# The probe is linear regression on cached features (Remark 5.1): full-batch GD with step 1/lambda_max of the
-# feature second-moment matrix (None below: computed from the features; the RWY step bound) early-stops like
-# ridge and, unlike AdamW's per-coordinate steps, does not chase validation noise (checked on MiniLM/STS-B).
-DEFAULT_LR: dict[tuple[str, str], float | None] = {
-    ("full", "adamw"): 2e-5, ("head", "adamw"): 5e-5, ("probe", "adamw"): 1e-2, ("linearized", "adamw"): 2e-5,
-    ("full", "gd"): 1e-2, ("head", "gd"): 1e-2, ("probe", "gd"): None, ("linearized", "gd"): 1e-2,
-}
-DEFAULT_OPTIMIZER: dict[str, str] = {"full": "adamw", "head": "adamw", "probe": "gd", "linearized": "adamw"}
-
-# The probe trains a linear head on cached features: steps are cheap and it needs more of them.
-DEFAULT_MAX_STEPS: dict[str, int] = {"full": 200, "head": 200, "probe": 1000, "linearized": 200}
+from .settings import SETTINGS, SettingName, get_setting, takes_layers
 
 
 class FinetuneConfig(StrictModel):
@@ -36,9 +21,9 @@ class FinetuneConfig(StrictModel):
     text_columns: list[str] | None = Field(None, description="data file as task: its text column(s), comma-separated")
     label_column: str | None = Field(None, description="data file as task: its label column")
     task_type: Literal["regression", "classification"] | None = Field(None, description="data file as task: its type")
-    setting: Setting = Field("full", description="full | head (truncated backbone + head) | probe (frozen backbone) | "
-                                                 "linearized (f_PT + <delta, grad f_PT>)")
-    layers: int | None = Field(None, ge=1, description="truncate the backbone after this block (settings head/probe)")
+    setting: SettingName = Field("full", description=" | ".join(f"{s.name} ({s.about})" for s in SETTINGS.values()))
+    layers: int | None = Field(None, ge=1, description="truncate the backbone after this block (settings "
+                               + ", ".join(takes_layers()) + ")")
     pooling: Literal["last", "mean"] | None = Field(None, description="override the detected pooling: last (decoder) "
                                                                       "or mean (encoder)")
     n_train: int | None = Field(None, ge=2, description="training samples drawn from the train split (seeded)")
@@ -46,17 +31,17 @@ class FinetuneConfig(StrictModel):
     n_test: int | None = Field(500, ge=1, description="test samples (seeded subsample of the test split)")
     max_length: int = Field(64, ge=2, description="tokens per input (checked against the model's position limit)")
     seed: int = Field(0, ge=0, description="seed of the subsample, hold-out split, head init and batch order")
-    optimizer: Literal["gd", "adamw"] = Field(None, description="gd (full batch) | adamw (default: gd for the "  # type: ignore[arg-type,assignment]
-                                                                "probe, adamw otherwise)")
-    lr: float | None = Field(None, gt=0, description="learning rate (default per setting and optimizer: adamw full 2e-5, "
-                                                    "head 5e-5, probe 1e-2, linearized 2e-5; gd 1e-2, probe 1/lambda_max "
-                                                    "of its features)")
+    optimizer: Literal["gd", "adamw"] = Field(None, description="gd (full batch) | adamw (default per setting: "  # type: ignore[arg-type,assignment]
+                                              + ", ".join(f"{s.name} {s.optimizer}" for s in SETTINGS.values()) + ")")
+    lr: float | None = Field(None, gt=0, description="learning rate (default per setting and optimizer: " + "; ".join(
+        f"{s.name} " + ", ".join(f"{o} {'1/lambda_max of its features' if v is None else f'{v:g}'}"
+                                 for o, v in s.lr.items()) for s in SETTINGS.values()) + ")")
     weight_decay: float = Field(0.0, ge=0)
     ridge: float = Field(0.0, ge=0, description="L2 penalty on the head weights")
     batch_size: int = Field(16, ge=1, description="micro-batch size (adamw: samples per step / grad_accum)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    max_steps: int = Field(None, ge=1, description="optimiser steps at most (default: probe 1000, "  # type: ignore[assignment]
-                                                   "other settings 200)")
+    max_steps: int = Field(None, ge=1, description="optimiser steps at most (default per setting: "  # type: ignore[assignment]
+                           + ", ".join(f"{s.name} {s.max_steps}" for s in SETTINGS.values()) + ")")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     eval_every: int | None = Field(None, ge=1, description="evaluate every k optimiser steps (default: each epoch, "
@@ -89,14 +74,16 @@ class FinetuneConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_lr(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("optimizer") is None:
-            data = {**data, "optimizer": DEFAULT_OPTIMIZER.get(data.get("setting", "full"), "adamw")}
-        if isinstance(data, dict) and data.get("lr") is None:
-            key = (data.get("setting", "full"), data.get("optimizer", "adamw"))
-            data = {**data, "lr": DEFAULT_LR.get(key, 2e-5)}
-        if isinstance(data, dict) and data.get("max_steps") is None:
-            data = {**data, "max_steps": DEFAULT_MAX_STEPS.get(data.get("setting", "full"), 200)}
+    def _setting_defaults(cls, data: Any) -> Any:
+        """optimizer, lr and max_steps default to the setting's own (settings/)."""
+        if not isinstance(data, dict) or data.get("setting", "full") not in SETTINGS:
+            return data  # an unknown setting is reported by the field's own validator
+        st = SETTINGS[data.get("setting", "full")]
+        data = {**data, "optimizer": data.get("optimizer") or st.optimizer}
+        if data.get("lr") is None:
+            data["lr"] = st.default_lr(data["optimizer"])
+        if data.get("max_steps") is None:
+            data["max_steps"] = st.max_steps
         return data
 
     @field_validator("val")
@@ -112,10 +99,12 @@ class FinetuneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _combos(self) -> FinetuneConfig:
-        if self.layers is not None and self.setting in ("full", "linearized"):
-            raise ValueError(f"layers: applies to settings head and probe, not '{self.setting}'")
-        if self.lr is None and not (self.setting == "probe" and self.optimizer == "gd"):
-            raise ValueError("lr: only the probe with full-batch GD derives its step from the features; give --lr")
+        st = get_setting(self.setting)
+        if self.layers is not None and "layers" not in st.options:
+            raise ValueError(f"layers: applies to settings {', '.join(takes_layers())}, not '{self.setting}'")
+        if self.lr is None and not (st.frozen_backbone and self.optimizer == "gd"):
+            raise ValueError("lr: only a frozen backbone with full-batch GD derives its step from the features; "
+                             "give --lr")
         if self.center_output and self.save_model:
             raise ValueError("center_output: the trained f subtracts the step-0 model's output, which one saved "
                              "Hugging Face model cannot hold; turn save_model off (--no-save-model)")
@@ -123,18 +112,20 @@ class FinetuneConfig(StrictModel):
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be below max_steps ({self.max_steps})")
         return self
 
-    def task_spec(self) -> Any:
-        """The TaskSpec this config names (a built-in, a spec file, or a data file described by the flags)."""
-        from ..tasks import get_spec, user_task
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier at optimiser step `step`: linear warm-up, then the schedule."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        frac = min(max((step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps), 0.0), 1.0)
+        return 1.0 - frac if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
 
-        if Path(self.task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
-            if not (self.text_columns and self.label_column and self.task_type):
-                err = ConfigError(f"task: a data file ({self.task}) needs text_columns, label_column and task_type")
-                err.param = "task"
-                raise err
-            return user_task(name=Path(self.task).stem, type=self.task_type, files={"train": str(Path(self.task).resolve())},
-                             text_columns=self.text_columns, label_column=self.label_column, origin=self.task)
-        return get_spec(self.task)
+    def task_spec(self) -> Any:
+        """The TaskSpec this config names (a built-in, a spec file, a data file or table source described by the flags)."""
+        from ..tasks import resolve_task
+
+        return resolve_task(self.task, self.text_columns, self.label_column, self.task_type)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:

@@ -45,9 +45,7 @@ def _check(base: FinetuneConfig, tasks: list[str], sizes: list[int], seeds: int)
     if not tasks:
         raise ConfigError("tasks: give at least one task")
     if not sizes or any(s < 2 for s in sizes):
-        err = ConfigError(f"sizes: every training size must be >= 2, got {sizes}")
-        err.param = "sizes"
-        raise err
+        raise ConfigError(f"sizes: every training size must be >= 2, got {sizes}", param="sizes")
     finite_positive("seeds", seeds, allow_none=False)
     for t in tasks:
         _spec(base, t)

@@ -62,9 +62,8 @@ def check_monitor(spec: TaskSpec, monitor: str | None) -> str:
     name = monitor or "loss"
     allowed = ["loss", *spec.metrics]
     if name not in allowed:
-        err = ConfigError(f"monitor: task '{spec.name}' has no metric '{name}' (choose from {', '.join(allowed)})")
-        err.param = "monitor"
-        raise err
+        raise ConfigError(f"monitor: task '{spec.name}' has no metric '{name}' (choose from {', '.join(allowed)})",
+                          param="monitor")
     return name
 
 
@@ -74,9 +73,7 @@ def load_splits(cfg: FinetuneConfig, data_dir: str | None) -> tuple[TaskSpec, Ta
     check_monitor(spec, cfg.monitor)
     full = load_task(spec, "train", data_dir)
     if cfg.n_train is not None and cfg.n_train > len(full):
-        err = ConfigError(f"n_train: {cfg.n_train} exceeds the {len(full)} training rows of '{spec.name}'")
-        err.param = "n_train"
-        raise err
+        raise ConfigError(f"n_train: {cfg.n_train} exceeds the {len(full)} training rows of '{spec.name}'", param="n_train")
     train, val = holdout(subsample(full, cfg.n_train, seed=cfg.seed), cfg.val, seed=cfg.seed)
     if spec.type == "classification" and len(np.unique(train.labels)) < 2:
         raise DataError(f"task '{spec.name}': the training split has only one class")
@@ -92,6 +89,16 @@ def prepare(cfg: FinetuneConfig, loaded: LoadedModel, data_dir: str | None = Non
     fp = {"train": train.fingerprint(), "val": val.fingerprint(), "test": test.fingerprint()}
     return Prepared(spec, _split(loaded, train, cfg.max_length), _split(loaded, val, cfg.max_length),
                     _split(loaded, test, cfg.max_length), train.num_classes, fp)
+
+
+def step_rows(n: int, step: int, per_step: int, seed: int, full_batch: bool) -> torch.Tensor:
+    """Training rows of optimiser step `step`: all of them (full-batch GD), or the step's slice of an epoch-seeded
+    permutation, so a resumed run replays the same order."""
+    if full_batch:
+        return torch.arange(n)
+    epoch, pos = divmod(step, max(1, -(-n // per_step)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    return perm[pos * per_step:(pos + 1) * per_step]
 
 
 def by_length(mask: torch.Tensor, batch: int) -> list[torch.Tensor]:

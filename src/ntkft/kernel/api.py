@@ -3,51 +3,25 @@
 from __future__ import annotations
 
 import logging
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import param_error
 from .contract import HEAD_PREFIX, KernelModel, check_model, differentiating, model_device
 from .engine import assemble, execute, frozen_gc, open_stores, plan_units, weights_digest
-from .params import ParamGroup, select_params
-from .plan import Inputs, Options, Plan, default_max_memory
-from .registry import Method, parse_method, resolve_method
+from .options import KernelOptions, parse_device
+from .params import select_params
+from .plan import Inputs, Options, Plan
+from .registry import KernelMethod, Method, resolve_method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Method", "kernel_matrix", "normalise", "parse_device", "resolve_method", "trace_outputs", "width_normalise"]
-
-
-def _bad(param: str, msg: str) -> ConfigError:
-    err = ConfigError(f"{param}: {msg}")
-    err.param = param
-    return err
-
-
-def _bytes(name: str, value: float | int | None, allow_zero: bool = False) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
-            or (value == 0 and not allow_zero):
-        raise _bad(name, f"must be a finite number {'>= 0' if allow_zero else '> 0'} (bytes), got {value!r}")
-    return int(value)
-
-
-def parse_device(device: str | torch.device) -> torch.device:
-    """A torch.device from a name; unknown names and CUDA without CUDA are ConfigErrors naming `device`."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise _bad("device", f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise _bad("device", f"'{device}' requested but CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
+__all__ = ["Job", "KernelOptions", "Method", "kernel_matrix", "normalise", "parse_device", "resolve_method",
+           "trace_outputs", "width_normalise"]
 
 
 def resolve_device(device: str | torch.device | None, model: KernelModel) -> torch.device:
@@ -56,86 +30,85 @@ def resolve_device(device: str | torch.device | None, model: KernelModel) -> tor
         return model_device(model)
     dev = parse_device(device)
     if model_device(model) != dev:
-        raise _bad("device", f"the model is on {model_device(model)}, not {dev}: move it there first "
-                             "(model.to(device))")
+        raise param_error("device", f"the model is on {model_device(model)}, not {dev}: move it there first "
+                                    "(model.to(device))")
     return dev
 
 
-def checked_args(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None,
-                 params: ParamGroup | str, method: Method | str,
-                 max_memory: float | None, max_disk: float | None, batch_size: int | None,
-                 device: str | torch.device | None, accumulate: str, sketch_dim: int | None,
-                 ) -> tuple[KernelModel, Inputs, Inputs | None, dict[str, nn.Parameter], Method, int | None, int | None,
-                            torch.device]:
-    """Every argument of a kernel computation validated once (one-line errors naming the parameter):
-    (model, inputs 1, inputs 2 or None, selected parameters, method, memory bytes, disk bytes, device)."""
-    model = check_model(model)
-    in1 = Inputs.of(x1, "x1")
-    in2 = Inputs.of(x2, "x2") if x2 is not None else None
-    sel = select_params(model, params)
-    meth = resolve_method(parse_method(method), model, sel)
-    mem = _bytes("max_memory", max_memory)
-    disk = _bytes("max_disk", max_disk, allow_zero=True)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise _bad("batch_size", f"must be an integer >= 1, got {batch_size!r}")
-    if accumulate not in ("host", "device"):
-        raise _bad("accumulate", f"must be 'host' or 'device', got {accumulate!r}")
-    if meth == Method.SKETCH:
-        if sketch_dim is None or isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 1:
-            raise _bad("sketch_dim", f"method sketch needs an integer sketch_dim >= 1, got {sketch_dim!r}")
-    elif sketch_dim is not None:
-        raise _bad("sketch_dim", f"applies to method sketch only, not {meth.value}")
-    return model, in1, in2, sel, meth, mem, disk, resolve_device(device, model)
+@dataclass(frozen=True)
+class Job:
+    """One kernel computation, validated once: model, inputs, the differentiated parameters, the resolved method
+    and device, and the options it runs with."""
 
+    model: KernelModel
+    x1: Inputs
+    x2: Inputs | None
+    params: dict[str, nn.Parameter]
+    method: Method
+    device: torch.device
+    options: KernelOptions
 
-def work_key(model: KernelModel, in1: Inputs, in2: Inputs | None, sel: dict[str, nn.Parameter], meth: Method,
-             plan: Plan, opts: Options) -> dict[str, Any]:
-    """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan, options and the
-    GEMM library the plan computes with (float32 rounding differs between them; `plan.info["gemm"]`)."""
-    return {"method": meth.value, "params": sorted(sel), "x1": in1.digest(),
-            "x2": in2.digest() if in2 is not None else None, "weights": weights_digest(cast(nn.Module, model)),
-            "head_prefix": HEAD_PREFIX, "plan": plan.digest(), "options": opts.to_key(),
-            "gemm": plan.info.get("gemm", "torch")}
+    @classmethod
+    def of(cls, model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None,
+           options: KernelOptions) -> Job:
+        """Check the model and inputs (one-line errors naming `x1`, `x2`, `params`, `device`...)."""
+        m = check_model(model)
+        in1 = Inputs.of(x1, "x1")
+        in2 = Inputs.of(x2, "x2") if x2 is not None else None
+        sel = select_params(m, options.params)
+        return cls(m, in1, in2, sel, resolve_method(options.method, m, sel), resolve_device(options.device, m), options)
+
+    @property
+    def accumulate_on(self) -> torch.device:
+        """Where float64 K is summed."""
+        return self.device if self.options.accumulate == "device" else torch.device("cpu")
+
+    def plan(self, opts: Options) -> tuple[KernelMethod, Plan]:
+        """The method's implementation and its plan of work units under `opts`."""
+        return plan_units(self.model, self.x1, self.x2, self.params, self.method, opts)
+
+    def key(self, plan: Plan, opts: Options) -> dict[str, Any]:
+        """What a checkpoint of finished units is tied to: method, parameters, inputs, weights, plan, options and
+        the GEMM library the plan computes with (float32 rounding differs between them; `plan.info["gemm"]`)."""
+        return {"method": self.method.value, "params": sorted(self.params), "x1": self.x1.digest(),
+                "x2": self.x2.digest() if self.x2 is not None else None,
+                "weights": weights_digest(cast(nn.Module, self.model)), "head_prefix": HEAD_PREFIX,
+                "plan": plan.digest(), "options": opts.to_key(), "gemm": plan.info.get("gemm", "torch")}
 
 
 def kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None = None,
-                  params: ParamGroup | str = "all",
-                  method: Method | str = Method.AUTO, max_memory: float | None = None,
-                  batch_size: int | None = None, checkpoint_dir: str | Path | None = None,
-                  progress: bool = True, *, max_disk: float | None = None, device: str | torch.device | None = None,
-                  accumulate: str = "host", sketch_dim: int | None = None, seed: int = 0,
-                  info: dict[str, Any] | None = None) -> torch.Tensor:
+                  options: KernelOptions | None = None, *, checkpoint_dir: str | Path | None = None,
+                  info: dict[str, Any] | None = None, **shortcuts: Any) -> torch.Tensor:
     """Unnormalised eNTK K_ij = <grad f(x_i), grad f(x_j)> (float64, on the host).
 
     `model` meets `KernelModel` (e.g. a Readout); with C outputs the result is (N1*C, N2*C), rows ordered
     sample-major. `x2=None` gives the symmetric K(X1, X1), computing each block of the upper triangle once.
-    `max_memory` (bytes; default a quarter of the available host memory, or 80% of the free GPU memory) and
-    `max_disk` (bytes of scratch files, default no limit) bound the work: factors that do not fit go to disk,
-    and layer groups (one forward/backward each) keep both within budget at any N. With `checkpoint_dir`,
-    finished units are kept there, a rerun resumes from them, and the files are removed after success (only
-    files the kernel wrote). `device` must be the model's; `accumulate` = "host" or "device" says where float64
-    K is summed. `sketch_dim`/`seed` belong to method "sketch" (an unbiased estimate, not the exact K). `info`, if
-    given, receives the plan's facts (batches, layer groups, spill, the GEMM library used: "gemm")."""
-    model, in1, in2, sel, meth, mem, disk, dev = checked_args(model, x1, x2, params, method, max_memory, max_disk,
-                                                              batch_size, device, accumulate, sketch_dim)
-    opts = Options(max_memory=mem if mem is not None else default_max_memory(dev), max_disk=disk, batch_size=batch_size,
-                   device=dev, accumulate=accumulate, sketch_dim=sketch_dim, seed=seed, progress=progress)
-    with frozen_gc(), differentiating(model, sel):
-        impl, plan = plan_units(model, in1, in2, sel, meth, opts)
+    How K is computed is `options` (a `KernelOptions`); its fields may also be given as keywords (`params`,
+    `method`, `max_memory`, `max_disk`, `batch_size`, `device`, `accumulate`, `sketch_dim`, `seed`, `progress`),
+    which replace those of `options`. `max_memory` (bytes; default a quarter of the available host memory, or
+    80% of the free GPU memory) and `max_disk` (bytes of scratch files, default no limit) bound the work: factors
+    that do not fit go to disk, and layer groups (one forward/backward each) keep both within budget at any N.
+    With `checkpoint_dir`, finished units are kept there, a rerun resumes from them, and the files are removed
+    after success (only files the kernel wrote). `device` must be the model's; `accumulate` = "host" or "device"
+    says where float64 K is summed. `sketch_dim`/`seed` belong to method "sketch" (an unbiased estimate, not the
+    exact K). `info`, if given, receives the plan's facts (batches, layer groups, spill, the GEMM library used)."""
+    opts = KernelOptions.of(options, **shortcuts)
+    job = Job.of(model, x1, x2, opts)
+    plan_opts = opts.plan_options(job.device)
+    with frozen_gc(), differentiating(job.model, job.params):
+        impl, plan = job.plan(plan_opts)
         if info is not None:
             info.update(plan.info)
-        key = work_key(model, in1, in2, sel, meth, plan, opts) if checkpoint_dir is not None else None
-        stores = open_stores(plan, checkpoint_dir, key)
+        stores = open_stores(plan, checkpoint_dir, job.key(plan, plan_opts) if checkpoint_dir is not None else None)
         try:
-            acc_dev = dev if accumulate == "device" else torch.device("cpu")
-            k = assemble(plan, execute(impl, plan, stores, progress, acc_dev, dev))
+            k = assemble(plan, execute(impl, plan, stores, opts.progress, job.accumulate_on, job.device))
         finally:
             stores.close()
         stores.finish()
     return k.detach().cpu()
 
 
-# ------------------------------------------------------------------ normalisations (THEORY.md sec. 3)
+# ------------------------------------------------------------------ normalisations (docs/theory.md sec. 3)
 
 
 def normalise(k: torch.Tensor, n: int | None = None) -> torch.Tensor:

@@ -22,10 +22,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, KernelError
-from .api import checked_args, work_key
+from .api import Job
 from .checkpoint import Accumulator, Checkpoint
 from .contract import check_model, differentiating
 from .engine import assemble, frozen_gc, plan_units
+from .options import KernelOptions
 from .params import ParamGroup, select_params
 from .plan import Artifact, Block, Inputs, Options, Plan, default_max_memory
 from .registry import KernelMethod, Method, parse_method, resolve_method
@@ -236,32 +237,23 @@ def finish_work(work_dir: str | Path) -> None:
 
 
 def distributed_kernel_matrix(model: Any, x1: dict[str, torch.Tensor], x2: dict[str, torch.Tensor] | None = None,
-                              params: ParamGroup | str = "all",
-                              method: Method | str = Method.AUTO, max_memory: float | None = None,
-                              batch_size: int | None = None, work_dir: str | Path = "ntkft-work",
-                              progress: bool = True, *, max_disk: float | None = None,
-                              device: str | torch.device | None = None, accumulate: str = "host",
-                              sketch_dim: int | None = None, seed: int = 0,
-                              keep_work: bool = False, info: dict[str, Any] | None = None) -> torch.Tensor | None:
+                              options: KernelOptions | None = None, *, work_dir: str | Path = "ntkft-work",
+                              keep_work: bool = False, info: dict[str, Any] | None = None,
+                              **shortcuts: Any) -> torch.Tensor | None:
     """`kernel_matrix` with its units shared over the torchrun ranks: K (float64, caller's order) on rank 0,
-    None elsewhere. Same arguments; `work_dir` (seen by every rank) holds the checkpointed units, removed
+    None elsewhere. Same options; `work_dir` (seen by every rank) holds the checkpointed units, removed
     after success unless `keep_work` (then call `finish_work` yourself once K is saved)."""
-    model, in1, in2, sel, meth, mem, disk, dev = checked_args(model, x1, x2, params, method, max_memory, max_disk,
-                                                              batch_size, device, accumulate, sketch_dim)
-    init_group(dev)
-    if mem is None:  # every rank must plan with the same budget: rank 0's default
-        box = [default_max_memory()]
-        dist.broadcast_object_list(box, src=0)
-        mem = int(box[0])
-    opts = Options(max_memory=mem, max_disk=disk, batch_size=batch_size, device=dev, accumulate=accumulate,
-                   sketch_dim=sketch_dim, seed=seed, progress=progress)
-    with frozen_gc(), differentiating(model, sel):
-        impl, plan = plan_units(model, in1, in2, sel, meth, opts)
+    opts = KernelOptions.of(options, **shortcuts)
+    job = Job.of(model, x1, x2, opts)
+    init_group(job.device)
+    box = [opts.max_memory if opts.max_memory is not None else default_max_memory()]
+    dist.broadcast_object_list(box, src=0)  # every rank must plan with the same budget: rank 0's
+    plan_opts = opts.plan_options(job.device, int(box[0]))
+    with frozen_gc(), differentiating(job.model, job.params):
+        impl, plan = job.plan(plan_opts)
         if info is not None:
             info.update(plan.info)
-        key = work_key(model, in1, in2, sel, meth, plan, opts)
-        acc_dev = dev if accumulate == "device" else torch.device("cpu")
-        k, own = execute_distributed(impl, plan, work_dir, key, progress, acc_dev)
+        k, own = execute_distributed(impl, plan, work_dir, job.key(plan, plan_opts), opts.progress, job.accumulate_on)
     out = assemble(plan, k).detach() if k is not None else None
     _OPEN[str(Path(work_dir))] = own
     if not keep_work:

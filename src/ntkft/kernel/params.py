@@ -19,14 +19,18 @@ class ParamGroup(str, Enum):
     NO_EMBEDDINGS = "no-embeddings"
 
 
+def parse_group(group: ParamGroup | str) -> ParamGroup:
+    """`group` as a ParamGroup; a ConfigError naming `params` and the choices otherwise."""
+    try:
+        return ParamGroup(group)
+    except ValueError:
+        raise ConfigError(f"params: unknown parameter group '{group}': use one of {', '.join(g.value for g in ParamGroup)}",
+                          param="params") from None
+
+
 def select_params(model: nn.Module, group: ParamGroup | str = ParamGroup.ALL) -> dict[str, nn.Parameter]:
     """Named parameters of `model` in `group`, each tied parameter once (under its first name)."""
-    try:
-        group = ParamGroup(group)
-    except ValueError:
-        err = ConfigError(f"params: unknown parameter group '{group}': use one of {', '.join(g.value for g in ParamGroup)}")
-        err.param = "params"
-        raise err from None
+    group = parse_group(group)
     embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
     out: dict[str, nn.Parameter] = {}
     seen: set[int] = set()

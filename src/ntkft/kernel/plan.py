@@ -31,9 +31,7 @@ class Inputs:
     def of(cls, x: Any, name: str) -> Inputs:
         """Validate an `encode(...)` dict."""
         if not isinstance(x, dict) or "input_ids" not in x or "attention_mask" not in x:
-            err = ConfigError(f"{name}: must be a dict with 'input_ids' and 'attention_mask' (as returned by encode)")
-            err.param = name
-            raise err
+            raise ConfigError(f"{name}: must be a dict with 'input_ids' and 'attention_mask' (as returned by encode)", param=name)
         ids, mask = x["input_ids"], x["attention_mask"]
         if not isinstance(ids, torch.Tensor) or not isinstance(mask, torch.Tensor):
             raise ConfigError(f"{name}: input_ids and attention_mask must be tensors")

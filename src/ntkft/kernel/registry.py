@@ -56,9 +56,8 @@ def parse_method(method: Method | str) -> Method:
     try:
         return Method(method)
     except ValueError:
-        err = ConfigError(f"method: unknown method '{method}': use one of {', '.join(m.value for m in Method)}")
-        err.param = "method"
-        raise err from None
+        raise ConfigError(f"method: unknown method '{method}': use one of {', '.join(m.value for m in Method)}",
+                          param="method") from None
 
 
 def implementation(method: Method) -> type[KernelMethod]:

@@ -46,9 +46,8 @@ def allocate(k: int, weights: list[float]) -> list[int]:
     """k coordinates over blocks in proportion to `weights` (each block >= 1; largest remainders)."""
     n = len(weights)
     if k < n:
-        err = ConfigError(f"sketch_dim: must be at least the number of sketched layers ({n}) for this model, got {k}")
-        err.param = "sketch_dim"
-        raise err
+        raise ConfigError(f"sketch_dim: must be at least the number of sketched layers ({n}) for this model, got {k}",
+                          param="sketch_dim")
     total = sum(weights)
     share = [(w / total if total > 0 else 1 / n) * (k - n) for w in weights]
     out = [1 + int(s) for s in share]

@@ -88,10 +88,8 @@ class LoadedModel:
 
         limit = self.max_positions
         if max_length < 2 or (limit is not None and max_length > limit):
-            err = ConfigError(f"max_length: {max_length} is outside 2..{limit or 'inf'} for {self.spec} "
-                              f"(its position embeddings hold {limit} positions)")
-            err.param = "max_length"
-            raise err
+            raise ConfigError(f"max_length: {max_length} is outside 2..{limit or 'inf'} for {self.spec} "
+                              f"(its position embeddings hold {limit} positions)", param="max_length")
         return max_length
 
     def truncate(self, k: int) -> LoadedModel:
@@ -195,9 +193,7 @@ def _kind_for(pooling: str | None) -> Kind | None:
     if pooling is None:
         return None
     if pooling not in POOLING_KIND:
-        err = ModelError(f"pooling: must be 'last' (decoder) or 'mean' (encoder), got {pooling!r}")
-        err.param = "pooling"
-        raise err
+        raise ModelError(f"pooling: must be 'last' (decoder) or 'mean' (encoder), got {pooling!r}", param="pooling")
     return POOLING_KIND[pooling]
 
 

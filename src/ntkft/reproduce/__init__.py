@@ -1,5 +1,6 @@
-"""The paper's Section 7 end to end: spectra, learning curves, rankings, stopping and task vectors as cached
-stages over the other packages, and a report (HTML + Markdown) built from the run folder's JSON."""
+"""The paper's Section 7 end to end: the stages of `registry.STAGES` (spectra, learning curves, rankings,
+stopping, task vectors), each cached in its own run folder and returning a typed result, and a report
+(HTML + Markdown) built from those results."""
 
 from .config import ModelPlan, ReproConfig
 from .report import rebuild, render

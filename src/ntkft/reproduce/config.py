@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel
+from ..finetune.settings import SETTINGS, SettingName, takes_layers
+from .registry import STAGES, described
 
 SPECTRUM_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte", "cr", "sst2"]
 CURVE_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte"]
@@ -20,8 +22,7 @@ class ModelPlan(StrictModel):
     name: str = Field(description="model alias, hub id, directory or .gguf file")
     label: str | None = Field(None, description="name of this plan in results (default: the model name); needed "
                               "when one model appears twice, e.g. in two settings")
-    setting: Literal["full", "head", "probe"] = Field("full", description="full fine-tuning, truncated backbone "
-                                                      "+ new head (all trained), or a frozen-backbone probe")
+    setting: SettingName = Field("full", description="fine-tuning setting: " + ", ".join(SETTINGS))
     layers: int | None = Field(None, ge=1, description="truncate the backbone after this block (head/probe)")
     lrs: list[float] = Field([2e-5, 5e-5, 1e-4], min_length=1, description="learning-rate grid, chosen per task "
                              "on the validation split")
@@ -29,9 +30,9 @@ class ModelPlan(StrictModel):
     batch_size: int = Field(16, ge=1, description="fine-tuning batch size")
     eval_every: int | None = Field(None, ge=1, description="evaluate every k steps (default: each epoch)")
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
-    sigma: float = Field(1.0, gt=0, description="scale of the new head's init, W ~ N(0, sigma^2/n), for fine-tuning "
-                         "and kernel GD; a backbone whose features are large (a decoder's last token) needs a smaller "
-                         "head to start near the mean (stage 1's spectra always use 1.0)")
+    sigma: float = Field(1.0, gt=0, description="scale of the new head's init, W ~ N(0, sigma^2/n), for fine-tuning, "
+                         "kernel GD and the spectra's kernels (one kernel for prediction and training); a backbone whose "
+                         "features are large (a decoder's last token) needs a smaller head to start near the mean")
     seeds: int | None = Field(None, ge=1, description="this model's seeds per size (default: the run's)")
     sizes: list[int] | None = Field(None, description="this model's training sizes: a subset of the run's sizes "
                                     "that holds the tuning size (default: all of them); a larger model can run fewer")
@@ -56,8 +57,8 @@ class ModelPlan(StrictModel):
 
     @model_validator(mode="after")
     def _layers_need_truncating_setting(self) -> ModelPlan:
-        if self.layers is not None and self.setting == "full":
-            raise ValueError("layers applies to settings head and probe, not full")
+        if self.layers is not None and "layers" not in SETTINGS[self.setting].options:
+            raise ValueError(f"layers applies to settings {', '.join(takes_layers())}, not {self.setting}")
         return self
 
 
@@ -68,8 +69,8 @@ class ReproConfig(StrictModel):
                                                              ModelPlan(name="smollm2-135m", setting="head", layers=6)],
                                     min_length=1, description="models and their settings (a list of names or "
                                     "mappings with name, setting, layers, lrs, ...)")
-    stages: list[int] = Field([1, 2, 3, 4, 5], min_length=1, description="stages to run (1 spectra, 2 curves, "
-                              "3 rankings, 4 stopping, 5 task vectors)")
+    stages: list[int] = Field(default_factory=lambda: [s.number for s in STAGES], min_length=1,
+                              description=f"stages to run ({described()}); the stages they read run too")
     max_length: int = Field(64, ge=4, description="tokens per example after truncation")
     # stage 1
     spectrum_tasks: list[str] = Field(default_factory=lambda: list(SPECTRUM_TASKS), min_length=1,
@@ -148,9 +149,9 @@ class ReproConfig(StrictModel):
     @field_validator("stages")
     @classmethod
     def _stages(cls, v: list[int]) -> list[int]:
-        bad = [s for s in v if s not in (1, 2, 3, 4, 5)]
+        bad = [s for s in v if not 1 <= s <= len(STAGES)]
         if bad:
-            raise ValueError(f"stages are 1..5, got {bad}")
+            raise ValueError(f"stages are {described()}, got {bad}")
         return sorted(set(v))
 
     @field_validator("sizes")

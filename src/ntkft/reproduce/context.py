@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from .._runs import RunFolder, digest
+from ..errors import ConfigError
 from ..models import LoadedModel, Readout, fingerprint, load_model
 from ..tasks import TaskData, get_spec, load_task
 from .config import ModelPlan, ReproConfig
@@ -52,6 +54,14 @@ class Context:
         if plan.layers is not None:
             loaded = loaded.truncate(plan.layers)
         return loaded, Readout.from_loaded(loaded, out_dim=out_dim, sigma=sigma, seed=seed)
+
+    def entk_model(self, plan: ModelPlan) -> tuple[LoadedModel, Readout, str]:
+        """The model whose eNTK predicts the plan's fine-tuning, and the parameters it differentiates: the model
+        the plan fine-tunes (same truncation, head init scale `sigma`, head seed 0, scalar readout) and the
+        parameters it trains (the head alone for a frozen-backbone probe). Spectra and kernel GD both use it, so
+        beta describes the kernel the curves are run on."""
+        loaded, readout = self.readout(plan, sigma=plan.sigma)
+        return loaded, readout, kernel_params(plan)
 
     def model_fingerprint(self, name: str) -> str:
         """Fingerprint of the pretrained weights (part of every unit's key), taken on one thread: the float64
@@ -108,6 +118,30 @@ class Context:
         rf = RunFolder(self.root / stage, f"reproduce-{stage}", key, self.overwrite or derived)
         rf.open()
         return rf
+
+
+def kernel_params(plan: ModelPlan) -> str:
+    """The parameters the plan trains, whose eNTK the spectra and the kernel-GD curve use: the head alone for a
+    frozen-backbone probe (then kernel GD is exactly gradient descent on the probe), else `kernel_params`."""
+    return "head" if plan.setting == "probe" else plan.kernel_params
+
+
+@contextmanager
+def exclusive(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `root` for the run: two processes must never write one run folder."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".ntkft-lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{root}: another ntkft process is writing this run folder; wait for it or use "
+                              "another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_json(path: Path) -> Any:

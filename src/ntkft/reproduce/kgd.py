@@ -1,4 +1,4 @@
-"""Kernel gradient descent on the eNTK: the linearised model's exact learning curve (THEORY.md sec. 4-5).
+"""Kernel gradient descent on the eNTK: the linearised model's exact learning curve (docs/theory.md sec. 4-5).
 
 One kernel per (model, task, seed) on a nested pool of training rows plus a test sample; a training size n
 uses the pool's first n rows, split like fine-tuning into train and hold-out. The path is evaluated in
@@ -7,22 +7,15 @@ oracle t (best test MSE) and the RWY rule's T_hat are read off the same path."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
+from .._results import ResultModel
 from ..kernel import kernel_matrix
 from ..spectrum.eig import eigh_desc
 from ..tasks import encode, subsample, task_metrics
 from .config import ModelPlan
 from .context import Context
-
-
-def kernel_params(plan: ModelPlan) -> str:
-    """The parameters the plan trains, whose eNTK the kernel-GD curve uses: the head alone for a frozen-backbone
-    probe (then kernel GD is exactly gradient descent on the probe), else the plan's `kernel_params`."""
-    return "head" if plan.setting == "probe" else plan.kernel_params
 
 
 def targets(labels: np.ndarray, task_type: str) -> np.ndarray:
@@ -45,10 +38,9 @@ def kgd_kernels(ctx: Context, plan: ModelPlan, task: str, seed: int) -> dict[str
     pool = subsample(ctx.task_data(task, "train"), cfg.kgd_max_n, seed=seed)
     test_all = ctx.task_data(task)
     test = subsample(test_all, min(cfg.kgd_n_test, len(test_all)), seed=seed)
-    loaded, f = ctx.readout(plan, sigma=plan.sigma)
+    loaded, f, params = ctx.entk_model(plan)
     xp = encode(loaded.tokenizer, loaded.kind, pool, max_length=cfg.max_length)
     xt = encode(loaded.tokenizer, loaded.kind, test, max_length=cfg.max_length)
-    params = kernel_params(plan)
     k_pool = kernel_matrix(f, xp, params=params, progress=False)
     k_test = kernel_matrix(f, xt, xp, params=params, progress=False)
     with torch.no_grad():
@@ -66,8 +58,7 @@ def t_grid(t_max: int, points: int = 90) -> np.ndarray:
     return np.unique(np.concatenate([[0], np.round(np.logspace(0, np.log10(t_max), points)).astype(np.int64)]))
 
 
-@dataclass
-class KgdPoint:
+class KgdPoint(ResultModel):
     """Kernel GD at one training size: where hold-out, the oracle and RWY stop, and the test metrics there."""
 
     size: int
@@ -77,13 +68,12 @@ class KgdPoint:
     step: float  # alpha on K/N (1/lambda_1)
     t_holdout: int
     t_oracle: int
-    test_holdout: dict  # task metrics + 'mse_target' (MSE on the regression targets) at t_holdout
-    test_oracle: dict
-    test_init: dict  # at t = 0: f_PT itself
+    test_holdout: dict[str, float]  # task metrics + 'mse_target' (MSE on the regression targets) at t_holdout
+    test_oracle: dict[str, float]
+    test_init: dict[str, float]  # at t = 0: f_PT itself
     var_test: float  # variance of the test targets
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    model: str = ""  # the plan and task of the curve (set by stage 2)
+    task: str = ""
 
 
 def split_pool(n: int, val: float) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +144,9 @@ def curve(unit: dict[str, torch.Tensor], sizes: list[int], val: float, task_type
         test_pred = path.predict(kt[:, tr], ft, ts)
         test_mse = ((test_pred - yt[:, None]) ** 2).mean(0)
         i_val, i_or = int(np.argmin(val_mse)), int(np.argmin(test_mse))
-        out.append(KgdPoint(n, seed, len(tr), len(va), float(path.alpha), int(ts[i_val]), int(ts[i_or]),
-                            metrics(test_pred[:, i_val], yt, lab_t, task_type),
-                            metrics(test_pred[:, i_or], yt, lab_t, task_type),
-                            metrics(test_pred[:, 0], yt, lab_t, task_type), float(np.var(yt))))
+        out.append(KgdPoint(size=n, seed=seed, n_train=len(tr), n_val=len(va), step=float(path.alpha),
+                            t_holdout=int(ts[i_val]), t_oracle=int(ts[i_or]),
+                            test_holdout=metrics(test_pred[:, i_val], yt, lab_t, task_type),
+                            test_oracle=metrics(test_pred[:, i_or], yt, lab_t, task_type),
+                            test_init=metrics(test_pred[:, 0], yt, lab_t, task_type), var_test=float(np.var(yt))))
     return out

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from .context import Context
+from .._results import ResultModel
+from . import plots
+from .config import ModelPlan
+from .context import Context, slug
 from .curves import CurvesResult, TaskCurve
-from .paper import FAMILIES, PAPER_BETA, PAPER_MEASURED_ORDER
+from .paper import FAMILIES, PAPER_BETA, PAPER_MEASURED_ORDER, label
 from .spectra import SpectraResult
+from .tables import RunView, Section, Table
+
+FILES = ("correlations.csv",)
 
 
 def auc(sizes: list[int], scores: list[float]) -> float:
@@ -63,16 +69,18 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int = 10000, seed: int = 0) -> dict:
-    """One- (rho >= observed) and two-sided (|rho| >= |observed|) permutation p-values of Spearman's rho."""
+def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """One- (rho >= observed) and two-sided (|rho| >= |observed|) permutation p-values of Spearman's rho: exact
+    over all orderings for <= 8 values, else Monte Carlo with `permutations` draws from one seeded generator."""
     rho = spearman(x, y)
     n = len(x)
     if n < 3 or not math.isfinite(rho):
         return {"rho": rho, "p_one_sided": float("nan"), "p_two_sided": float("nan"), "exact": False, "n": n}
     rx, ry = ranks(x), ranks(y)
     exact = math.factorial(n) <= 40320
-    perms = itertools.permutations(range(n)) if exact else \
-        (np.random.default_rng(seed).permutation(n) for _ in range(permutations))
+    rng = np.random.default_rng(seed)  # one generator across draws (a new one per draw repeats one permutation)
+    perms: Iterable[Sequence[int]] = itertools.permutations(range(n)) if exact else \
+        (rng.permutation(n).tolist() for _ in range(permutations))
     ge = abs_ge = total = 0
     for p in perms:
         r = float(np.corrcoef(rx, ry[list(p)])[0, 1])
@@ -84,8 +92,7 @@ def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int = 10
     return {"rho": rho, "p_one_sided": ge / total, "p_two_sided": abs_ge / total, "exact": exact, "n": n}
 
 
-@dataclass
-class Efficiency:
+class Efficiency(ResultModel):
     """Sample efficiency of one (model, task) curve, fine-tuning and kernel GD."""
 
     model: str
@@ -97,12 +104,8 @@ class Efficiency:
     best_skill: float
     kgd_auc: float | None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-
-@dataclass
-class Correlation:
+class Correlation(ResultModel):
     """Spearman's rho between beta and one efficiency measure over one group of tasks."""
 
     model: str
@@ -115,24 +118,31 @@ class Correlation:
     p_two_sided: float
     exact: bool
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+class Agreement(ResultModel):
+    """This run's orders against the paper's within one family (or over all six tasks: betas only)."""
+
+    model: str
+    family: str
+    tasks: list[str]
+    rho_beta_vs_paper_beta: float
+    rho_measured_vs_paper_measured: float | None
+    beta_order: list[str]
+    measured_order: list[str]
+    paper_order: list[str]
 
 
-@dataclass
-class RankingsResult:
+class RankingsResult(ResultModel):
     """Stage 3's result."""
 
     definition: str
     efficiency: list[Efficiency]
     correlations: list[Correlation]
     orders: dict[str, dict[str, list[str]]]  # model -> {"beta": [...], "measured_auc": [...], ...}
-    paper_agreement: list[dict]
+    paper_agreement: list[Agreement]
 
-    def to_dict(self) -> dict:
-        return {"definition": self.definition, "efficiency": [e.to_dict() for e in self.efficiency],
-                "correlations": [c.to_dict() for c in self.correlations], "orders": self.orders,
-                "paper_agreement": self.paper_agreement}
+
+Result = RankingsResult  # the stage protocol's name (registry.py)
 
 
 DEFINITION = ("score s(n) = R^2 = 1 - MSE/Var(y_test) for regression, (accuracy - majority)/(1 - majority) for "
@@ -152,9 +162,10 @@ def _kgd_skill(c: TaskCurve, var_or_major: float | None) -> list[float] | None:
     return None if var_or_major is None else [(a - var_or_major) / (1 - var_or_major) for a in c.kgd["accuracy"]]
 
 
-def run(ctx: Context, spectra: SpectraResult, curves: CurvesResult) -> RankingsResult:
+def run(ctx: Context, view: RunView) -> RankingsResult:
     """Efficiency per (model, task), the correlations, and the comparison with the paper's rankings."""
     cfg = ctx.cfg
+    spectra, curves = view.need(SpectraResult), view.need(CurvesResult)
     key = ctx.stage_key("rankings", {"efficiency_fraction": cfg.efficiency_fraction,
                                      "permutations": cfg.permutations}, upstream=["spectra", "curves"])
     rf = ctx.open_stage("rankings", key, derived=True)
@@ -165,7 +176,8 @@ def run(ctx: Context, spectra: SpectraResult, curves: CurvesResult) -> RankingsR
     return res
 
 
-def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: float, permutations: int) -> RankingsResult:
+def compute(models: Sequence[ModelPlan], spectra: SpectraResult, curves: CurvesResult, fraction: float,
+            permutations: int) -> RankingsResult:
     """The stage's arithmetic, separated from the run folder (cheap: recomputed on every run)."""
     effs: list[Efficiency] = []
     for plan in models:
@@ -176,15 +188,16 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
             sizes, sk = _skill_curve(c)
             major = None
             if c.type == "classification":
-                cs = [x for x in curves.cells if x["model"] == plan.id and x["task"] == c.task and "baseline" in x]
-                major = float(np.mean([x["baseline"]["accuracy_majority"] for x in cs])) if cs else None
+                cs = [x.baseline.accuracy_majority for x in curves.cells if x.model == plan.id and x.task == c.task
+                      and x.baseline.accuracy_majority is not None]
+                major = float(np.mean(cs)) if cs else None
             kg = _kgd_skill(c, major)
-            effs.append(Efficiency(plan.id, c.task, s.beta_paper_mean, s.beta_ntkft_mean, auc(sizes, sk),
-                                   n_to_fraction(sizes, sk, fraction), float(np.nanmax(sk)),
-                                   auc(c.kgd_sizes, kg) if kg else None))
+            effs.append(Efficiency(model=plan.id, task=c.task, beta=s.beta_paper_mean, beta_ntkft=s.beta_ntkft_mean,
+                                   auc=auc(sizes, sk), n_frac=n_to_fraction(sizes, sk, fraction),
+                                   best_skill=float(np.nanmax(sk)), kgd_auc=auc(c.kgd_sizes, kg) if kg else None))
     corrs: list[Correlation] = []
     orders: dict[str, dict[str, list[str]]] = {}
-    agreement = []
+    agreement: list[Agreement] = []
     for plan in models:
         mine = {e.task: e for e in effs if e.model == plan.id}
         groups = {fam: [t for t in ts if t in mine] for fam, ts in FAMILIES.items()}
@@ -202,8 +215,9 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
                     if any(v is None for v in vals):
                         continue
                     p = permutation_p(b, [float(v) for v in vals if v is not None], permutations)
-                    corrs.append(Correlation(plan.id, group, measure, estimator, tasks, p["rho"], p["p_one_sided"],
-                                             p["p_two_sided"], p["exact"]))
+                    corrs.append(Correlation(model=plan.id, group=group, measure=measure, estimator=estimator,
+                                             tasks=tasks, rho=p["rho"], p_one_sided=p["p_one_sided"],
+                                             p_two_sided=p["p_two_sided"], exact=p["exact"]))
         orders[plan.id] = {
             "beta": sorted(mine, key=lambda t: -mine[t].beta),
             "measured_auc": sorted(mine, key=lambda t: -mine[t].auc),
@@ -214,22 +228,22 @@ def compute(models, spectra: SpectraResult, curves: CurvesResult, fraction: floa
             if len(tasks) < 2:
                 continue
             paper_rank = [-paper_order.index(t) for t in tasks]
-            agreement.append({
-                "model": plan.id, "family": fam, "tasks": tasks,
-                "rho_beta_vs_paper_beta": spearman([mine[t].beta for t in tasks], [PAPER_BETA[t][0] for t in tasks]),
-                "rho_measured_vs_paper_measured": spearman([mine[t].auc for t in tasks], paper_rank),
-                "beta_order": sorted(tasks, key=lambda t: -mine[t].beta),
-                "measured_order": sorted(tasks, key=lambda t: -mine[t].auc), "paper_order": tasks})
+            agreement.append(Agreement(
+                model=plan.id, family=fam, tasks=tasks,
+                rho_beta_vs_paper_beta=spearman([mine[t].beta for t in tasks], [PAPER_BETA[t][0] for t in tasks]),
+                rho_measured_vs_paper_measured=spearman([mine[t].auc for t in tasks], paper_rank),
+                beta_order=sorted(tasks, key=lambda t: -mine[t].beta),
+                measured_order=sorted(tasks, key=lambda t: -mine[t].auc), paper_order=tasks))
         six = [t for t in PAPER_BETA if t in mine]
         if len(six) >= 3:
-            agreement.append({"model": plan.id, "family": "all", "tasks": six,
-                              "rho_beta_vs_paper_beta": spearman([mine[t].beta for t in six],
-                                                                 [PAPER_BETA[t][0] for t in six]),
-                              "rho_measured_vs_paper_measured": None,
-                              "beta_order": sorted(six, key=lambda t: -mine[t].beta),
-                              "measured_order": sorted(six, key=lambda t: -mine[t].auc),
-                              "paper_order": sorted(six, key=lambda t: -PAPER_BETA[t][0])})
-    return RankingsResult(DEFINITION.format(f=fraction), effs, corrs, orders, agreement)
+            agreement.append(Agreement(
+                model=plan.id, family="all", tasks=six,
+                rho_beta_vs_paper_beta=spearman([mine[t].beta for t in six], [PAPER_BETA[t][0] for t in six]),
+                rho_measured_vs_paper_measured=None, beta_order=sorted(six, key=lambda t: -mine[t].beta),
+                measured_order=sorted(six, key=lambda t: -mine[t].auc),
+                paper_order=sorted(six, key=lambda t: -PAPER_BETA[t][0])))
+    return RankingsResult(definition=DEFINITION.format(f=fraction), efficiency=effs, correlations=corrs,
+                          orders=orders, paper_agreement=agreement)
 
 
 def correlations_csv(res: RankingsResult) -> str:
@@ -241,3 +255,35 @@ def correlations_csv(res: RankingsResult) -> str:
         d["tasks"] = " ".join(d["tasks"])
         lines.append(",".join(f"{d[k]:.6g}" if isinstance(d[k], float) else str(d[k]) for k in cols))
     return "\n".join(lines) + "\n"
+
+
+def section(view: RunView, figs: dict[str, bytes]) -> Section:
+    """The report's rankings section: efficiency per task and its rank correlation with beta."""
+    sec = Section("Rankings: does beta predict sample efficiency?")
+    d = view.of(RankingsResult)
+    if d is None:
+        sec.text.append("This stage has not run.")
+        return sec
+    sec.text.append("Sample efficiency: " + d.definition + ". Spearman's rho between beta and each measure "
+                    "(for n_frac, -n_frac), one-sided permutation p-value (H1: rho > 0), exact over all orderings. "
+                    "With three tasks a family's rho is one of -1, -0.5, 0.5, 1 and the smallest possible p is 1/6.")
+    for model in dict.fromkeys(e.model for e in d.efficiency):
+        eff = [e for e in d.efficiency if e.model == model]
+        t = Table(f"efficiency-{slug(model)}", f"sample efficiency per task, {model}",
+                  f"rankings/rankings.json: efficiency[model={model}]",
+                  ["task", "beta (paper est.)", "beta (ntkft)", "auc", "n_frac", "best score", "kernel-GD auc"])
+        for e in eff:
+            t.rows.append([label(e.task), e.beta, e.beta_ntkft, e.auc, e.n_frac, e.best_skill, e.kgd_auc])
+        sec.tables.append(t)
+        c = Table(f"correlations-{slug(model)}", f"rank correlation of beta with sample efficiency, {model}",
+                  f"rankings/rankings.json: correlations[model={model}]",
+                  ["group", "beta estimator", "measure", "rho", "p (one-sided)", "p (two-sided)", "tasks"])
+        for r in d.correlations:
+            if r.model == model:
+                c.rows.append([r.group, r.estimator, r.measure, r.rho, r.p_one_sided, r.p_two_sided,
+                               " ".join(label(x) for x in r.tasks)])
+        sec.tables.append(c)
+        name = f"rankings_{slug(model)}.png"
+        figs[name] = plots.rankings_figure(eff, f"beta against sample efficiency, {model}")
+        sec.figures.append((name, f"beta against the area under the scale-free learning curve, {model}."))
+    return sec

@@ -1,68 +1,46 @@
-"""`reproduce(cfg, out)`: the five stages in order, each cached in its own run folder under `out`, then the report."""
+"""`reproduce(cfg, out)`: the registry's stages in order, each cached in its own run folder under `out`, then
+the report."""
 
 from __future__ import annotations
 
-import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._results import ResultModel
 from .._runs import RunFolder
-from ..errors import ConfigError, NtkftError
-from . import curves, rankings, spectra, stopping, taskvec
+from ..errors import ConfigError
 from .config import ReproConfig
-from .context import Context, read_json
+from .context import Context, exclusive, read_json
+from .registry import STAGES, Stage, described, plan
 from .report import write_report
-
-log = logging.getLogger(__name__)
+from .tables import RunView
 
 LAYOUT = 1  # version of the run folder's layout (stage folders, unit names)
-NAMES = {1: "spectra", 2: "curves", 3: "rankings", 4: "stopping", 5: "taskvec"}
-NEEDS = {3: [1, 2], 4: [2]}  # a stage's inputs are run (or read back from their caches) first
 
 
 @dataclass
 class ReproResult:
-    """What one call produced: each stage's result object, the report paths and the seconds per stage."""
+    """What one call produced: each stage's typed result, the report paths and the seconds per stage."""
 
     out: Path
-    stages: dict[str, object] = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)  # stage name -> its module's `Result`
     seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
     summary: Path | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """Paths, timings and every stage's result as plain data."""
         return {"out": str(self.out), "seconds": self.seconds, "report": str(self.report), "summary": str(self.summary),
-                "stages": {k: v.to_dict() for k, v in self.stages.items()}}  # type: ignore[attr-defined]
+                "stages": {k: v.to_dict() for k, v in self.stages.items()}}
 
 
 def plan_stages(selected: list[int]) -> list[int]:
-    """The selected stages plus the stages they read, in order."""
-    out = set(selected)
-    for s in selected:
-        out.update(NEEDS.get(s, []))
-    return sorted(out)
-
-
-@contextmanager
-def _exclusive(root: Path):
-    """Hold an exclusive lock on `root` for the run: two processes must never write one run folder."""
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".ntkft-lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{root}: another ntkft process is writing this run folder; wait for it or use "
-                              "another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """The selected stage numbers plus those of the stages they read, in order."""
+    return [s.number for s in plan(selected)]
 
 
 def reproduce(cfg: ReproConfig, out: str | Path, data_dir: str | None = None, overwrite: bool = False,
@@ -72,7 +50,10 @@ def reproduce(cfg: ReproConfig, out: str | Path, data_dir: str | None = None, ov
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root}: output path exists and is not a folder")
-    with _exclusive(root):
+    bad = [s for s in cfg.stages if not 1 <= s <= len(STAGES)]
+    if bad:  # (the config checks this too; a config built with model_construct does not)
+        raise ConfigError(f"stages: {bad} are not stages ({described()})")
+    with exclusive(root):
         return _reproduce(cfg, root, data_dir, overwrite, progress)
 
 
@@ -85,35 +66,26 @@ def _reproduce(cfg: ReproConfig, root: Path, data_dir: str | None, overwrite: bo
     top.write_json("config.json", cfg.model_dump() | {"tune_size": cfg.tuning_size})
     res = ReproResult(root)
     timings = read_json(root / "timings.json") or {}
-    order = plan_stages(cfg.stages)
+    order = plan(cfg.stages)
+    view = RunView(cfg=cfg.model_dump())
     overall = tqdm(order, desc="reproduce", disable=not progress, unit="stage", position=0)
-    for s in overall:
-        name = NAMES[s]
-        overall.set_postfix_str(name)
+    for st in overall:
+        overall.set_postfix_str(st.name)
         t0 = time.time()
-        if s == 1:
-            res.stages[name] = spectra.run(ctx)
-        elif s == 2:
-            res.stages[name] = curves.run(ctx)
-        elif s == 3:
-            res.stages[name] = rankings.run(ctx, res.stages["spectra"], res.stages["curves"])  # type: ignore[arg-type]
-        elif s == 4:
-            res.stages[name] = stopping.run(ctx, res.stages["curves"])  # type: ignore[arg-type]
-        else:
-            try:
-                res.stages[name] = taskvec.run(ctx)
-            except NtkftError as e:  # stage 5 leans on another package: report, never lose stages 1-4
-                log.warning("stage 5 failed: %s", e)
-                res.stages[name] = taskvec.TaskVecStage(taskvec.taskvec_model(ctx), list(cfg.taskvec_tasks),
-                                                        skipped=f"failed: {e}")
-        res.seconds[name] = round(time.time() - t0, 1)
-        timings[name] = timings.get(name, 0.0) + res.seconds[name]
+        result: ResultModel = st.module().run(ctx, view)  # its needs ran before it (registry order)
+        view.results.append(result)
+        res.stages[st.name] = result
+        res.seconds[st.name] = round(time.time() - t0, 1)
+        timings[st.name] = timings.get(st.name, 0.0) + res.seconds[st.name]
         top.write_json("timings.json", timings)
     overall.close()
     res.report, res.summary = write_report(top)
-    complete = all((root / NAMES[s] / "meta.json").is_file() and
-                   (read_json(root / NAMES[s] / "meta.json") or {}).get("status") == "complete" for s in order)
-    if complete:
-        top.finish(command="reproduce", stages=order)
+    if all(_complete(root, st) for st in order):
+        top.finish(command="reproduce", stages=[st.number for st in order])
         res.report, res.summary = write_report(top)  # again, so the report shows the finished run's metadata
     return res
+
+
+def _complete(root: Path, st: Stage) -> bool:
+    meta = read_json(root / st.name / "meta.json")
+    return isinstance(meta, dict) and meta.get("status") == "complete"

@@ -8,24 +8,41 @@ power law against exponential decay, and the predicted ranking of sample efficie
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from ..errors import NtkftError
+from .._results import ResultModel
+from ..errors import DataError, NtkftError
 from ..kernel import kernel_matrix
 from ..spectrum import BetaCI, compare_models, eigenvalues, paper_beta, rate_exponent, subsample_ci
 from ..tasks import encode, subsample
+from . import plots
 from .config import ModelPlan
-from .context import Context, load_tensors, read_json, slug
+from .context import Context, kernel_params, load_tensors, slug
+from .paper import PAPER_BETA, label
+from .tables import RunView, Section, Table, fmt
+
+FILES = ("beta.csv", "kernels/")
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TaskSpectrum:
+def centred_r2(lams: np.ndarray, beta: float) -> float:
+    """R^2 of the paper's fit log(lambda_k / lambda_1) = -2 beta log k (k = 1..N over the positive eigenvalues)
+    against the mean of y, the usual centred total; the paper's own R^2 uses sum y^2 (no intercept) and is near 1
+    for any decreasing spectrum."""
+    pos = np.asarray(lams, dtype=np.float64)
+    pos = pos[pos > 0]
+    y = np.log(pos / pos[0])
+    resid = y + 2 * beta * np.log(np.arange(1, len(pos) + 1, dtype=np.float64))
+    tot = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum(resid ** 2)) / tot if tot > 0 else float("nan")
+
+
+class TaskSpectrum(ResultModel):
     """beta of one model on one task over draws, both estimators side by side."""
 
     model: str
@@ -41,48 +58,50 @@ class TaskSpectrum:
     ci_low: float  # the interval of the first draw's ntkft estimate (nan when N is too small for one)
     ci_high: float
     ci_level: float
-    r2_paper: float
+    r2_paper: float  # the paper's R^2: uncentred (no intercept, sum of y^2 as the total), mean over draws
+    r2_paper_centred: float | None = None  # the same fit's R^2 against the mean of y (mean over draws)
     decay_model: str
     rate_exponent_paper: float | None
     rate_exponent_ntkft: float | None
     lambda_1: float
-    eigenvalues: list[list[float]] = field(default_factory=list)
+    eigenvalues: list[list[float]] = Field(default_factory=list)
     window: tuple[int, int] = (0, 0)  # the first draw's ntkft fit window (k_min, k_max)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @model_validator(mode="after")
+    def _centred(self) -> TaskSpectrum:
+        """A result written before the centred R^2 was recorded gets it from its own eigenvalues and fits."""
+        if self.r2_paper_centred is None and len(self.eigenvalues) == len(self.beta_paper) > 0:
+            self.r2_paper_centred = float(np.mean([centred_r2(np.asarray(lam), b)
+                                                   for lam, b in zip(self.eigenvalues, self.beta_paper, strict=True)]))
+        return self
 
 
-@dataclass
-class SpectraResult:
+class SpectraResult(ResultModel):
     """Stage 1's result: one TaskSpectrum per (model, task) and the predicted rankings."""
 
     spectra: list[TaskSpectrum]
     predicted_order: dict[str, list[str]]  # model -> tasks, largest paper-beta first
     predicted_order_ntkft: dict[str, list[str]]
     kernel_params: dict[str, str]
-
-    def to_dict(self) -> dict:
-        return {"spectra": [s.to_dict() for s in self.spectra], "predicted_order": self.predicted_order,
-                "predicted_order_ntkft": self.predicted_order_ntkft, "kernel_params": self.kernel_params}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SpectraResult:
-        """Read back `to_dict()`'s output."""
-        return cls([TaskSpectrum(**{**s, "window": tuple(s["window"])}) for s in d["spectra"]], d["predicted_order"],
-                   d["predicted_order_ntkft"], d["kernel_params"])
+    head_sigma: dict[str, float] | None = None  # model -> the head init scale of its kernels (None: before it was
+    # recorded, when every spectrum kernel used sigma 1 whatever the plan fine-tuned with)
+    inputs: str | None = None  # digest of everything the result depends on (the stage's resume check)
 
     def get(self, model: str, task: str) -> TaskSpectrum | None:
+        """The spectrum of one (model, task), if measured."""
         return next((s for s in self.spectra if s.model == model and s.task == task), None)
 
 
+Result = SpectraResult  # the stage protocol's name (registry.py)
+
+
 def spectrum_kernel(ctx: Context, plan: ModelPlan, task: str, draw: int) -> torch.Tensor:
-    """Unnormalised eNTK of the plan's model (scalar readout, head seed 0; truncated if the plan is) over the
-    plan's `kernel_params` (default: all, as the paper) on `kernel_n` training samples drawn with seed `draw`."""
+    """Unnormalised eNTK of the model the plan fine-tunes (`Context.entk_model`: its truncation, head sigma, the
+    parameters it trains; scalar readout, head seed 0) on `kernel_n` training samples drawn with seed `draw`."""
     data = subsample(ctx.task_data(task, "train"), ctx.cfg.kernel_n, seed=draw)
-    loaded, readout = ctx.readout(plan)
+    loaded, readout, params = ctx.entk_model(plan)
     x = encode(loaded.tokenizer, loaded.kind, data, max_length=ctx.cfg.max_length)
-    return kernel_matrix(readout, x, params=plan.kernel_params, progress=False)
+    return kernel_matrix(readout, x, params=params, progress=False)
 
 
 def _inputs(ctx: Context) -> str:
@@ -97,19 +116,26 @@ def _inputs(ctx: Context) -> str:
 
 
 def unit_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
-    """Key of one spectrum kernel: weights, data, and the model the plan fine-tunes."""
-    return ctx.unit_fp(plan.name, task, layers=plan.layers, params=plan.kernel_params)
+    """Key of one spectrum kernel: weights, data, and the model the plan fine-tunes. A kernel computed at
+    another head sigma (before the kernels followed the plan's sigma, all were sigma 1) has another key and is
+    recomputed; a sigma-1 plan keeps the key it always had."""
+    head = {} if plan.sigma == 1.0 else {"sigma": plan.sigma}
+    return ctx.unit_fp(plan.name, task, layers=plan.layers, params=kernel_params(plan), **head)
 
 
-def run(ctx: Context) -> SpectraResult:
+def run(ctx: Context, view: RunView) -> Result:
     """Compute (or read back) every kernel of stage 1, then analyse the spectra."""
     cfg = ctx.cfg
     key = ctx.stage_key("spectra", {"kernel_n": cfg.kernel_n})
     rf = ctx.open_stage("spectra", key)
     inputs = _inputs(ctx)
-    got = read_json(rf.root / "spectra.json")
-    if rf.complete and got is not None and got.get("inputs") == inputs:
-        return SpectraResult.from_dict(got)
+    if rf.complete and (rf.root / "spectra.json").is_file():
+        try:
+            got = Result.read(rf.root / "spectra.json")
+        except DataError:  # written by an older layout: recomputed from the cached kernels
+            got = None
+        if got is not None and got.inputs == inputs:
+            return got
     units = [(m, t, d) for m in cfg.models for t in cfg.spectrum_tasks for d in range(cfg.draws)]
     kernels: dict[tuple[str, str, int], torch.Tensor] = {}
     bar = tqdm(units, desc="stage 1: spectra (kernels)", disable=not ctx.progress, unit="kernel")
@@ -126,7 +152,8 @@ def run(ctx: Context) -> SpectraResult:
         kernels[(plan.id, task, draw)] = k
     bar.close()
     res = analyse(ctx, kernels)
-    rf.write_json("spectra.json", res.to_dict() | {"inputs": inputs})
+    res.inputs = inputs
+    rf.write_json("spectra.json", res.to_dict())
     rf.write_text("beta.csv", beta_csv(res))
     rf.finish(stage="spectra")
     return res
@@ -145,7 +172,7 @@ def _ours(k: torch.Tensor, draws: int, what: str) -> BetaCI | None:
     return res
 
 
-def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> SpectraResult:
+def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> Result:
     """beta per draw by both estimators, mean +- sd, the first draw's subsampling CI, decay model."""
     cfg = ctx.cfg
     out = []
@@ -159,14 +186,14 @@ def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> 
             ci = ours[0]
             ci_low = float("nan") if ci is None or ci.low is None else ci.low
             ci_high = float("nan") if ci is None or ci.high is None else ci.high
-            sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
             out.append(TaskSpectrum(
                 model=plan.id, task=task, n=int(ks[0].shape[0]), draws=len(ks),
                 beta_paper=bp.tolist(), beta_ntkft=bw.tolist(),
-                beta_paper_mean=float(bp.mean()), beta_paper_sd=sd(bp),
-                beta_ntkft_mean=float(bw.mean()), beta_ntkft_sd=sd(bw),
+                beta_paper_mean=float(bp.mean()), beta_paper_sd=_sd(bp),
+                beta_ntkft_mean=float(bw.mean()), beta_ntkft_sd=_sd(bw),
                 ci_low=ci_low, ci_high=ci_high, ci_level=ci.level if ci else 0.9,
                 r2_paper=float(np.mean([f.r2 for f in paper])),
+                r2_paper_centred=float(np.mean([centred_r2(lam, f.beta) for lam, f in zip(lams, paper, strict=True)])),
                 decay_model=compare_models(lams[0])["better"],
                 rate_exponent_paper=rate_exponent(bp.mean()) if bp.mean() > 0 else None,
                 rate_exponent_ntkft=rate_exponent(bw.mean()) if bw.mean() > 0 else None,
@@ -176,15 +203,71 @@ def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> 
              for p in cfg.models}
     order_w = {p.id: [s.task for s in sorted((s for s in out if s.model == p.id),
                                                  key=lambda s: -s.beta_ntkft_mean)] for p in cfg.models}
-    return SpectraResult(out, order, order_w, {p.id: p.kernel_params for p in cfg.models})
+    return Result(spectra=out, predicted_order=order, predicted_order_ntkft=order_w,
+                  kernel_params={p.id: kernel_params(p) for p in cfg.models},
+                  head_sigma={p.id: p.sigma for p in cfg.models})
 
 
-def beta_csv(res: SpectraResult) -> str:
+def _sd(a: np.ndarray) -> float:
+    """Sample sd (ddof 1); 0 for one draw."""
+    return float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def beta_csv(res: Result) -> str:
     """One row per (model, task): both estimators' mean and sd, the interval and the decay model."""
     cols = ["model", "task", "n", "draws", "beta_paper_mean", "beta_paper_sd", "beta_ntkft_mean", "beta_ntkft_sd",
-            "ci_low", "ci_high", "r2_paper", "decay_model", "lambda_1"]
+            "ci_low", "ci_high", "r2_paper", "r2_paper_centred", "decay_model", "lambda_1"]
     lines = [",".join(cols)]
     for s in res.spectra:
         d = s.to_dict()
         lines.append(",".join(f"{d[c]:.6g}" if isinstance(d[c], float) else str(d[c]) for c in cols))
     return "\n".join(lines) + "\n"
+
+
+def section(view: RunView, figs: dict[str, bytes]) -> Section:
+    """The report's spectra section: beta per model and task by both estimators, figures, predicted orders."""
+    sec = Section("eNTK spectra and the decay rate beta (paper Section 7.1, Figures 4-9)")
+    d = view.of(Result)
+    if d is None:
+        sec.text.append("This stage has not run.")
+        return sec
+    cfg = view.cfg
+    sigmas = d.head_sigma or {}
+    sec.text.append(f"eNTK of f_PT (scalar readout, head seed 0) on {cfg.get('kernel_n')} random training samples per "
+                    f"task, {cfg.get('draws')} draws. beta by the paper's estimator (least squares of "
+                    "log(lambda_k/lambda_1) on log k, k = 1..N, eq 31-32) and by ntkft's default (the scale-matched "
+                    "estimate of `ntkft spectrum`: the k-th eigenvalue of K against the matching one of its "
+                    "half-subsets, corrected for finite N) with its 90% subsampling interval on the first draw. "
+                    "Kernel parameters per model: " + ", ".join(f"{m}: {p}" for m, p in d.kernel_params.items()) + ".")
+    sec.text.append("R2 (paper) is the paper's uncentred R^2 (fit through the origin, total sum of y^2), near 1 for "
+                    "any decreasing spectrum; R2 (centred) is the same fit against the mean of y.")
+    if sigmas:
+        sec.text.append("Head init scale of each model's kernels (the fine-tuned model's): "
+                        + ", ".join(f"{m}: {v:g}" for m, v in sigmas.items()) + ".")
+    else:
+        wrong = [m for m, p in view.plans().items() if p.get("sigma", 1.0) != 1.0]
+        sec.text.append("These kernels were computed before the head scale was recorded, all at sigma 1"
+                        + (f"; {', '.join(wrong)} is fine-tuned and run through kernel GD at another sigma, so its "
+                           "beta describes another kernel (a rerun recomputes them)" if wrong else "") + ".")
+    for model in dict.fromkeys(s.model for s in d.spectra):
+        mine = [s for s in d.spectra if s.model == model]
+        t = Table(f"beta-{slug(model)}", f"beta per task, {model} (paper: GPT-Neo-1.3B)",
+                  f"spectra/spectra.json: spectra[model={model}]",
+                  ["task", "paper beta", "paper sd", "beta (paper est.)", "sd", "beta (ntkft)", "sd (ntkft)",
+                   "CI low", "CI high", "R2 (paper est.)", "R2 (centred)", "decay"])
+        off = [label(s.task) for s in mine if not (s.ci_low <= s.beta_ntkft[0] <= s.ci_high)]
+        if off:
+            t.note = f"No subsampling interval around the first draw's estimate for {', '.join(off)} (too few samples)."
+        for s in mine:
+            pb = PAPER_BETA.get(s.task)
+            t.rows.append([label(s.task), pb[0] if pb else None, pb[1] if pb else None, s.beta_paper_mean,
+                           s.beta_paper_sd, s.beta_ntkft_mean, s.beta_ntkft_sd, s.ci_low, s.ci_high,
+                           s.r2_paper, s.r2_paper_centred, s.decay_model])
+        sec.tables.append(t)
+        name = f"spectra_{slug(model)}.png"
+        figs[name] = plots.spectra_figure(mine, f"eNTK eigenvalue decay, {model}")
+        sec.figures.append((name, f"Eigenvalues of K/N per task and draw, {model}; dashed: the paper's fit, "
+                                  "dotted: ntkft's scale-matched estimate over its window."))
+        sec.text.append(f"Predicted order of sample efficiency for {model} (larger beta first): "
+                        f"{fmt(d.predicted_order[model])}.")
+    return sec

@@ -1,4 +1,4 @@
-"""Stage 4: the RWY stopping rule's T_hat next to hold-out early stopping and the oracle (THEORY.md sec. 5).
+"""Stage 4: the RWY stopping rule's T_hat next to hold-out early stopping and the oracle (docs/theory.md sec. 5).
 
 On each kernel-GD unit of stage 2 (seed s, training size n): T_hat from `stop_report` (R and sigma estimated,
 step alpha = 1/lambda_1 of K/N; full-batch kernel GD takes one step per epoch), the hold-out step and the
@@ -9,20 +9,25 @@ the same (size, seed): where hold-out early stopping stopped and the step with t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
+from .._results import ResultModel
 from ..errors import NtkftError
 from ..stopping import stop_report
 from ..tasks import get_spec
-from .context import Context, load_tensors
-from .curves import CurvesResult, kgd_fp, kgd_name
+from . import plots
+from .context import Context, load_tensors, slug
+from .curves import Cell, CurvesResult, kgd_fp, kgd_name
 from .kgd import KgdPath, split_pool, start, t_grid, targets, units
+from .paper import label
+from .tables import RunView, Section, Table
+
+FILES = ("stopping.csv",)
 
 
-@dataclass
-class StopRow:
+class StopRow(ResultModel):
     """One (model, task, size, seed): the three kernel-GD stopping steps and the fine-tuning steps."""
 
     model: str
@@ -49,12 +54,9 @@ class StopRow:
     ft_oracle_epoch: float | None
     note: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-
-def rows_for(unit: dict, model: str, task: str, seed: int, sizes: list[int], val: float, t_max: int,
-             cells: list[dict], center: bool = False) -> list[StopRow]:
+def rows_for(unit: dict[str, torch.Tensor], model: str, task: str, seed: int, sizes: list[int], val: float,
+             t_max: int, cells: list[Cell], center: bool = False) -> list[StopRow]:
     """Every StopRow of one kernel-GD unit (kernel GD from f_PT, or from the constant predictor with `center`)."""
     ttype = get_spec(task).type
     kp, kt = unit["K_pool"].numpy(), unit["K_test_pool"].numpy()
@@ -76,34 +78,46 @@ def rows_for(unit: dict, model: str, task: str, seed: int, sizes: list[int], val
         mse_hat = None
         if rep is not None:
             mse_hat = float(((path.predict(kt[:, tr], ft, np.array([rep.t_hat]))[:, 0] - yt) ** 2).mean())
-        cell = next((c for c in cells if c["model"] == model and c["task"] == task and c["size"] == n
-                     and c["seed"] == seed and not c.get("tuning") and "failed" not in c), None)
-        spe = cell["steps_per_epoch"] if cell else None
+        cell = next((c for c in cells if c.model == model and c.task == task and c.size == n
+                     and c.seed == seed and not c.tuning and c.ok), None)
+        spe = cell.steps_per_epoch if cell else None
         out.append(StopRow(
-            model, task, n, seed, len(tr), float(path.alpha), rep.t_hat if rep else None, rep.eta_star if rep else None,
-            rep.sigma if rep else None, rep.radius if rep else None, rep.eps_hat if rep else None,
-            int(ts[i_val]), int(ts[i_or]), mse_hat, float(test_mse[i_val]), float(test_mse[i_or]),
-            cell["best_step"] if cell else None, cell["stopped_step"] if cell else None,
-            cell.get("oracle_step") if cell else None, spe,
-            cell["best_step"] / spe if cell else None,
-            cell["oracle_step"] / spe if cell and cell.get("oracle_step") is not None else None, note))
+            model=model, task=task, size=n, seed=seed, n_train=len(tr), alpha=float(path.alpha),
+            t_hat=rep.t_hat if rep else None, eta_star=rep.eta_star if rep else None,
+            sigma=rep.sigma if rep else None, radius=rep.radius if rep else None, eps_hat=rep.eps_hat if rep else None,
+            t_holdout=int(ts[i_val]), t_oracle=int(ts[i_or]), mse_t_hat=mse_hat, mse_holdout=float(test_mse[i_val]),
+            mse_oracle=float(test_mse[i_or]), ft_best_step=cell.best_step if cell else None,
+            ft_stopped_step=cell.stopped_step if cell else None, ft_oracle_step=cell.oracle_step if cell else None,
+            ft_steps_per_epoch=spe,
+            ft_best_epoch=cell.best_step / spe if cell and cell.best_step is not None and spe else None,
+            ft_oracle_epoch=cell.oracle_step / spe if cell and cell.oracle_step is not None and spe else None,
+            note=note))
     return out
 
 
-@dataclass
-class StoppingResult:
+class StopSummary(ResultModel):
+    """One model's reading: how far T_hat lies from the oracle and what each stop gives away in test MSE."""
+
+    rows: int
+    median_log10_t_hat_over_oracle: float
+    t_hat_before_oracle: int
+    median_excess_mse_t_hat: float
+    median_excess_mse_holdout: float
+
+
+class StoppingResult(ResultModel):
     """Stage 4's result, with a one-line reading per model."""
 
     rows: list[StopRow]
-    summary: dict
-
-    def to_dict(self) -> dict:
-        return {"rows": [r.to_dict() for r in self.rows], "summary": self.summary}
+    summary: dict[str, StopSummary]
 
 
-def summarise(rows: list[StopRow]) -> dict:
+Result = StoppingResult  # the stage protocol's name (registry.py)
+
+
+def summarise(rows: list[StopRow]) -> dict[str, StopSummary]:
     """Per model: how far T_hat is from the oracle (median log10 ratio) and how much test MSE it gives away."""
-    out = {}
+    out: dict[str, StopSummary] = {}
     for model in dict.fromkeys(r.model for r in rows):
         mine = [r for r in rows if r.model == model and r.t_hat is not None and r.mse_t_hat is not None]
         if not mine:
@@ -112,16 +126,16 @@ def summarise(rows: list[StopRow]) -> dict:
         ratio = [math.log10(max(t, 1) / max(r.t_oracle, 1)) for t, r in zip(t_hat, mine, strict=True)]
         excess_hat = [float(r.mse_t_hat or 0.0) / r.mse_oracle - 1 for r in mine if r.mse_oracle > 0]
         excess_ho = [r.mse_holdout / r.mse_oracle - 1 for r in mine if r.mse_oracle > 0]
-        out[model] = {"rows": len(mine), "median_log10_t_hat_over_oracle": float(np.median(ratio)),
-                      "t_hat_before_oracle": int(sum(t < r.t_oracle for t, r in zip(t_hat, mine, strict=True))),
-                      "median_excess_mse_t_hat": float(np.median(excess_hat)),
-                      "median_excess_mse_holdout": float(np.median(excess_ho))}
+        out[model] = StopSummary(
+            rows=len(mine), median_log10_t_hat_over_oracle=float(np.median(ratio)),
+            t_hat_before_oracle=int(sum(t < r.t_oracle for t, r in zip(t_hat, mine, strict=True))),
+            median_excess_mse_t_hat=float(np.median(excess_hat)), median_excess_mse_holdout=float(np.median(excess_ho)))
     return out
 
 
-def run(ctx: Context, curves: CurvesResult) -> StoppingResult:
+def run(ctx: Context, view: RunView) -> StoppingResult:
     """Read stage 2's kernel-GD units and fine-tuning cells; apply the rule."""
-    cfg = ctx.cfg
+    cfg, curves = ctx.cfg, view.need(CurvesResult)
     key = ctx.stage_key("stopping", {}, upstream=["curves"])
     rf = ctx.open_stage("stopping", key, derived=True)
     rows: list[StopRow] = []
@@ -132,7 +146,7 @@ def run(ctx: Context, curves: CurvesResult) -> StoppingResult:
                 if unit is not None:
                     rows += rows_for(unit, plan.id, task, seed, cfg.kgd_sizes, cfg.val, cfg.kgd_t_max, curves.cells,
                                      plan.center_output)
-    res = StoppingResult(rows, summarise(rows))
+    res = StoppingResult(rows=rows, summary=summarise(rows))
     rf.write_json("stopping.json", res.to_dict())
     rf.write_text("stopping.csv", stopping_csv(res))
     rf.finish(stage="stopping")
@@ -141,10 +155,48 @@ def run(ctx: Context, curves: CurvesResult) -> StoppingResult:
 
 def stopping_csv(res: StoppingResult) -> str:
     """The stopping table (RWY, hold-out, oracle) as CSV text."""
-    cols = list(StopRow.__dataclass_fields__)
+    cols = list(StopRow.model_fields)
     lines = [",".join(cols)]
     for r in res.rows:
         d = r.to_dict()
         lines.append(",".join(f"{d[c]:.6g}" if isinstance(d[c], float) else ("" if d[c] is None else
                                                                              str(d[c]).replace(",", ";")) for c in cols))
     return "\n".join(lines) + "\n"
+
+
+def section(view: RunView, figs: dict[str, bytes]) -> Section:
+    """The report's stopping section: T_hat, hold-out and oracle steps per kernel-GD point, and a reading."""
+    sec = Section("Stopping: the RWY rule's T_hat, hold-out early stopping and the oracle")
+    d = view.of(StoppingResult)
+    if d is None or not d.rows:
+        sec.text.append("This stage has not run (or stage 2 computed no kernel-GD units).")
+        return sec
+    sec.text.append("Kernel GD on the eNTK with step alpha = 1/lambda_1 of K/N (one full-batch step = one epoch): "
+                    "T_hat from the rule with R = sqrt(r^T G^+ r) and sigma from a pilot kernel-ridge fit (both "
+                    "estimated, in standardised units for regression), the hold-out step and the oracle step (best test MSE) "
+                    "on the same path, the test MSE "
+                    "on the regression targets at each; beside them the fine-tuning cell of the same size and seed: "
+                    "its hold-out best step, where it stopped, and the step with the best test score (AdamW steps; "
+                    "epochs = steps / ceil(n_train / batch)). Step counts on the kernel path lie on a log grid.")
+    for model in dict.fromkeys(r.model for r in d.rows):
+        rows = [r for r in d.rows if r.model == model]
+        t = Table(f"stopping-{slug(model)}", f"stopping steps, {model}", f"stopping/stopping.json: rows[model={model}]",
+                  ["task", "n", "T_hat (steps = epochs)", "eta*", "sigma", "t hold-out", "t oracle", "MSE at T_hat",
+                   "MSE hold-out", "MSE oracle", "FT best step", "FT stopped", "FT oracle step", "FT best epoch",
+                   "FT oracle epoch"])
+        for r in rows:
+            t.rows.append([label(r.task), r.size, r.t_hat, r.eta_star, r.sigma, r.t_holdout, r.t_oracle, r.mse_t_hat,
+                           r.mse_holdout, r.mse_oracle, r.ft_best_step, r.ft_stopped_step, r.ft_oracle_step,
+                           r.ft_best_epoch, r.ft_oracle_epoch])
+        sec.tables.append(t)
+        s = d.summary.get(model)
+        if s:
+            sec.text.append(f"{model}: over {s.rows} (task, size) points, T_hat lies a median "
+                            f"{s.median_log10_t_hat_over_oracle:+.2f} decades from the oracle step and is earlier in "
+                            f"{s.t_hat_before_oracle}; median excess test MSE over the oracle: T_hat "
+                            f"{s.median_excess_mse_t_hat:.1%}, hold-out {s.median_excess_mse_holdout:.1%} "
+                            "(stopping/stopping.json: summary).")
+        name = f"stopping_{slug(model)}.png"
+        figs[name] = plots.stopping_figure(rows, f"stopping on the kernel-GD path, {model}")
+        sec.figures.append((name, f"T_hat and the hold-out step against the oracle step, {model}."))
+    return sec

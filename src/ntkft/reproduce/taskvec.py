@@ -6,37 +6,111 @@ Each task is fine-tuned (full setting) from the same pretrained model into its o
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pydantic import ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ..errors import NtkftError
+from .._results import ResultModel
+from ..errors import DataError, NtkftError
+from . import plots
 from .context import Context
+from .paper import PAPER_TASKVEC_NOTE, label
+from .tables import RunView, Section, Table, fmt
 
 if TYPE_CHECKING:
     from ..finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
+FILES = ("finetuned/", "experiment/")
+Value = float | int | None
 
-@dataclass
-class TaskVecStage:
+
+class Finetuned(ResultModel):
+    """One task's full fine-tune: test metrics at the kept step and where it stopped."""
+
+    test_best: dict[str, Value]
+    best_step: int | None
+    stopped_step: int | None
+    stop_reason: str | None
+
+
+class _Given(ResultModel):
+    """A part of `ntkft.taskvec`'s own report: the fields this report reads are typed, the rest kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Cosine(_Given):
+    """Cosine similarity of the task vectors."""
+
+    names: list[str]
+    matrix: list[list[float]]
+
+
+class AdditionTest(_Given):
+    """One task's test metric: pretrained + head, merged, fine-tuned, and merged / fine-tuned."""
+
+    pretrained: float | None = None
+    merged: float | None = None
+    finetuned: float | None = None
+    normalised: float | None = None
+
+
+class Addition(_Given):
+    """Task addition with lambda chosen on validation, and the merged model against its linearisation."""
+
+    best_lambda: float
+    mean_normalised: float
+    metrics: dict[str, str]
+    test: dict[str, AdditionTest]
+    linearised: dict[str, dict[str, Value]] = Field(default_factory=dict)
+
+
+class PairRow(_Given):
+    """Kernel orthogonality of one pair of tasks beside their task vectors' cosine and merged accuracy."""
+
+    task_a: str
+    task_b: str
+    kernel_ratio: float | None = None
+    kernel_ratio_centred: float | None = None
+    cosine: float | None = None
+    normalised_accuracy: float | None = None
+
+
+class Orthogonality(_Given):
+    """Kernel orthogonality (Assumption 5.1) per pair and its rank correlations."""
+
+    n: int
+    rows: list[PairRow]
+    spearman: dict[str, float | None] = Field(default_factory=dict)
+
+
+class TaskVecReport(_Given):
+    """`ntkft.taskvec.experiment`'s report, as written."""
+
+    cosine: Cosine
+    addition: Addition
+    orthogonality: Orthogonality
+
+
+class TaskVecStage(ResultModel):
     """Stage 5's result: the individual fine-tunes and the experiment's report (or why it was skipped)."""
 
     model: str
     tasks: list[str]
-    finetuned: dict[str, dict] = field(default_factory=dict)  # task -> test metrics and stops
-    report: dict | None = None  # TaskVecReport.to_dict()
+    finetuned: dict[str, Finetuned] = Field(default_factory=dict)  # task -> test metrics and stops
+    report: TaskVecReport | None = None
     skipped: str | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+Result = TaskVecStage  # the stage protocol's name (registry.py)
 
 
-def _fields(ctx: Context) -> dict:
+def _fields(ctx: Context) -> dict[str, Any]:
     c = ctx.cfg
     return {"model": taskvec_model(ctx), "tasks": c.taskvec_tasks, "n_train": c.taskvec_n_train,
             "steps": c.taskvec_steps, "lr": c.taskvec_lr, "n_test": c.taskvec_n_test, "n_val": c.taskvec_n_val,
@@ -60,17 +134,26 @@ def finetune_config(ctx: Context, model: str, task: str) -> FinetuneConfig:
                 patience=4, save_model=True, eval_at_start=False)
 
 
-def finetune_task(ctx: Context, model: str, task: str, out) -> dict:
+def finetune_task(ctx: Context, model: str, task: str, out: Path) -> Finetuned:
     """Fully fine-tune `model` on `task` into the checkpoint folder `out` (resumes a killed run)."""
     from ..finetune import finetune
 
     res = finetune(finetune_config(ctx, model, task), out, data_dir=ctx.data_dir, progress=False)
-    return {"test_best": res.test_best, "best_step": res.best_step, "stopped_step": res.stopped_step,
-            "stop_reason": res.stop_reason}
+    return Finetuned(test_best=res.test_best, best_step=res.best_step, stopped_step=res.stopped_step,
+                     stop_reason=res.stop_reason)
 
 
-def run(ctx: Context) -> TaskVecStage:
-    """Fine-tune each task, then run the task-vector experiment; skipped (with the reason) if unavailable."""
+def run(ctx: Context, view: RunView) -> TaskVecStage:
+    """Fine-tune each task, then run the task-vector experiment. This stage leans on another package, so a
+    failure is reported in the result (and the report) instead of losing the stages before it."""
+    try:
+        return _run(ctx)
+    except NtkftError as e:
+        log.warning("stage taskvec failed: %s", e)
+        return TaskVecStage(model=taskvec_model(ctx), tasks=list(ctx.cfg.taskvec_tasks), skipped=f"failed: {e}")
+
+
+def _run(ctx: Context) -> TaskVecStage:
     c = ctx.cfg
     model = taskvec_model(ctx)
     ft = finetune_config(ctx, model, c.taskvec_tasks[0]).model_dump(exclude={"task"})
@@ -78,9 +161,11 @@ def run(ctx: Context) -> TaskVecStage:
                                                    "data": {t: ctx.data_fp(t) for t in c.taskvec_tasks}})
     rf = ctx.open_stage("taskvec", key)
     if rf.complete and (rf.root / "taskvec.json").is_file():
-        got = json.loads((rf.root / "taskvec.json").read_text())
-        return TaskVecStage(**got)
-    res = TaskVecStage(model, list(c.taskvec_tasks))
+        try:
+            return TaskVecStage.read(rf.root / "taskvec.json")
+        except DataError as e:  # written by an older layout: the experiment runs again on the kept fine-tunes
+            log.warning("%s", e)
+    res = TaskVecStage(model=model, tasks=list(c.taskvec_tasks))
     try:
         from ..taskvec import experiment
     except ImportError as e:
@@ -101,7 +186,7 @@ def run(ctx: Context) -> TaskVecStage:
                          n_test=c.taskvec_n_test, n_kernel=c.taskvec_kernel_n, n_linear=c.taskvec_n_linear,
                          max_length=c.max_length, seed=0,
                          data_dir=ctx.data_dir, progress=ctx.progress)
-        res.report = rep.to_dict()
+        res.report = TaskVecReport.from_dict(rep.to_dict(), "ntkft.taskvec.experiment")
     except (NtkftError, TypeError) as e:  # TypeError: the experiment's signature changed under us
         res.skipped = f"task-vector experiment failed: {e}"
         log.warning("stage 5: %s", res.skipped)
@@ -109,3 +194,68 @@ def run(ctx: Context) -> TaskVecStage:
     if res.skipped is None:
         rf.finish(stage="taskvec")
     return res
+
+
+def section(view: RunView, figs: dict[str, bytes]) -> Section:
+    """The report's task-vector section: fine-tunes, cosines, task addition, linearisation, orthogonality."""
+    sec = Section("Task vectors (paper Section 7.2, Figure 3)")
+    d = view.of(TaskVecStage)
+    if d is None:
+        sec.text.append("This stage has not run.")
+        return sec
+    if d.skipped:
+        sec.text.append(f"This stage did not complete: {d.skipped}.")
+    if d.finetuned:
+        t = Table("taskvec-finetuned", f"individually fine-tuned models ({d.model}, full setting)",
+                  "taskvec/taskvec.json: finetuned", ["task", "test accuracy", "test F1", "best step", "stopped"])
+        for task, r in d.finetuned.items():
+            t.rows.append([label(task), r.test_best.get("accuracy"), r.test_best.get("f1"), r.best_step,
+                           r.stopped_step])
+        sec.tables.append(t)
+    rep = d.report
+    if rep is None:
+        return sec
+    names = rep.cosine.names
+    t = Table("taskvec-cosine", "cosine similarity of task vectors", "taskvec/taskvec.json: report.cosine.matrix",
+              ["task"] + [label(n) for n in names])
+    for i, n in enumerate(names):
+        t.rows.append([label(n)] + list(rep.cosine.matrix[i]))
+    sec.tables.append(t)
+    add = rep.addition
+    a = Table("taskvec-addition", f"task addition, lambda = {add.best_lambda:g} chosen on validation "
+              f"(mean normalised {add.mean_normalised:.3f})", "taskvec/taskvec.json: report.addition.test",
+              ["task", "metric", "pretrained + head", "merged", "fine-tuned", "normalised", "paper normalised"],
+              note=PAPER_TASKVEC_NOTE)
+    for task, v in add.test.items():
+        a.rows.append([label(task), add.metrics.get(task), v.pretrained, v.merged, v.finetuned, v.normalised, None])
+    sec.tables.append(a)
+    if add.linearised:
+        li = Table("taskvec-linearised", "the merged model against its linearisation f_PT + <lambda sum tau, grad f_PT> "
+                   "(Corollary 2)", "taskvec/taskvec.json: report.addition.linearised",
+                   ["task", "rows", "relative error", "prediction agreement", "metric merged", "metric linearised"],
+                   note="relative error = ||f_lin - f_MT|| / ||f_MT - f_PT||: 0 when the first-order term explains the "
+                        "merge exactly, 1 when it explains nothing.")
+        for task, lv in add.linearised.items():
+            m = add.metrics.get(task, "")
+            li.rows.append([label(task), lv.get("n"), lv.get("rel_error"), lv.get("agreement"), lv.get(f"{m}_merged"),
+                            lv.get(f"{m}_linearised")])
+        sec.tables.append(li)
+    orth = rep.orthogonality
+    o = Table("taskvec-orthogonality", f"kernel orthogonality (Assumption 5.1) per pair, eNTK on {orth.n} samples "
+              "per task", "taskvec/taskvec.json: report.orthogonality.rows",
+              ["pair", "kernel ratio", "kernel ratio (centred)", "cosine", "pair normalised accuracy"],
+              note="kernel ratio = ||K_12||_F / sqrt(||K_11||_F ||K_22||_F); 0 = orthogonal.")
+    for r in orth.rows:
+        o.rows.append([f"{label(r.task_a)}-{label(r.task_b)}", r.kernel_ratio, r.kernel_ratio_centred, r.cosine,
+                       r.normalised_accuracy])
+    sec.tables.append(o)
+    if orth.spearman:
+        sec.text.append("Spearman over pairs: " + ", ".join(f"{k} {fmt(v)}" for k, v in orth.spearman.items()) +
+                        " (taskvec/taskvec.json: report.orthogonality.spearman).")
+    name = "taskvec.png"
+    figs[name] = plots.taskvec_figure(names, rep.cosine.matrix,
+                                      {t: v.normalised for t, v in add.test.items() if v.normalised is not None},
+                                      f"task vectors, {d.model}")
+    sec.figures.append((name, "Task-vector cosine (left, paper Figure 3 left) and the merged model's normalised "
+                              "accuracy (right, paper Figure 3 right)."))
+    return sec

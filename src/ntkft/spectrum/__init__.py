@@ -1,4 +1,4 @@
-"""Spectrum of a kernel: eigenvalues, decay rate beta with uncertainty, predicted rates."""
+"""Spectrum of a kernel: eigenvalues, the decay rate beta (`estimate_beta`, with its interval), predicted rates."""
 
 from .decay import (
     DecayComparison,
@@ -15,13 +15,14 @@ from .decay import (
     predicted_error,
     rate_exponent,
     sensitivity,
+    window_fit,
 )
 from .eig import as_kernel, eigenvalues, eigh_desc
-from .matched import BetaCI, matched_beta, subsample_ci
+from .matched import BetaCI, estimate_beta, matched_beta, subsample_ci
 from .report import EffectiveDimension, SpectrumReport, analyse
 from .result import Result
 
 __all__ = ["BetaCI", "DecayComparison", "DecayFit", "DrawsSummary", "EffectiveDimension", "Result", "SpectrumReport",
            "WindowBeta", "analyse", "as_kernel", "compare_models", "effective_dimension", "eigenvalues", "eigh_desc",
-           "equivalent_n", "fit_beta", "fit_exponential", "matched_beta", "over_draws", "paper_beta", "predicted_error",
-           "rate_exponent", "sensitivity", "subsample_ci"]
+           "estimate_beta", "equivalent_n", "fit_beta", "fit_exponential", "matched_beta", "over_draws", "paper_beta",
+           "predicted_error", "rate_exponent", "sensitivity", "subsample_ci", "window_fit"]

@@ -6,6 +6,7 @@ confidence interval is `matched.subsample_ci`, which needs the kernel matrix its
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ class DecayFit(Result):
     k_max: int
     model: str = "power"
     method: str = "window"
+    r2_centred: float | None = None  # the paper fit's R^2 about the mean of log(lambda_k/lambda_1) (its r2 is uncentred)
 
 
 @dataclass
@@ -88,17 +90,21 @@ def _wls(x: Array, y: Array, w: Array, intercept: bool) -> tuple[float, float, f
 
 def paper_beta(lams: ArrayLike) -> DecayFit:
     """The paper's estimator (eq 31-32): least squares of log(lambda_k/lambda_1) on log k, k = 1..N,
-    through the origin (lambda_1/lambda_1 = 1 at k = 1), slope -2 beta."""
+    through the origin (lambda_1/lambda_1 = 1 at k = 1), slope -2 beta. `r2` is the paper's uncentred R^2 (total
+    = sum of y^2, so a line through the origin scores high on any decaying spectrum); `r2_centred` beside it."""
     pos = _positive(lams)
     if len(pos) < 3:
         raise KernelError(f"need at least 3 positive eigenvalues for a decay fit, got {len(pos)}")
     k = np.arange(1, len(pos) + 1, dtype=np.float64)
-    slope, _, r2 = _wls(np.log(k), np.log(pos / pos[0]), np.ones_like(k), intercept=False)
-    return DecayFit(-slope / 2, 0.0, r2, 1, len(pos), "power", "paper")
+    y = np.log(pos / pos[0])
+    slope, _, r2 = _wls(np.log(k), y, np.ones_like(k), intercept=False)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    centred = 1.0 - float(np.sum((y - slope * np.log(k)) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    return DecayFit(-slope / 2, 0.0, r2, 1, len(pos), "power", "paper", centred)
 
 
 def default_window(n_pos: int) -> tuple[int, int]:
-    """k in [5, 100] clipped to the positive eigenvalues (THEORY.md sec. 6)."""
+    """k in [5, 100] clipped to the positive eigenvalues (docs/theory.md sec. 6)."""
     return min(5, max(1, n_pos // 4)), min(100, n_pos)
 
 
@@ -106,24 +112,29 @@ def _window(pos: Array, k_min: int | None, k_max: int | None, total: int) -> tup
     dmin, dmax = default_window(len(pos))
     a, b = k_min or dmin, min(k_max or dmax, len(pos))
     if a < 1:
-        err = ConfigError(f"k_min: must be >= 1, got {a}")
-        err.param = "k_min"
-        raise err
+        raise ConfigError(f"k_min: must be >= 1, got {a}", param="k_min")
     if b - a + 1 < 3:
         raise KernelError(f"fit window [{a}, {b}] has fewer than 3 positive eigenvalues "
                           f"({len(pos)} positive of {total}); use more samples or a wider window")
     return a, b
 
 
-def fit_beta(lams: ArrayLike, k_min: int | None = None, k_max: int | None = None, weights: str = "1/k") -> DecayFit:
-    """Free intercept, window [k_min, k_max], weights 1/k (each octave counts equally); biased at finite N
-    (see `matched`), kept as the descriptive fit."""
+def window_fit(lams: ArrayLike, k_min: int | None = None, k_max: int | None = None, weights: str = "1/k") -> DecayFit:
+    """The window fit: free intercept, window [k_min, k_max], weights 1/k (each octave counts equally); biased at
+    finite N (see `matched`), kept as a descriptive fit under its own name (`beta_window`)."""
     pos = _positive(lams)
     a, b = _window(pos, k_min, k_max, int(np.size(lams)))
     k = np.arange(a, b + 1, dtype=np.float64)
     w = 1.0 / k if weights == "1/k" else np.ones_like(k)
     slope, icpt, r2 = _wls(np.log(k), np.log(pos[a - 1:b]), w, intercept=True)
     return DecayFit(-slope / 2, icpt, r2, a, b, "power", "window")
+
+
+def fit_beta(lams: ArrayLike, k_min: int | None = None, k_max: int | None = None, weights: str = "1/k") -> DecayFit:
+    """Deprecated: the window fit (`window_fit`), not the headline beta. Use `ntkft.estimate_beta(K)` for beta."""
+    warnings.warn("fit_beta is the window fit, not ntkft's beta: use ntkft.estimate_beta(K) (the headline) or "
+                  "ntkft.spectrum.window_fit(eigenvalues) (this fit, by its name)", DeprecationWarning, stacklevel=2)
+    return window_fit(lams, k_min, k_max, weights)
 
 
 def fit_exponential(lams: ArrayLike, k_min: int | None = None, k_max: int | None = None) -> DecayFit:
@@ -137,7 +148,7 @@ def fit_exponential(lams: ArrayLike, k_min: int | None = None, k_max: int | None
 
 def compare_models(lams: ArrayLike, k_min: int | None = None, k_max: int | None = None) -> DecayComparison:
     """Power law vs exponential decay on one window (unweighted R^2 of log lambda for both)."""
-    p = fit_beta(lams, k_min, k_max, weights="none")
+    p = window_fit(lams, k_min, k_max, weights="none")
     e = fit_exponential(lams, k_min, k_max)
     return DecayComparison(p.r2, e.r2, "power" if p.r2 >= e.r2 else "exponential", p.beta, e.beta, p.k_min, p.k_max)
 
@@ -151,7 +162,7 @@ def sensitivity(lams: ArrayLike, windows: list[tuple[int, int]] | None = None) -
     for a, b in windows:
         b = min(b, n)
         if b - a + 1 >= 3:
-            f = fit_beta(pos, a, b)
+            f = window_fit(pos, a, b)
             out.append(WindowBeta(a, b, f.beta, f.r2))
     return out
 
@@ -161,15 +172,13 @@ def over_draws(kernels: list[Any], estimator: Estimator = "paper", seed: int = 0
     from .matched import subsample_ci
 
     if estimator not in ("paper", "window", "matched"):
-        err = ConfigError(f"estimator: must be paper, window or matched, got {estimator!r}")
-        err.param = "estimator"
-        raise err
+        raise ConfigError(f"estimator: must be paper, window or matched, got {estimator!r}", param="estimator")
     if not kernels:
         raise KernelError("over_draws needs at least one kernel")
     if estimator == "matched":
         betas = np.array([subsample_ci(k, draws=0, seed=seed, floor=floor).beta for k in kernels])
     else:
-        fit = paper_beta if estimator == "paper" else fit_beta
+        fit = paper_beta if estimator == "paper" else window_fit
         betas = np.array([fit(eigenvalues(k, floor=floor)).beta for k in kernels])
     return DrawsSummary(estimator, betas.tolist(), float(betas.mean()),
                         float(betas.std(ddof=1)) if len(betas) > 1 else 0.0)

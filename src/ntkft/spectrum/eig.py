@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from ..errors import KernelError
 
-FLOOR = 1e-10  # eigenvalues below FLOOR * lambda_1 are numerically zero (THEORY.md sec. 6)
+FLOOR = 1e-10  # eigenvalues below FLOOR * lambda_1 are numerically zero (docs/theory.md sec. 6)
 
 SERIAL_N = 1500  # eigenproblems up to this size run on one BLAS thread
 

@@ -14,10 +14,10 @@ from .decay import (
     WindowBeta,
     compare_models,
     effective_dimension,
-    fit_beta,
     paper_beta,
     rate_exponent,
     sensitivity,
+    window_fit,
 )
 from .eig import FLOOR, Array, eigenvalues
 from .matched import BetaCI, subsample_ci
@@ -36,8 +36,9 @@ class EffectiveDimension(Result):
 class SpectrumReport(Result):
     """The spectrum of one kernel: eigenvalues of K/N, beta three ways, sensitivity, decay model, rates.
 
-    `beta` (scale-matched, finite-N corrected, with its interval) is the headline; `beta_window` and
-    `beta_paper` are the descriptive fits of this one spectrum (the paper's estimator is eq 31-32)."""
+    `beta` (`estimate_beta`: scale-matched, shift-fitted, finite-N corrected, with its interval) is the one
+    headline beta; `beta_window` and `beta_paper` are descriptive fits of this one spectrum under their own names
+    (the paper's estimator is eq 31-32; its `r2` is uncentred, `r2_centred` beside it)."""
 
     n: int
     num_positive: int
@@ -76,7 +77,7 @@ def analyse(k: Any, ci_draws: int = 200, level: float = 0.9, seed: int = 0, name
     ci = subsample_ci(k, draws=ci_draws, level=level, seed=seed, floor=floor, lams=lams)
     pos = lams[lams > 0]
     ridges = (pos[0] * np.logspace(-6, 0, 13)).tolist()
-    window, paper = fit_beta(lams), paper_beta(lams)
+    window, paper = window_fit(lams), paper_beta(lams)
     return SpectrumReport(
         n=int(len(lams)), num_positive=int(len(pos)), num_zero=int(len(lams) - len(pos)), floor=floor,
         eigenvalues=lams.tolist(), beta=ci, beta_window=window, beta_paper=paper, sensitivity=sensitivity(lams),

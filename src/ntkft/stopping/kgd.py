@@ -1,6 +1,6 @@
 """Kernel gradient descent on the normalised kernel K/N, in closed form in its eigenbasis.
 
-f^t(X) = f0 + U diag(1 - prod_{tau<t}(1 - alpha_tau lambda_i)) U^T (y - f0)   (THEORY.md sec. 5);
+f^t(X) = f0 + U diag(1 - prod_{tau<t}(1 - alpha_tau lambda_i)) U^T (y - f0)   (docs/theory.md sec. 5);
 out of sample f^t(x) = f0(x) + sum_j c_j K(x, X_j) with c = (1/N) U diag(q_t(lambda)/lambda) U^T (y - f0).
 """
 

@@ -1,4 +1,4 @@
-"""The data-dependent stopping rule of Raskutti, Wainwright & Yu (2014), eq 4-6, THEORY.md sec. 5.
+"""The data-dependent stopping rule of Raskutti, Wainwright & Yu (2014), eq 4-6, docs/theory.md sec. 5.
 
 Local empirical Rademacher complexity R_K(eps) = sqrt((1/N) sum_i min(lambda_i, eps^2)) of K/N.
 The rule fires at the first t with R_K(1/sqrt(eta_t)) > R / (2 e sigma eta_t), equivalently
@@ -227,3 +227,44 @@ def t_op(etas: ArrayLike, g: Callable[[int], float], c: float) -> int:
     with np.errstate(divide="ignore"):
         obj = np.where(e > 0, c / np.where(e > 0, e, 1.0), np.inf) + gv
     return int(np.argmin(obj))
+
+
+@dataclass
+class FinetuneAction(Result):
+    """What `ntkft stop` tells a user to run: T_hat as `ntkft finetune --optimizer gd` steps and epochs, and the
+    bound in the targets' units beside the constant predictor's error on the same rows."""
+
+    lr: float
+    max_steps: int
+    epochs: float
+    batch_size: int | None
+    command: str
+    stable_lr: float  # 1/(2 lambda_1): above it, parameter GD on the MSE diverges on the linearised model
+    bound_mse: float
+    constant_mse: float
+    vacuous: bool
+    note: str
+
+
+def finetune_action(rep: StopReport, y: ArrayLike, lr: float, batch_size: int | None = None) -> FinetuneAction:
+    """Translate the rule's stopping time into fine-tuning steps.
+
+    Kernel GD with step alpha on K/N moves f by alpha (K/N)(y - f) per step; parameter GD with learning rate lr on
+    the mean squared error (1/N) sum (f - y)^2 moves the linearised model by 2 lr (K/N)(y - f). The rule's
+    time eta_hat = T_hat alpha is therefore S = ceil(T_hat alpha / (2 lr)) fine-tuning steps (full batch; with
+    batch B < N the same number of steps is SGD with that expected step, S / ceil(N/B) epochs)."""
+    lr = float(f"{positive('lr', lr):.3g}")  # the printed value is the one the steps are for
+    batch_size = None if batch_size is None else count("batch_size", batch_size)
+    yv = np.asarray(y, dtype=np.float64)
+    steps = max(1, math.ceil(rep.t_hat * rep.step / (2 * lr)))
+    epochs = steps_to_epochs(steps, rep.n, batch_size)
+    cmd = f"ntkft finetune --optimizer gd --lr {lr:g} --max-steps {steps}" + (
+        f" --batch-size {batch_size}" if batch_size else "")
+    const = float(np.mean((yv - yv.mean()) ** 2))
+    vacuous = rep.error_bound >= const
+    note = ("the bound is vacuous: it exceeds the constant predictor's error, so it guarantees nothing here "
+            "(the stopping time is still the rule's)" if vacuous else "the bound is below the constant predictor's error")
+    if 2 * lr * rep.lambda_1 > 1:
+        note += f"; lr {lr:g} is above 1/(2 lambda_1) = {0.5 / rep.lambda_1:.3g}: plain GD on the linearised model would diverge"
+    return FinetuneAction(lr, steps, epochs, batch_size, cmd, 1.0 / (2 * rep.lambda_1), rep.error_bound, const,
+                          vacuous, note)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .spec import FileSpec, TaskSpec, get_spec
+from . import tables
+from .spec import FileSpec, TaskSpec, get_spec, resolve_task
 
 CR_SPLIT_SEED = 0
 csv.field_size_limit(1 << 24)
@@ -157,6 +158,11 @@ def _jsonl(path: Path, fs: FileSpec):
 def _rows(base: Path, fs: FileSpec):
     """Yield (origin, text_a, text_b, raw_label, source) for one file."""
     path = base / fs.path
+    if fs.format in {"table", "parquet"}:  # tasks.tables: datasets, DataFrames, parquet files
+        key = fs.path if fs.format == "table" else tables.open_source(str(path))[0]
+        for origin, a, b, lab in tables.rows(key, fs.split or "train", fs.text_columns, fs.label_column or ""):
+            yield origin, a, b, lab, fs.source
+        return
     if fs.format in {"tsv", "csv", "jsonl"}:
         it = _jsonl(path, fs) if fs.format == "jsonl" else _delimited(path, fs, "\t" if fs.format == "tsv" else ",")
         a, b = fs.text_columns[0], (fs.text_columns[1] if len(fs.text_columns) > 1 else None)
@@ -250,9 +256,16 @@ def _infer_labels(spec: TaskSpec, base: Path) -> TaskSpec:
     return spec.model_copy(update={"labels": seen})
 
 
-def load_task(task: str | TaskSpec, split: str | None = None, data_dir_: str | os.PathLike | None = None) -> TaskData:
-    """Load one split (default: the task's test split) from the data directory, else from the hub."""
-    spec = get_spec(task)
+def load_task(task: Any, split: str | None = None, data_dir_: str | os.PathLike | None = None, *,
+              text_columns: list[str] | str | None = None, label_column: str | None = None,
+              task_type: str | None = None) -> TaskData:
+    """Load one split (default: the task's test split) from the data directory, else from the hub.
+
+    `task` is a built-in name, a spec file, a TaskSpec, or a table: a pandas DataFrame, a datasets Dataset /
+    DatasetDict, a .parquet file, a save_to_disk folder, `glue/NAME` or a hub id `org/name[:config]` (columns
+    guessed unless given; see `tasks.table_spec`)."""
+    spec = resolve_task(task, text_columns, label_column, task_type) if not isinstance(task, str) or text_columns \
+        or label_column else get_spec(task)
     split = split or spec.test_split
     if split not in spec.split_names():
         raise DataError(f"task '{spec.name}' has no split '{split}' (splits: {', '.join(spec.split_names())})")

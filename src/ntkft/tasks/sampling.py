@@ -19,14 +19,10 @@ def subsample(data: TaskData, n: int | None, seed: int = 0) -> TaskData:
     """`n` rows drawn without replacement (stratified by class), in a fixed order for a given seed."""
     if n is None or n >= len(data):
         if n is not None and n > len(data):
-            err = ConfigError(f"n: {n} is larger than task '{data.task.name}' split '{data.split}' ({len(data)} rows)")
-            err.param = "n"
-            raise err
+            raise ConfigError(f"n: {n} is larger than task '{data.task.name}' split '{data.split}' ({len(data)} rows)", param="n")
         return data
     if n < 1:
-        err = ConfigError(f"n: must be >= 1, got {n}")
-        err.param = "n"
-        raise err
+        raise ConfigError(f"n: must be >= 1, got {n}", param="n")
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(data))

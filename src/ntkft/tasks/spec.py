@@ -20,7 +20,7 @@ class FileSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str  # relative to the data directory (built-in) or to the spec file (user task)
-    format: Literal["tsv", "csv", "jsonl", "sts12", "lines", "fasttext", "semrel"]
+    format: Literal["tsv", "csv", "jsonl", "sts12", "lines", "fasttext", "semrel", "parquet", "table"]
     text_columns: list[str] = Field(default_factory=list)
     label_column: str | None = None
     header: bool = True
@@ -29,6 +29,7 @@ class FileSpec(BaseModel):
     gold: str | None = None  # sts12: the gold-score file beside the input file
     label: str | None = None  # lines: the label every line of this file has
     source: str | None = None  # kept as a column (STS-12 sub-corpus)
+    split: str | None = None  # table: the split of the table source `path` (tasks.tables)
 
 
 class TaskSpec(BaseModel):
@@ -182,9 +183,10 @@ def user_task(name: str, type: Any, files: dict[str, str], text_columns: list[st
             raise ValueError(f"text_columns needs 1 or 2 column names, got {text_columns}")
         splits = {}
         for split, f in files.items():
-            fmt: Any = format or {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(Path(f).suffix.lower())
+            fmt: Any = format or {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
+                                  ".parquet": "parquet"}.get(Path(f).suffix.lower())
             if fmt is None:
-                raise ValueError(f"cannot tell the format of '{f}' (use .csv, .tsv or .jsonl, or give format)")
+                raise ValueError(f"cannot tell the format of '{f}' (use .csv, .tsv, .jsonl or .parquet, or give format)")
             splits[split] = [FileSpec(path=f, format=fmt, text_columns=text_columns, label_column=label_column)]
         if test_split is None:
             test_split = "test" if "test" in splits else ("validation" if "validation" in splits else list(splits)[-1])
@@ -195,8 +197,60 @@ def user_task(name: str, type: Any, files: dict[str, str], text_columns: list[st
         raise ConfigError(f"{origin}: invalid task spec: {msg}") from e
 
 
+def table_spec(source: Any, text_columns: list[str] | str | None = None, label_column: str | None = None,
+               task_type: str | None = None, name: str | None = None) -> TaskSpec:
+    """A task over a table source (tasks.tables): `glue/NAME`, a hub id `org/name[:config]`, a save_to_disk folder,
+    a .parquet file, or a pandas DataFrame / datasets Dataset / DatasetDict. Columns are guessed where not given
+    (GLUE's, else sentence1/sentence2, text, label, ...); the type is regression when a label is a non-integer
+    number. Splits whose labels are all missing (GLUE's test) are left out."""
+    from . import tables
+
+    origin = source if isinstance(source, str) else type(source).__name__
+    if isinstance(text_columns, str):
+        text_columns = [c.strip() for c in text_columns.split(",") if c.strip()]
+    key, default_name, splits = tables.open_source(source)
+    glue = default_name if isinstance(source, str) and source.lower().startswith("glue/") else None
+    first = next(iter(splits.values()))
+    cols, label = tables.guess_columns(first, text_columns, label_column, origin, glue)
+    kept = {s: t for s, t in splits.items() if tables.has_labels(t, label)}
+    if not kept:
+        raise DataError(f"{origin}: no split has labels in column '{label}'")
+    ttype = task_type or ("regression" if glue == "stsb" else tables.infer_type(next(iter(kept.values())), label))
+    test = "test" if "test" in kept else ("validation" if "validation" in kept else list(kept)[-1])
+    try:
+        return TaskSpec(name=name or default_name, type=ttype, pair=len(cols) == 2, test_split=test, base_dir=".",
+                        splits={s: [FileSpec(path=key, format="table", split=s, text_columns=cols, label_column=label)]
+                                for s in kept}, about=f"table task from {origin}")
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: invalid task: {e.errors()[0]['msg']}") from None
+
+
+def resolve_task(task: Any, text_columns: list[str] | str | None = None, label_column: str | None = None,
+                 task_type: str | None = None) -> TaskSpec:
+    """What `--task` (with --text-columns, --label-column, --task-type) names: a built-in, a spec file, a
+    CSV/TSV/JSONL file described by the flags, or a table source (see `table_spec`)."""
+    if isinstance(task, TaskSpec):
+        return task
+    if not isinstance(task, str):
+        return table_spec(task, text_columns, label_column, task_type)
+    from . import tables
+
+    if Path(task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
+        if not (text_columns and label_column and task_type):
+            raise ConfigError(f"task: a data file ({task}) needs text_columns, label_column and task_type", param="task")
+        cols = text_columns if isinstance(text_columns, list) else [c.strip() for c in text_columns.split(",")]
+        return user_task(name=Path(task).stem, type=task_type, files={"train": str(Path(task).resolve())},
+                         text_columns=cols, label_column=label_column, origin=task)
+    if (text_columns or label_column) and tables.is_table_source(task):
+        return table_spec(task, text_columns, label_column, task_type)
+    return get_spec(task)
+
+
 def get_spec(task: str | TaskSpec) -> TaskSpec:
-    """A built-in task by name, or a user task from a .yaml/.yml/.json spec file."""
+    """A built-in task by name, a user task from a .yaml/.yml/.json spec file, or a table source with its
+    columns guessed (`glue/mrpc`, `org/name[:config]`, a .parquet file, a save_to_disk folder)."""
+    from . import tables
+
     if isinstance(task, TaskSpec):
         return task
     key = task.lower().replace("-", "_")
@@ -205,4 +259,7 @@ def get_spec(task: str | TaskSpec) -> TaskSpec:
         return BUILTIN[key]
     if Path(task).suffix in {".yaml", ".yml", ".json"}:
         return load_spec_file(task)
-    raise ConfigError(f"unknown task '{task}': use one of {', '.join(BUILTIN)} or a task spec file (.yaml/.json)")
+    if tables.is_table_source(task):
+        return table_spec(task)
+    raise ConfigError(f"unknown task '{task}': use one of {', '.join(BUILTIN)}, a task spec file (.yaml/.json), "
+                      "a .parquet file, a datasets folder, glue/NAME or a hub dataset org/name[:config]", param="task")

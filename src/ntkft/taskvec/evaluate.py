@@ -59,9 +59,8 @@ def default_metric(spec: TaskSpec, metric: str | None) -> str:
         return "accuracy" if spec.type == "classification" else "pearson"
     allowed = [*spec.metrics, "loss"]
     if metric not in allowed:
-        err = ConfigError(f"metric: task '{spec.name}' has no metric '{metric}' (choose from {', '.join(allowed)})")
-        err.param = "metric"
-        raise err
+        raise ConfigError(f"metric: task '{spec.name}' has no metric '{metric}' (choose from {', '.join(allowed)})",
+                          param="metric")
     return metric
 
 
@@ -168,9 +167,7 @@ def test_rows(spec: TaskSpec, n: int, seed: int, data_dir: str | None) -> TaskDa
 
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        err = ConfigError("device: 'cuda' asked for, but no CUDA device is available")
-        err.param = "device"
-        raise err
+        raise ConfigError("device: 'cuda' asked for, but no CUDA device is available", param="device")
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 

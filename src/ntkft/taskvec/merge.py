@@ -199,7 +199,7 @@ def add(tvs: list[TaskVector], lam: float, out: str | Path, **kw: Any) -> Path:
 
 
 def negate(tv: TaskVector, lam: float, out: str | Path, **kw: Any) -> Path:
-    """Task negation theta_PT - lam * tau (THEORY.md: the paper's eq 23 misprints theta_FT - tau)."""
+    """Task negation theta_PT - lam * tau (docs/theory.md: the paper's eq 23 misprints theta_FT - tau)."""
     return write_merged(-tv, lam, out, meta={"operation": "negate"}, **kw)
 
 

@@ -1,5 +1,5 @@
 """The theory lab: the paper's reference transformer, closed-form attention Jacobians, its eNTK, and sweeps that
-measure the width and sample-size laws and task arithmetic on synthetic teacher tasks (THEORY.md sec. 2-7)."""
+measure the width and sample-size laws and task arithmetic on synthetic teacher tasks (docs/theory.md sec. 2-7)."""
 
 from .config import ArithmeticConfig, LabConfig, SampleSweepConfig, WidthSweepConfig
 from .fits import SlopeFit, loglog_slope

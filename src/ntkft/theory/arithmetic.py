@@ -1,4 +1,4 @@
-"""Task arithmetic in the lab (Section 5.2, Appendix C; THEORY.md sec. 7).
+"""Task arithmetic in the lab (Section 5.2, Appendix C; docs/theory.md sec. 7).
 
 Task 1: sequences of A tokens, target = a shifted teacher. Task 2 comes in two designs:
   orthogonal  - sequences of B tokens (embeddings orthogonal to A's), another shifted teacher: the cross-task eNTK

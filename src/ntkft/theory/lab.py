@@ -1,7 +1,7 @@
 """One lab unit: pretrain a reference transformer from random init on the source task, fine-tune it by full-batch
 GD with eps = eta_0/n on a target task, and measure what the theory predicts along the way.
 
-Measured (THEORY.md sec. 2-5): ||theta_PT - theta_0|| (B.3 step 1), ||K_0 - K_PT||_F (eq 40),
+Measured (docs/theory.md sec. 2-5): ||theta_PT - theta_0|| (B.3 step 1), ||K_0 - K_PT||_F (eq 40),
 sup_t ||K_PT - K_t||_F (eq 17/99), the linearisation error sup_t ||f_t - f_lin,t|| with f_lin,t the linearised model
 trained by the same GD (= kernel GD on K_PT with step alpha = eta_0, Lemma 1) and the Taylor remainder
 f(theta_T) - f_PT - <theta_T - theta_PT, grad f_PT>, and the test error ||f_t - f_tgt||^2 at the RWY time T_hat,
@@ -39,7 +39,7 @@ class LabData:
 
 
 def build_data(cfg: LabConfig, n_target: int | None = None) -> LabData:
-    """Source and target data of the lab (THEORY.md sec. 1), seeded by `cfg.data_seed`."""
+    """Source and target data of the lab (docs/theory.md sec. 1), seeded by `cfg.data_seed`."""
     s = cfg.data_seed
     emb = embedding_table(cfg.vocab, cfg.embed_dim, s)
     teacher = make_teacher(cfg.vocab, cfg.embed_dim, cfg.seq_len, cfg.teacher_width, cfg.teacher_qk, s + 1, emb)
@@ -157,7 +157,7 @@ def taylor_remainder(model: ReferenceTransformer, theta_a: list, theta_b: list, 
 
 class LinearisedGD:
     """The linearised model f_PT + <theta - theta_PT, grad f_PT> trained by the same full-batch GD: kernel GD on K_PT
-    (width-normalised, eq 37) with step alpha = eta_0, in closed form (THEORY.md sec. 5). Unlike `KernelGD` it
+    (width-normalised, eq 37) with step alpha = eta_0, in closed form (docs/theory.md sec. 5). Unlike `KernelGD` it
     accepts any step, so a sweep records alpha > min(1, 1/lambda_1) instead of stopping."""
 
     def __init__(self, k_train: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, step: float) -> None:

@@ -1,4 +1,4 @@
-"""The paper's reference network (Section 3.2, B.2; THEORY.md sec. 2), width n the one knob.
+"""The paper's reference network (Section 3.2, B.2; docs/theory.md sec. 2), width n the one knob.
 
 Input: token ids into a FIXED (never trained) embedding table E (vocab x d0), so x in R^{T x d0} as in the paper.
 f^1 = x W^in + b (d0 -> n), then `blocks` pre-LN decoder blocks without positional encoding:
@@ -133,7 +133,7 @@ class Block(nn.Module):
 
 
 class ReferenceTransformer(nn.Module):
-    """The paper's transformer (THEORY.md sec. 2) as an eNTK-engine model: `model(input_ids, attention_mask)` -> (B, 1),
+    """The paper's transformer (docs/theory.md sec. 2) as an eNTK-engine model: `model(input_ids, attention_mask)` -> (B, 1),
     a Linear-like readout named `head`, `out_dim = 1`."""
 
     out_dim = 1

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._runs import RunFolder
-from ..spectrum import fit_beta, paper_beta, rate_exponent
+from ..spectrum import paper_beta, rate_exponent, window_fit
 from .arithmetic import RANKS, arithmetic_tasks, arithmetic_unit
 from .config import UNIT_FREE, ArithmeticConfig, LabConfig, SampleSweepConfig, WidthSweepConfig
 from .fits import loglog_slope
@@ -201,7 +201,7 @@ def sample_unit(cfg: SampleSweepConfig, data: LabData, theta_pt: dict, size: int
     model.load_state_dict(theta_pt, strict=False)
     info, tensors = finetune(cfg, model, TargetData(train, data.target.val, data.target.test))
     lams = tensors["eigenvalues"].numpy()
-    info.update(size=size, draw=draw, beta_window=fit_beta(lams).to_dict(), beta_paper=paper_beta(lams).to_dict())
+    info.update(size=size, draw=draw, beta_window=window_fit(lams).to_dict(), beta_paper=paper_beta(lams).to_dict())
     return info, {"eigenvalues": tensors["eigenvalues"]}
 
 
