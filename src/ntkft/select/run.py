@@ -25,7 +25,7 @@ from ..kernel import kernel_matrix
 from ..kernel.api import trace_outputs
 from ..kernel.params import num_params, select_params
 from ..models import LoadedModel, Readout, fingerprint, load_model
-from ..spectrum import subsample_ci
+from ..spectrum import estimate_beta
 from ..tasks import TaskData, encode, load_task, subsample
 from .config import Candidate, SelectConfig
 
@@ -167,7 +167,7 @@ def predict(cand: CandidateResult, k: np.ndarray, feats: np.ndarray, y: np.ndarr
     curve = Curve(sizes=list(pc.sizes), mean=list(pc.mean), low=list(pc.low), high=list(pc.high),
                   baseline=list(pc.baseline), metric=pc.metric)
     mean, low, high, base, extra = at_n(curve, cfg.n)
-    ci = subsample_ci(k, seed=cfg.seed)
+    ci = estimate_beta(k, seed=cfg.seed)
     upd: dict[str, Any] = dict(curve=curve, error_at_n=mean, error_at_n_low=low, error_at_n_high=high,
                                error_at_n_extrapolated=extra, baseline_at_n=base, beta=ci.beta, beta_low=ci.low,
                                beta_high=ci.high, rate=2 * ci.beta / (2 * ci.beta + 1),

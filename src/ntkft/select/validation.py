@@ -270,8 +270,7 @@ def estimate(cfg: ValidationConfig, costs: dict[str, dict[str, float]]) -> dict[
 def probe(cfg: ValidationConfig, data_dir: str | None = None, steps: int = 4, kernel_n: int = 32) -> dict[str, Any]:
     """Measure each base candidate's costs on the first task (a `steps`-step cell at batch_size, its evaluation,
     and the eNTK on `kernel_n` rows) and estimate the full run (intermediate candidates cost as their base)."""
-    from ..finetune import FinetuneConfig
-    from ..finetune.loop import Trainer
+    from ..finetune import FinetuneConfig, Trainer
     from ..kernel import kernel_matrix
     from ..tasks import encode, load_task, subsample
     from .config import parse_candidate
@@ -288,7 +287,7 @@ def probe(cfg: ValidationConfig, data_dir: str | None = None, steps: int = 4, ke
                                  n_train=max(64, cfg.batch_size * 2), n_test=cfg.n_test, lr=cfg.lrs[0], max_steps=steps,
                                  batch_size=cfg.batch_size, max_length=cfg.max_length, save_model=False,
                                  eval_every=steps, eval_at_start=False)
-        tr = Trainer(fc, progress=False)
+        tr = Trainer(fc, progress=False).setup()
         loaded, readout = build_candidate(parse_candidate(e.model + (f"@{e.layers}" if e.layers else "")), 1, 1.0, 0)
         c0 = time.process_time()
         with torch.no_grad():
