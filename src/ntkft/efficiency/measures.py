@@ -1,4 +1,5 @@
-"""Measures the theory speaks to, from per-row test errors: the rate r of e(n) = c + a n^-r and n_half, each with
+"""Measures the theory speaks to, from per-row test errors: the rate r of e(n) = c + a n^-r (0 when the largest size
+does not beat the constant predictor: such a curve is noise, which fits any r) and n_half, each with
 a bootstrap over seeds and test rows jointly (every cell is scored on the same test rows, so rows are resampled
 once per draw for all sizes); the predicted rate 2 beta / (2 beta + 1); rank statistics across variants."""
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..select.stats import fit_rate, n_half
+from ..select.stats import RateFit, fit_rate, n_half
 
 
 @dataclass
@@ -41,6 +42,8 @@ def measure(sizes: list[int], errors: np.ndarray, baseline: np.ndarray, *, n_boo
     e = errors.mean(axis=(0, 2))
     base = float(baseline.mean())
     fit = fit_rate(sizes, e, r_max=r_max, n_boot=0)
+    if not e[-1] < base:  # never beats the constant predictor: no rate to speak of (noise would fit any r)
+        fit = RateFit(0.0, float(e.mean()), 0.0)
     nh = n_half(sizes, e, base)
     rng = np.random.default_rng(seed)
     n_seeds, _, n_rows = errors.shape
@@ -48,8 +51,9 @@ def measure(sizes: list[int], errors: np.ndarray, baseline: np.ndarray, *, n_boo
     for _ in range(n_boot):
         si, ri = rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_rows, n_rows)
         eb = errors[si][:, :, ri].mean(axis=(0, 2))
-        rs.append(fit_rate(sizes, eb, r_max=r_max, n_boot=0).r)
-        hs.append(n_half(sizes, eb, float(baseline[si][:, ri].mean())))
+        bb = float(baseline[si][:, ri].mean())
+        rs.append(fit_rate(sizes, eb, r_max=r_max, n_boot=0).r if eb[-1] < bb else 0.0)
+        hs.append(n_half(sizes, eb, bb))
     q = (1 - level) / 2
 
     def interval(v: list[float]) -> tuple[float, float]:

@@ -240,7 +240,8 @@ def readme(s: Summary) -> str:
         f"{ft['min_steps']} steps, patience {ft['patience']}, >= {ft['min_val']} validation rows at every size; test "
         f"on up to {c['n_test']} rows (SE in the curve table).",
         "- Measured rate r: least-squares fit of e(n) = c + a n^-r (r <= 4) to the mean test error (0-1 error of "
-        "the sign, or MSE / Var(y_test)); n_half: the size closing half the gap between the constant predictor and "
+        "the sign, or MSE / Var(y_test)); r = 0 when the largest size does not beat the constant predictor; "
+        "n_half: the size closing half the gap between the constant predictor and "
         f"the largest size; 90% intervals from {c['bootstrap']} bootstrap draws over seeds and test rows jointly.",
         "", "## Figures", "",
         "![predicted vs measured rate](figures/beta_vs_rate.png)", "",
