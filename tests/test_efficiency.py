@@ -166,3 +166,11 @@ def test_configs_state_the_test_and_its_power() -> None:
             p = spearman_power(k, rho, alpha=cfg.test.alpha, n_sim=cfg.test.power_sims)
             assert f"rho {rho}: {p:.2f}" in stated, (name, stated, p)
         assert f"k = {k}" in text
+
+
+def test_a_curve_that_never_beats_the_constant_predictor_has_rate_zero() -> None:
+    rng = np.random.default_rng(2)
+    errors = 0.5 + rng.normal(0, 0.3, (3, 4, 300))  # noise around the constant predictor's error
+    base = np.full((3, 300), 0.3)  # far below every resample's error at the largest size
+    m = measure([64, 128, 256, 1024], errors, base, n_boot=30)
+    assert m.rate == 0.0 and m.rate_ci == (0.0, 0.0) and math.isnan(m.n_half)
