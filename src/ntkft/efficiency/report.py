@@ -239,7 +239,7 @@ def readme(s: Summary) -> str:
         f"init is the kernel's), AdamW lr {ft['lr']}, batch {ft['batch_size']}, {ft['epochs']} epochs with at least "
         f"{ft['min_steps']} steps, patience {ft['patience']}, >= {ft['min_val']} validation rows at every size; test "
         f"on up to {c['n_test']} rows (SE in the curve table).",
-        "- Measured rate r: least-squares fit of e(n) = c + a n^-r (r <= 4) to the mean test error (0-1 error of "
+        "- Measured rate r: least-squares fit of e(n) = c + a n^-r (r <= 4, floor c >= 0) to the mean test error (0-1 error of "
         "the sign, or MSE / Var(y_test)); r = 0 when the largest size does not beat the constant predictor; "
         "n_half: the size closing half the gap between the constant predictor and "
         f"the largest size; 90% intervals from {c['bootstrap']} bootstrap draws over seeds and test rows jointly.",
