@@ -166,3 +166,27 @@ def test_configs_state_the_test_and_its_power() -> None:
             p = spearman_power(k, rho, alpha=cfg.test.alpha, n_sim=cfg.test.power_sims)
             assert f"rho {rho}: {p:.2f}" in stated, (name, stated, p)
         assert f"k = {k}" in text
+
+
+def test_a_curve_that_never_beats_the_constant_predictor_has_rate_zero() -> None:
+    rng = np.random.default_rng(2)
+    errors = 0.5 + rng.normal(0, 0.3, (3, 4, 300))  # noise around the constant predictor's error
+    base = np.full((3, 300), 0.3)  # far below every resample's error at the largest size
+    m = measure([64, 128, 256, 1024], errors, base, n_boot=30)
+    assert m.rate == 0.0 and m.rate_ci == (0.0, 0.0) and math.isnan(m.n_half)
+
+
+def test_the_floor_stays_non_negative() -> None:
+    """On a curve that still accelerates, a free floor goes negative and r to its bound; with c >= 0, r is the
+    log-log slope; on an exact power law with no floor, r itself."""
+    from ntkft.efficiency.measures import fit_floor
+    from ntkft.select.stats import fit_rate
+
+    sizes = [64, 128, 256]
+    e = np.array([0.443, 0.39, 0.23])  # MiniLM SST-2 at n = 64, 128, 256 (one seed)
+    free = fit_rate(sizes, e, n_boot=0)
+    assert free.c < 0 and free.r < 0.01
+    got = fit_floor(sizes, e)
+    assert got.c == 0.0 and 0.3 < got.r < 0.6
+    exact = fit_floor([64, 128, 256, 1024], 3.0 * np.array([64, 128, 256, 1024], float) ** -0.5)
+    assert exact.r == pytest.approx(0.5, abs=0.02)

@@ -66,9 +66,10 @@ def compare_facts(kernel: dict[str, Any], cell: dict[str, Any], where: str) -> N
 def _features(model: Readout, x: dict[str, torch.Tensor], batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features h(x) and outputs f(x) (eval mode) of every row."""
     model.eval()
+    dev = next(model.parameters()).device
     hs = []
     for i in range(0, len(x["input_ids"]), batch):
-        ids, mask = x["input_ids"][i:i + batch], x["attention_mask"][i:i + batch]
+        ids, mask = x["input_ids"][i:i + batch].to(dev), x["attention_mask"][i:i + batch].to(dev)
         hs.append(model.features(ids, mask))
     h = torch.cat(hs)
     return h, model.head(h).squeeze(-1)
@@ -78,9 +79,9 @@ def compute_kernel(cfg: EfficiencyConfig, model: Readout, tokenizer: Any, texts_
                    texts_b: list[str] | None, progress: bool = False) -> dict[str, torch.Tensor]:
     """K (pool x pool, float64), the pooled features F and f_PT on the pool rows."""
     x = encode(tokenizer, model.kind, texts_a, max_length=cfg.max_length, text_b=texts_b)
-    k = kernel_matrix(model, x, params="all", progress=progress)
+    k = kernel_matrix(model, x, params="all", progress=progress, device=next(model.parameters()).device)
     h, f0 = _features(model, x)
-    return {"K": k.double(), "F": h.double(), "f0": f0.double()}
+    return {"K": k.double().cpu(), "F": h.double().cpu(), "f0": f0.double().cpu()}
 
 
 def facts_meta(facts: dict[str, Any], key: str) -> dict[str, str]:

@@ -135,6 +135,7 @@ def figures(s: Summary, folder: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     folder.mkdir(parents=True, exist_ok=True)
     names = []
@@ -155,7 +156,9 @@ def figures(s: Summary, folder: Path) -> list[str]:
         ax.annotate(r.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     pt = s.primary_test
     ax.set(xlabel="predicted rate 2b/(2b+1) (ntkft beta, 90% interval)", ylabel="measured rate r (90% bootstrap)",
-           title=f"Spearman rho {_f(pt.rho):+.2f}, one-sided p {_f(pt.p):.3f} (k={pt.k}); red = same-input control")
+           )
+    ax.set_title(f"Spearman rho {_f(pt.rho):+.2f}, one-sided p {_f(pt.p):.3f} (k={pt.k}); red = same-input control",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(folder / "beta_vs_rate.png", dpi=90)
     plt.close(fig)
@@ -172,6 +175,7 @@ def figures(s: Summary, folder: Path) -> list[str]:
             ax.plot(r.kgd_curve.sizes, r.kgd_curve.error, marker=".", color="tab:orange", label="eNTK kernel GD (pool)")
             ax.axhline(_f(r.kgd_curve.baseline), color="tab:orange", ls=":", lw=1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{r.name}: r {_f(r.rate.value):.2f}, pred {_f(r.predicted_rate):.2f}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:
@@ -239,8 +243,9 @@ def readme(s: Summary) -> str:
         f"init is the kernel's), AdamW lr {ft['lr']}, batch {ft['batch_size']}, {ft['epochs']} epochs with at least "
         f"{ft['min_steps']} steps, patience {ft['patience']}, >= {ft['min_val']} validation rows at every size; test "
         f"on up to {c['n_test']} rows (SE in the curve table).",
-        "- Measured rate r: least-squares fit of e(n) = c + a n^-r (r <= 4) to the mean test error (0-1 error of "
-        "the sign, or MSE / Var(y_test)); n_half: the size closing half the gap between the constant predictor and "
+        "- Measured rate r: least-squares fit of e(n) = c + a n^-r (r <= 4, floor c >= 0) to the mean test error (0-1 error of "
+        "the sign, or MSE / Var(y_test)); r = 0 when the largest size does not beat the constant predictor; "
+        "n_half: the size closing half the gap between the constant predictor and "
         f"the largest size; 90% intervals from {c['bootstrap']} bootstrap draws over seeds and test rows jointly.",
         "", "## Figures", "",
         "![predicted vs measured rate](figures/beta_vs_rate.png)", "",
