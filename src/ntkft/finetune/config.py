@@ -115,8 +115,10 @@ class FinetuneConfig(StrictModel):
         if self.optimizer == "ridge" and not st.frozen_backbone:
             raise ValueError(f"optimizer: ridge fits a head on frozen features (a frozen-backbone setting), "
                              f"not '{self.setting}'")
-        if self.optimizer == "ridge" and self.max_steps != 1:
-            raise ValueError(f"max_steps: the ridge optimizer's closed-form fit is one step, got {self.max_steps}")
+        if self.optimizer == "ridge" and (self.lr is not None or self.max_steps != 1):
+            raise ValueError(f"{'lr' if self.lr is not None else 'max_steps'}: optimizer ridge (the probe's default) "
+                             "is a closed-form fit, one step without a learning rate; give --optimizer gd or adamw "
+                             "to train the head by steps")
         if self.optimizer == "ridge" and self.center_output:
             raise ValueError("center_output: the ridge optimizer fits the head itself, not an offset from step 0")
         if self.lr is None and not (st.frozen_backbone and self.optimizer in ("gd", "ridge")):
