@@ -38,7 +38,8 @@ def test_early_stopping_semantics():
 @pytest.mark.parametrize("setting", ["full", "head", "probe", "linearized"])
 def test_settings_run_and_write_outputs(setting, tmp_path, data_dir):
     layers = 1 if setting in ("head", "probe") else None
-    res = finetune(cfg(setting=setting, layers=layers, lr=1e-2 if setting == "probe" else 1e-3), tmp_path,
+    res = finetune(cfg(setting=setting, layers=layers, lr=1e-2 if setting == "probe" else 1e-3,
+                       optimizer="gd" if setting == "probe" else None), tmp_path,
                    progress=False)
     assert res.stopped_step == 12 and res.best_step in (0, 3, 6, 9, 12)
     assert set(res.test_best) == {"loss", "mse", "pearson", "spearman"}
@@ -203,8 +204,8 @@ def test_curve_cli(tmp_path, data_dir):
 
 
 def test_grad_accumulation_matches_larger_batch(data_dir):
-    a = Trainer(cfg(setting="probe", batch_size=4, grad_accum=2, max_steps=6, lr=1e-2), progress=False).fit()
-    b = Trainer(cfg(setting="probe", batch_size=8, grad_accum=1, max_steps=6, lr=1e-2), progress=False).fit()
+    a = Trainer(cfg(setting="probe", optimizer="adamw", batch_size=4, grad_accum=2, max_steps=6, lr=1e-2), progress=False).fit()
+    b = Trainer(cfg(setting="probe", optimizer="adamw", batch_size=8, grad_accum=1, max_steps=6, lr=1e-2), progress=False).fit()
     assert a.test_last["mse"] == pytest.approx(b.test_last["mse"], rel=1e-5)
 
 
@@ -312,14 +313,18 @@ def test_per_setting_default_learning_rates():
     from ntkft.finetune import DEFAULT_LR
 
     probe = FinetuneConfig.make(setting="probe")
-    assert probe.optimizer == "gd" and probe.lr is None and probe.max_steps == 1000  # step from the features
+    assert probe.optimizer == "ridge" and probe.lr is None and probe.max_steps == 1  # closed form (finetune/ridge.py)
+    gd = FinetuneConfig.make(setting="probe", optimizer="gd")
+    assert gd.lr is None and gd.max_steps == 1000  # step from the features
     assert FinetuneConfig.make(setting="probe", optimizer="adamw").lr == DEFAULT_LR[("probe", "adamw")]
     assert FinetuneConfig.make(setting="full", optimizer="gd").lr == DEFAULT_LR[("full", "gd")]
-    assert FinetuneConfig.make(setting="probe", lr=1e-3).lr == 1e-3
+    assert FinetuneConfig.make(setting="probe", optimizer="gd", lr=1e-3).lr == 1e-3
+    with pytest.raises(ConfigError, match="lr: optimizer ridge"):
+        FinetuneConfig.make(setting="probe", lr=1e-3)
 
 
 def test_warning_when_max_steps_ends_a_run_that_still_improves(data_dir):
-    res = Trainer(cfg(setting="probe", layers=1, max_steps=6, eval_every=2, lr=1e-3), progress=False).fit()
+    res = Trainer(cfg(setting="probe", optimizer="gd", layers=1, max_steps=6, eval_every=2, lr=1e-3), progress=False).fit()
     assert res.stop_reason == "reached max_steps=6"
     assert (res.best_step == 6) == any("still improving" in w for w in res.warnings)
 

@@ -30,7 +30,7 @@ def _run(n: int, out: Path, extra: list[str], base: list[str] | None = None) -> 
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("extra", [["--setting", "probe", "--lr", "0.05"],
+@pytest.mark.parametrize("extra", [["--setting", "probe", "--optimizer", "gd", "--lr", "0.05"],
                                    ["--setting", "full", "--optimizer", "gd", "--lr", "0.05"]],
                          ids=["probe-adamw", "full-gd"])
 def test_two_ranks_match_one_process(tmp_path, data_dir, extra):

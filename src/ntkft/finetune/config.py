@@ -12,6 +12,11 @@ from ..config import StrictModel, load_config, make
 from .settings import SETTINGS, SettingName, get_setting, takes_layers
 
 
+def _lr_words(optimizer: str, lr: float | None) -> str:
+    """A setting's default learning rate in --help's words."""
+    return "none (closed form)" if optimizer == "ridge" else "1/lambda_max of its features" if lr is None else f"{lr:g}"
+
+
 class FinetuneConfig(StrictModel):
     """Fine-tuning run settings (Sections 4.2, 5.1 of the paper; Remark 5.1; Lemma 1)."""
 
@@ -31,13 +36,16 @@ class FinetuneConfig(StrictModel):
     n_test: int | None = Field(500, ge=1, description="test samples (seeded subsample of the test split)")
     max_length: int = Field(64, ge=2, description="tokens per input (checked against the model's position limit)")
     seed: int = Field(0, ge=0, description="seed of the subsample, hold-out split, head init and batch order")
-    optimizer: Literal["gd", "adamw"] = Field(None, description="gd (full batch) | adamw (default per setting: "  # type: ignore[arg-type,assignment]
+    optimizer: Literal["gd", "adamw", "ridge"] = Field(None, description="gd (full batch) | adamw | ridge (closed "  # type: ignore[arg-type,assignment]
+                                                       "form on frozen features, penalty cross-validated over the "
+                                                       "training rows) (default per setting: "
                                               + ", ".join(f"{s.name} {s.optimizer}" for s in SETTINGS.values()) + ")")
     lr: float | None = Field(None, gt=0, description="learning rate (default per setting and optimizer: " + "; ".join(
-        f"{s.name} " + ", ".join(f"{o} {'1/lambda_max of its features' if v is None else f'{v:g}'}"
+        f"{s.name} " + ", ".join(f"{o} {_lr_words(o, v)}"
                                  for o, v in s.lr.items()) for s in SETTINGS.values()) + ")")
     weight_decay: float = Field(0.0, ge=0)
-    ridge: float = Field(0.0, ge=0, description="L2 penalty on the head weights")
+    ridge: float = Field(0.0, ge=0, description="L2 penalty on the head weights (optimizer ridge: 0 = chosen by "
+                         "cross-validation over the training rows)")
     batch_size: int = Field(16, ge=1, description="micro-batch size (adamw: samples per step / grad_accum)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     max_steps: int = Field(None, ge=1, description="optimiser steps at most (default per setting: "  # type: ignore[assignment]
@@ -85,7 +93,7 @@ class FinetuneConfig(StrictModel):
         if data.get("lr") is None:
             data["lr"] = st.default_lr(data["optimizer"])
         if data.get("max_steps") is None:
-            data["max_steps"] = st.max_steps
+            data["max_steps"] = 1 if data["optimizer"] == "ridge" else st.max_steps  # a closed form is one step
         return data
 
     @field_validator("val")
@@ -104,7 +112,16 @@ class FinetuneConfig(StrictModel):
         st = get_setting(self.setting)
         if self.layers is not None and "layers" not in st.options:
             raise ValueError(f"layers: applies to settings {', '.join(takes_layers())}, not '{self.setting}'")
-        if self.lr is None and not (st.frozen_backbone and self.optimizer == "gd"):
+        if self.optimizer == "ridge" and not st.frozen_backbone:
+            raise ValueError(f"optimizer: ridge fits a head on frozen features (a frozen-backbone setting), "
+                             f"not '{self.setting}'")
+        if self.optimizer == "ridge" and (self.lr is not None or self.max_steps != 1):
+            raise ValueError(f"{'lr' if self.lr is not None else 'max_steps'}: optimizer ridge (the probe's default) "
+                             "is a closed-form fit, one step without a learning rate; give --optimizer gd or adamw "
+                             "to train the head by steps")
+        if self.optimizer == "ridge" and self.center_output:
+            raise ValueError("center_output: the ridge optimizer fits the head itself, not an offset from step 0")
+        if self.lr is None and not (st.frozen_backbone and self.optimizer in ("gd", "ridge")):
             raise ValueError("lr: only a frozen backbone with full-batch GD derives its step from the features; "
                              "give --lr")
         if self.center_output and self.save_model:

@@ -47,7 +47,7 @@ class Trainer(Predictor):
             return self
         super().setup()
         cfg = self.cfg
-        self.lr = cfg.lr if cfg.lr is not None else self.feature_step()
+        self.lr = cfg.lr if cfg.lr is not None else 0.0 if cfg.optimizer == "ridge" else self.feature_step()
         params = list(self.params.values())
         self.opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=self.lr, weight_decay=cfg.weight_decay) \
             if cfg.optimizer == "gd" else torch.optim.AdamW(params, lr=self.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -56,10 +56,10 @@ class Trainer(Predictor):
         self.stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.mode or ("min" if self.monitor in ("loss", "mse")
                                                                                else "max"))
         n = len(self.train)
-        self.per_step = n if cfg.optimizer == "gd" else min(n, cfg.batch_size * cfg.grad_accum)  # samples per step
+        self.per_step = n if cfg.optimizer in ("gd", "ridge") else min(n, cfg.batch_size * cfg.grad_accum)  # samples per step
         steps_per_epoch = max(1, math.ceil(n / self.per_step))
         # default: each epoch, at least 10 times per run; full-batch GD (an epoch per step) every max_steps/50 steps
-        self.eval_every = cfg.eval_every or (max(1, cfg.max_steps // 50) if cfg.optimizer == "gd"
+        self.eval_every = cfg.eval_every or (max(1, cfg.max_steps // 50) if cfg.optimizer in ("gd", "ridge")
                                              else min(steps_per_epoch, max(1, cfg.max_steps // 10)))
         self.step, self.history, self.drift = 0, [], []  # type: tuple[int, list, list]
         self.seconds, self.samples, self.t_start = 0.0, 0, time.time()  # training time and samples, over resumes
@@ -82,7 +82,8 @@ class Trainer(Predictor):
             torch.manual_seed(cfg.seed)  # dropout draws; a resumed run restores the saved RNG state instead
         self.t_start = time.time() - self.seconds  # (a resumed run goes on counting)
         stop = self.stopper.reason != "" and self.step > 0
-        if cfg.eval_at_start and self.step == 0 and not self.history:  # step 0 competes: training may never help
+        # step 0 competes: training may never help (ridge: its cross-validated penalty already weighs the constant)
+        if cfg.eval_at_start and self.step == 0 and not self.history and cfg.optimizer != "ridge":
             stop = self._evaluation(None)
         while not stop and self.step < cfg.max_steps:
             loss = self._train_step()
@@ -103,6 +104,8 @@ class Trainer(Predictor):
     def _train_step(self) -> float:
         """One optimiser step (micro-batched); returns the training loss (non-finite: no step taken)."""
         self.setup().model.train()
+        if self.cfg.optimizer == "ridge":
+            return self._ridge_step()
         idx = step_rows(len(self.train), self.step, self.per_step, self.cfg.seed, self.cfg.optimizer == "gd")
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
@@ -126,6 +129,28 @@ class Trainer(Predictor):
         self.step += 1
         self.at = self.step
         return total
+
+    def _ridge_step(self) -> float:
+        """The closed-form probe (ridge.py) as the run's one step; the chosen penalty goes into the stop reason."""
+        from .ridge import fit_classification, fit_regression
+
+        h, y, ridge = self.train.h, self.train.y, self.cfg.ridge or None
+        assert h is not None
+        fit = fit_regression(h, self._target(y.double()), ridge) if self.task_type == "regression" \
+            else fit_classification(h, y, self.out_dim, ridge, self.cfg.seed)
+        head = self.model.head
+        with torch.no_grad():
+            head.weight.copy_(fit.weight)
+            head.bias.copy_(fit.bias)
+        how = "given" if ridge else (f"chosen by {'leave-one-out' if self.task_type == 'regression' else 'K-fold'} "
+                                     f"CV over {len(h)} training rows: loss {fit.cv_loss:.4g} vs the constant's "
+                                     f"{fit.cv_constant:.4g}")
+        self.stopper.reason = f"closed-form ridge fit, penalty {fit.ridge:.3g} ({how}; inf = the constant)"
+        self.step += 1
+        self.at = self.step
+        with torch.no_grad():
+            out = self._forward(self.train, torch.arange(len(h)))
+        return float(loss_fn(out, self._target(y).to(self.device), self.task_type))
 
     def _evaluation(self, loss: float | None) -> bool:
         """Score the hold-out split (rank 0 decides), keep the best weights, log; returns whether to stop."""

@@ -21,7 +21,7 @@ class Setting:
     name: str
     about: str  # one line for --help
     trains: str  # which parts train, in words
-    optimizer: str  # default optimiser: "adamw" | "gd"
+    optimizer: str  # default optimiser: "adamw" | "gd" | "ridge" (closed form on frozen features)
     lr: dict[str, float | None]  # default learning rate per optimiser; None = 1/(2 lambda_max) of the cached features
     max_steps: int  # default optimiser steps at most
     options: frozenset[str] = field(default_factory=frozenset)  # options that apply only to some settings: "layers"
