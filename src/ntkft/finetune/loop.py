@@ -144,7 +144,7 @@ class Trainer(Predictor):
             head.bias.copy_(fit.bias)
         how = "given" if ridge else (f"chosen by {'leave-one-out' if self.task_type == 'regression' else 'K-fold'} "
                                      f"CV over {len(h)} training rows: loss {fit.cv_loss:.4g} vs the constant's "
-                                     f"{fit.cv_constant:.4g}")
+                                     f"{fit.cv_constant:.4g}, kept if better by > 1 paired SE")
         self.stopper.reason = f"closed-form ridge fit, penalty {fit.ridge:.3g} ({how}; inf = the constant)"
         self.step += 1
         self.at = self.step
