@@ -87,7 +87,7 @@ def run_cell(cfg: EfficiencyConfig, v: Variant, size: int, seed: int, folder: Pa
     n_val = n_val_at(size, ft.val_frac, ft.min_val)
     rows = cell_rows(len(v.train_a), size, n_val, seed)
     task_file = write_task(folder, v, rows)
-    tr = Trainer(finetune_config(cfg, task_file, n_val, size), None, None, progress=False)
+    tr = Trainer(finetune_config(cfg, task_file, n_val, size), None, None, progress=False).setup()
     dropout_off(tr.model)
     k = min(4, len(tr.test))
     off = train_equals_eval(tr.model, tr.test.ids[:k].to(tr.device), tr.test.mask[:k].to(tr.device))

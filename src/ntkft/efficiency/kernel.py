@@ -90,8 +90,10 @@ def facts_meta(facts: dict[str, Any], key: str) -> dict[str, str]:
 
 
 def read_facts(meta: dict[str, str] | None) -> dict[str, Any]:
+    """The model facts a kernel file's meta records (empty when it records none)."""
     return json.loads((meta or {}).get("facts", "{}"))
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a float64 numpy array on the host."""
     return t.detach().cpu().numpy().astype(np.float64)

@@ -116,6 +116,7 @@ def _disjoint(a: list[Any], b: list[Any]) -> bool | None:
 
 
 def tasks_csv(s: Summary) -> str:
+    """tasks.csv: one row per task variant with its betas, rates, n_half and competing predictors."""
     cols = ["name", "family", "control_of", "beta_paper", "beta_ntkft", "beta_low", "beta_high", "predicted_rate",
             "rate", "rate_low", "rate_high", "n_half", "n_half_low", "n_half_high", "kgd_rate", "kgd_n_half", "kta",
             "logme", "hscore", "n_test"]

@@ -21,12 +21,14 @@ class _M(BaseModel):
 
 
 class Beta(_M):
+    """A variant's beta: the paper's estimator, ntkft's headline and its interval."""
     paper: float | None
     ntkft: float | None
     ci: list[float | None]
 
 
 class Interval(_M):
+    """An estimate and its interval ([low, high]; None where it cannot be had)."""
     value: float | None
     ci: list[float | None]
 
@@ -41,6 +43,7 @@ class Curve(_M):
 
 
 class TaskRow(_M):
+    """One task variant in summary.json: its betas, alignment, measured rate and n_half, predicted rates."""
     name: str
     family: str
     control_of: str | None
@@ -59,12 +62,14 @@ class TaskRow(_M):
 
 
 class Power(_M):
+    """The primary test's power by simulation at rho 0.5, 0.7 and 0.8."""
     p05: float = Field(alias="0.5")
     p07: float = Field(alias="0.7")
     p08: float = Field(alias="0.8")
 
 
 class PrimaryTest(_M):
+    """The one pre-stated test: predictor, measure, Spearman rho, one-sided p and power."""
     predictor: str
     measure: str
     rho: float | None
@@ -75,6 +80,7 @@ class PrimaryTest(_M):
 
 
 class PredictorRow(_M):
+    """A competing predictor's Spearman rho (and p) with the measured efficiency."""
     name: str
     rho: float | None
     p: float | None
@@ -83,6 +89,7 @@ class PredictorRow(_M):
 
 
 class Summary(_M):
+    """summary.json of the efficiency experiment (issue 27's schema), validated on write and read."""
     tasks: list[TaskRow]
     primary_test: PrimaryTest
     predictors: list[PredictorRow]

@@ -31,9 +31,7 @@ class Candidate:
 
 
 def _bad(param: str, msg: str) -> ConfigError:
-    err = ConfigError(f"{param}: {msg}")
-    err.param = param
-    return err
+    return ConfigError(f"{param}: {msg}", param=param)
 
 
 def resolve_model(spec: str) -> str:
@@ -103,8 +101,10 @@ class SelectConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names(self) -> SelectConfig:
-        if len({m.strip() for m in self.models}) != len(self.models):
-            raise ValueError("models: a candidate is listed twice")
+        names = [m.strip() for m in self.models]
+        twice = sorted({m for m in names if names.count(m) > 1})
+        if twice:
+            raise ValueError(f"models: {', '.join(twice)} listed twice")
         return self
 
     def candidates(self) -> list[Candidate]:

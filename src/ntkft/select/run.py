@@ -103,9 +103,8 @@ def build_candidate(c: Candidate, out_dim: int, sigma: float, seed: int) -> tupl
     loaded = load_model(c.model)
     if c.layers is not None:
         if c.layers >= loaded.num_layers:
-            err = ConfigError(f"models: '{c.name}' cuts after block {c.layers} but the model has {loaded.num_layers}")
-            err.param = "models"
-            raise err
+            raise ConfigError(f"models: '{c.name}' cuts after block {c.layers} but the model has {loaded.num_layers}",
+                              param="models")
         loaded = loaded.truncate(c.layers)
     readout = Readout.from_loaded(loaded, out_dim=out_dim, sigma=sigma, seed=seed)
     readout.eval()
@@ -189,9 +188,7 @@ class _Pool:
         self.spec: TaskSpec = get_spec(cfg.task)
         full = load_task(self.spec, "train", data_dir)
         if cfg.pool > len(full):
-            err = ConfigError(f"pool: {cfg.pool} exceeds the {len(full)} training rows of '{self.spec.name}'")
-            err.param = "pool"
-            raise err
+            raise ConfigError(f"pool: {cfg.pool} exceeds the {len(full)} training rows of '{self.spec.name}'", param="pool")
         self.data: TaskData = subsample(full, cfg.pool, seed=cfg.seed)
         self.classification = self.spec.type == "classification"
         self.y = np.asarray(self.data.labels, dtype=np.int64 if self.classification else np.float64)

@@ -237,7 +237,7 @@ def resolve_task(task: Any, text_columns: list[str] | str | None = None, label_c
 
     if Path(task).suffix.lower() in {".csv", ".tsv", ".jsonl"}:
         if not (text_columns and label_column and task_type):
-            raise ConfigError(f"task: a data file ({task}) needs text_columns, label_column and task_type", param="task")
+            raise ConfigError(f"task: a data file ({task}) needs --text-columns, --label-column and --task-type", param="task")
         cols = text_columns if isinstance(text_columns, list) else [c.strip() for c in text_columns.split(",")]
         return user_task(name=Path(task).stem, type=task_type, files={"train": str(Path(task).resolve())},
                          text_columns=cols, label_column=label_column, origin=task)

@@ -117,10 +117,12 @@ def _name(source: str) -> str:
 
 
 def columns(table: Any) -> list[str]:
+    """Column names of a datasets.Dataset or a pandas DataFrame."""
     return list(table.column_names if hasattr(table, "column_names") else table.columns)
 
 
 def column(table: Any, name: str) -> list[Any]:
+    """One column of a datasets.Dataset or a pandas DataFrame as a list."""
     return list(table[name]) if hasattr(table, "column_names") else table[name].tolist()
 
 
