@@ -24,7 +24,7 @@ def _fig() -> Any:
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Any, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
@@ -76,7 +76,7 @@ def spectrum_plot(reports: Mapping[str, SpectrumReport] | Sequence[SpectrumRepor
     return _save(fig, path)
 
 
-def curve_plot(xs, series: dict[str, tuple], path: str | Path, xlabel: str, ylabel: str, title: str = "",
+def curve_plot(xs: Any, series: dict[str, tuple[Any, ...]], path: str | Path, xlabel: str, ylabel: str, title: str = "",
                logx: bool = False, logy: bool = False, baselines: dict[str, Any] | None = None) -> Path:
     """Lines with optional bands: series[name] = (mean, low, high) or (mean,); baselines[name] (values at xs): the
     constant predictor of that series, a dashed line in its colour."""

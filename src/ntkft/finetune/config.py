@@ -36,7 +36,7 @@ class FinetuneConfig(StrictModel):
     n_test: int | None = Field(500, ge=1, description="test samples (seeded subsample of the test split)")
     max_length: int = Field(64, ge=2, description="tokens per input (checked against the model's position limit)")
     seed: int = Field(0, ge=0, description="seed of the subsample, hold-out split, head init and batch order")
-    optimizer: Literal["gd", "adamw", "ridge"] = Field(None, description="gd (full batch) | adamw | ridge (closed "  # type: ignore[arg-type,assignment]
+    optimizer: Literal["gd", "adamw", "ridge"] = Field(None, description="gd (full batch) | adamw | ridge (closed "  # type: ignore[arg-type]
                                                        "form on frozen features, penalty cross-validated over the "
                                                        "training rows) (default per setting: "
                                               + ", ".join(f"{s.name} {s.optimizer}" for s in SETTINGS.values()) + ")")

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _table(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _spec(base: FinetuneConfig, task: str):
+def _spec(base: FinetuneConfig, task: str) -> Any:
     return base.model_copy(update={"task": task}).task_spec()
 
 

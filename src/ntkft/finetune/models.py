@@ -30,7 +30,7 @@ class Linearized(nn.Module):
         tangent = {n: self.delta[n.replace(".", "__")] for n in self.names}
         f = lambda p: functional_call(self.base, p, (input_ids, attention_mask))  # noqa: E731
         out, dout = jvp(f, (primal,), (tangent,))  # type: ignore[misc]
-        return out + dout  # type: ignore[no-any-return]
+        return out + dout
 
     def theta(self) -> dict[str, torch.Tensor]:
         """theta_PT + delta, the parameters the linearised model stands for."""

@@ -165,7 +165,7 @@ def _convert(gguf: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _detect_kind(config) -> Kind:
+def _detect_kind(config: Any) -> Kind:
     """Decoder or encoder from transformers' own model mappings and the config; refuse when unsure."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -231,7 +231,7 @@ def _finish(spec: str, model: nn.Module, tok: Any, kind: Kind, path: str | None)
     return LoadedModel(spec, model, tok, kind, int(hidden), len(block_list(model)), path)
 
 
-def tiny_config(arch: str, vocab_size: int):
+def tiny_config(arch: str, vocab_size: int) -> Any:
     """A 2-layer, width-32 random-init config of a supported architecture (fast unit tests)."""
     from transformers import BertConfig, GPT2Config, GPTNeoConfig, LlamaConfig
 
@@ -307,7 +307,7 @@ def _load(spec: str, dtype: torch.dtype, seed: int, kind: Kind | None) -> Loaded
     raise ModelError(f"unknown model '{spec}': not an alias ({known}), a hub id (owner/name), a directory or a .gguf file")
 
 
-def load_causal_lm(spec: str):
+def load_causal_lm(spec: str) -> tuple[Any, Any]:
     """The language-model-head version of an offline or local model (for generation checks)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

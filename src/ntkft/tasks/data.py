@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class TaskData:
         h.update(",".join(map(str, self.task.labels or [])).encode())
         return h.hexdigest()
 
-    def take(self, idx) -> TaskData:
+    def take(self, idx: Any) -> TaskData:
         """The rows at positions `idx` (keeps their original split indices)."""
         idx = np.asarray(idx, dtype=np.int64)
         pick: Any = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
@@ -95,7 +96,7 @@ def _open_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
 
 
-def _delimited(path: Path, fs: FileSpec, delimiter: str):
+def _delimited(path: Path, fs: FileSpec, delimiter: str) -> Iterator[tuple[int, dict[Any, str]]]:
     text = _open_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
@@ -128,13 +129,13 @@ def _describe_header(header: list[str]) -> str:
     return f"columns: {', '.join(header[:20])}" if plausible else f"found {len(header)} unnamed or unusual column(s)"
 
 
-def _csv_lines(text: str):
+def _csv_lines(text: str) -> Any:
     import io
 
     return io.StringIO(text, newline="")
 
 
-def _jsonl(path: Path, fs: FileSpec):
+def _jsonl(path: Path, fs: FileSpec) -> Iterator[tuple[int, dict[Any, Any]]]:
     text = _open_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
@@ -155,7 +156,7 @@ def _jsonl(path: Path, fs: FileSpec):
         yield i, {k: ("" if v is None else str(v)) for k, v in obj.items()}
 
 
-def _rows(base: Path, fs: FileSpec):
+def _rows(base: Path, fs: FileSpec) -> Iterator[tuple[str, str, str | None, Any, Any]]:
     """Yield (origin, text_a, text_b, raw_label, source) for one file."""
     path = base / fs.path
     if fs.format in {"table", "parquet"}:  # tasks.tables: datasets, DataFrames, parquet files
@@ -166,14 +167,14 @@ def _rows(base: Path, fs: FileSpec):
     if fs.format in {"tsv", "csv", "jsonl"}:
         it = _jsonl(path, fs) if fs.format == "jsonl" else _delimited(path, fs, "\t" if fs.format == "tsv" else ",")
         a, b = fs.text_columns[0], (fs.text_columns[1] if len(fs.text_columns) > 1 else None)
-        for line, r in it:
-            yield f"{path}:{line}", r[a], (r[b] if b else None), r[fs.label_column], fs.source
+        for ln, r in it:
+            yield f"{path}:{ln}", r[a], (r[b] if b else None), r[fs.label_column], fs.source
     elif fs.format == "semrel":
-        for line, r in _delimited(path, fs, ","):
+        for ln, r in _delimited(path, fs, ","):
             parts = r["Text"].split("\n")
             if len(parts) != 2:
-                raise DataError(f"{path}:{line}: Text must hold two sentences separated by a newline, found {len(parts)}")
-            yield f"{path}:{line}", parts[0], parts[1], r["Score"], None
+                raise DataError(f"{path}:{ln}: Text must hold two sentences separated by a newline, found {len(parts)}")
+            yield f"{path}:{ln}", parts[0], parts[1], r["Score"], None
     elif fs.format == "sts12":
         inputs = _open_text(path).splitlines()
         gold_path = base / (fs.gold or "")

@@ -7,6 +7,8 @@ sentences survive; decoders are left-padded, encoders right-padded (the readout 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..errors import ConfigError
@@ -25,7 +27,7 @@ def _trim_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list
     return a, b
 
 
-def encode(tokenizer, kind: str, data: TaskData | list[str], max_length: int = 128,
+def encode(tokenizer: Any, kind: str, data: TaskData | list[str], max_length: int = 128,
            text_b: list[str] | None = None) -> dict[str, torch.Tensor]:
     """input_ids and attention_mask (B, T) with T = the longest row after truncation to max_length."""
     if max_length < 4:

@@ -8,7 +8,7 @@ from ..errors import ConfigError, DataError
 from .data import TaskData
 
 
-def _stratify(data: TaskData):
+def _stratify(data: TaskData) -> np.ndarray | None:
     if data.task.type != "classification":
         return None
     counts = np.bincount(data.labels)

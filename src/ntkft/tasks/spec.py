@@ -68,7 +68,7 @@ class TaskSpec(BaseModel):
         return list(self.splits)
 
 
-def _tsv(path, a, b, label, **kw) -> FileSpec:
+def _tsv(path: str, a: str, b: str | None, label: str, **kw: Any) -> FileSpec:
     return FileSpec(path=path, format="tsv", text_columns=[a] + ([b] if b else []), label_column=label, **kw)
 
 

@@ -4,6 +4,7 @@ the weight-disentanglement error (Ortiz-Jimenez et al. 2023) and kernel orthogon
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch.func import functional_call, jvp
@@ -112,6 +113,6 @@ def orthogonality_scores(k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor
             "kernel_ratio_centred": cross_ratio(_centre(k12), _centre(k11), _centre(k22))}
 
 
-def kernel_blocks(f, x1: dict, x2: dict | None, params: str, method: str, progress: bool) -> torch.Tensor:
+def kernel_blocks(f: Any, x1: dict, x2: dict | None, params: str, method: str, progress: bool) -> torch.Tensor:
     """K(X1, X2) of the readout f (symmetric K(X1, X1) when x2 is None), unnormalised, float64."""
     return kernel_matrix(f, x1, x2, params=params, method=method, progress=progress)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..plots import _fig, _save
 
 
-def heatmap(matrix, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str, label: str = "",
+def heatmap(matrix: Any, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str, label: str = "",
             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", fmt: str = "{:.2f}",
             xlabel: str = "", ylabel: str = "") -> Path:
     """An annotated heatmap (cosine matrix, disentanglement error grid)."""

@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class _Cache:
             self.rf.write_json(name, obj)
         return obj
 
-    def tensor(self, name: str, fn) -> torch.Tensor:
+    def tensor(self, name: str, fn: Callable[..., torch.Tensor]) -> torch.Tensor:
         if self.rf is not None and name.split("/")[0] in self.rf.files and (self.rf.root / name).is_file():
             from safetensors.torch import load_file
 
@@ -120,11 +121,11 @@ def _kind(vectors: list[TaskVector]) -> str | None:
     return kinds.pop() if kinds else None
 
 
-def _session(cfg, base: Pretrained, vectors: list[TaskVector], data_dir: str | None, progress: bool) -> Session:
+def _session(cfg: Any, base: Pretrained, vectors: list[TaskVector], data_dir: str | None, progress: bool) -> Session:
     return Session(base, _kind(vectors), cfg.device, cfg.batch_size, cfg.max_length, cfg.seed, data_dir, progress)
 
 
-def _task_evals(s: Session, vectors: list[TaskVector], cfg) -> list[TaskEval]:
+def _task_evals(s: Session, vectors: list[TaskVector], cfg: Any) -> list[TaskEval]:
     tasks = [s.task(v.checkpoints[0], cfg.n_val, cfg.n_test, cfg.metric) for v in vectors]
     metrics = {t.metric for t in tasks}
     if len(metrics) > 1:
@@ -132,7 +133,7 @@ def _task_evals(s: Session, vectors: list[TaskVector], cfg) -> list[TaskEval]:
     return tasks
 
 
-def _run_key(cfg, s: Session, vectors: list[TaskVector], tasks: list[TaskEval]) -> dict[str, Any]:
+def _run_key(cfg: Any, s: Session, vectors: list[TaskVector], tasks: list[TaskEval]) -> dict[str, Any]:
     return {"config": cfg.model_dump(exclude={"device"}), "pretrained": s.weights_fingerprint(),
             "checkpoints": {v.name: checkpoint_digest(v.checkpoints[0]) for v in vectors},
             "data": {t.name: {"val": t.val.fingerprint, "test": t.test.fingerprint} for t in tasks}}
