@@ -7,12 +7,9 @@ import html
 import io
 import json
 import math
-from typing import TYPE_CHECKING
 
 from .._runs import RunFolder
-
-if TYPE_CHECKING:
-    from .run import CandidateResult, SelectResult
+from .result import CandidateResult, SelectResult
 
 COLUMNS = ["rank", "candidate", "setting", "params", "error_at_n", "low", "high", "constant", "n_for_target", "beta",
            "beta_low", "beta_high", "rate", "kta", "logme", "hscore", "seconds", "status"]

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel
 
 from .._runs import RunFolder, digest
 from ..errors import ConfigError, KernelError
@@ -28,63 +27,9 @@ from ..models import LoadedModel, Readout, fingerprint, load_model
 from ..spectrum import estimate_beta
 from ..tasks import TaskData, encode, load_task, subsample
 from .config import Candidate, SelectConfig
+from .result import CandidateResult, Curve, SelectResult
 
 log = logging.getLogger(__name__)
-
-
-class Curve(BaseModel):
-    """Predicted test error against training-set size, with a 5-95% interval over subsets and the constant predictor."""
-
-    sizes: list[int]
-    mean: list[float]
-    low: list[float]
-    high: list[float]
-    baseline: list[float]
-    metric: str
-
-
-class CandidateResult(BaseModel):
-    """Everything `select` predicts for one candidate (errors: MSE for regression, error rate for classification)."""
-
-    name: str
-    model: str
-    layers: int | None
-    setting: str
-    status: str = "ok"  # ok | failed
-    error: str | None = None
-    params: int = 0
-    seconds: float = 0.0
-    kernel_seconds: float = 0.0
-    curve: Curve | None = None
-    error_at_n: float | None = None
-    error_at_n_low: float | None = None
-    error_at_n_high: float | None = None
-    error_at_n_extrapolated: bool = False
-    baseline_at_n: float | None = None
-    n_for_target: float | None = None
-    n_for_target_extrapolated: bool = False
-    beta: float | None = None
-    beta_low: float | None = None
-    beta_high: float | None = None
-    rate: float | None = None
-    kta: float | None = None
-    logme: float | None = None
-    hscore: float | None = None
-
-
-class SelectResult(BaseModel):
-    """The ranking: candidates in rank order (lowest predicted error at n first), failed ones last."""
-
-    task: str
-    task_type: str
-    metric: str
-    n: int
-    pool: int
-    target_error: float | None
-    candidates: list[CandidateResult]
-
-    def best(self) -> CandidateResult:
-        return self.candidates[0]
 
 
 def _features(readout: Readout, enc: dict[str, torch.Tensor], batch: int = 32) -> np.ndarray:
