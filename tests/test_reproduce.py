@@ -294,7 +294,7 @@ def test_report_tables_parse_back_to_their_json(real_run):
     for row, s in zip(beta[1:], spectra, strict=True):
         assert _close(row[head.index("beta (paper est.)")], s["beta_paper_mean"])
         assert _close(row[head.index("sd")], s["beta_paper_sd"])
-        assert _close(row[head.index("beta (ntkft)")], s["beta_ntkft_mean"])
+        assert _close(row[head.index("beta")], s["beta_ntkft_mean"])
         assert _close(row[head.index("CI low")], s["ci_low"])
     comp = {r[0]: r for r in html_t["paper-comparison"][1:]}
     assert _close(comp["beta STS-B"][1], 0.54) and _close(comp["beta RTE"][2], spectra[1]["beta_paper_mean"])
@@ -349,7 +349,7 @@ def test_reproduce_cli_on_a_finished_run_prints_its_results(real_run, tmp_path, 
     assert code == 0, err
     s = res.stages["spectra"].spectra[0]
     assert f"{s.model} {s.task}: beta (paper est.) {s.beta_paper_mean:.3f}" in printed
-    assert f"beta (ntkft) {s.beta_ntkft_mean:.3f}" in printed and "report:" in printed
+    assert f"beta {s.beta_ntkft_mean:.3f}" in printed and "report:" in printed
 
 
 # ---------------------------------------------------------------- resume

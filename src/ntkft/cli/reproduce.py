@@ -32,7 +32,7 @@ def _reproduce(cfg: ReproConfig, out: str, overwrite: bool, data_dir: str | None
     if isinstance(sp, SpectraResult):
         for s in sp.spectra:
             typer.echo(f"{s.model} {s.task}: beta (paper est.) {s.beta_paper_mean:.3f} +- {s.beta_paper_sd:.3f}, "
-                       f"beta (ntkft) {s.beta_ntkft_mean:.3f} +- {s.beta_ntkft_sd:.3f}")
+                       f"beta {s.beta_ntkft_mean:.3f} +- {s.beta_ntkft_sd:.3f}")
     rk = res.stages.get("rankings")
     if isinstance(rk, RankingsResult):
         for c in rk.correlations:

@@ -255,7 +255,7 @@ def readme(s: Summary) -> str:
     if s.controls:
         lines += ["![same-input controls](figures/controls.png)", ""]
     lines += ["## Variants (source: `tasks.csv`, `summary.json`)", "",
-              "| variant | control of | beta (paper) | beta (ntkft) [90%] | predicted rate | measured r [90%] | "
+              "| variant | control of | beta (paper) | beta [90%] | predicted rate | measured r [90%] | "
               "n_half [90%] | kernel-GD r | KTA | test rows |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in s.tasks:
         lines.append(f"| {r.name} | {r.control_of or ''} | {_num(r.beta.paper)} | {_num(r.beta.ntkft)} "

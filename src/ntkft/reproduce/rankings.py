@@ -272,7 +272,7 @@ def section(view: RunView, figs: dict[str, bytes]) -> Section:
         eff = [e for e in d.efficiency if e.model == model]
         t = Table(f"efficiency-{slug(model)}", f"sample efficiency per task, {model}",
                   f"rankings/rankings.json: efficiency[model={model}]",
-                  ["task", "beta (paper est.)", "beta (ntkft)", "auc", "n_frac", "best score", "kernel-GD auc"])
+                  ["task", "beta (paper est.)", "beta", "auc", "n_frac", "best score", "kernel-GD auc"])
         for e in eff:
             t.rows.append([label(e.task), e.beta, e.beta_ntkft, e.auc, e.n_frac, e.best_skill, e.kgd_auc])
         sec.tables.append(t)

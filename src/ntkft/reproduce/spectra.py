@@ -253,7 +253,7 @@ def section(view: RunView, figs: dict[str, bytes]) -> Section:
         mine = [s for s in d.spectra if s.model == model]
         t = Table(f"beta-{slug(model)}", f"beta per task, {model} (paper: GPT-Neo-1.3B)",
                   f"spectra/spectra.json: spectra[model={model}]",
-                  ["task", "paper beta", "paper sd", "beta (paper est.)", "sd", "beta (ntkft)", "sd (ntkft)",
+                  ["task", "paper beta", "paper sd", "beta (paper est.)", "sd", "beta", "sd (beta)",
                    "CI low", "CI high", "R2 (paper est.)", "R2 (centred)", "decay"])
         off = [label(s.task) for s in mine if not (s.ci_low <= s.beta_ntkft[0] <= s.ci_high)]
         if off:
