@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -27,13 +27,51 @@ from ..errors import ConfigError, NtkftError
 from ..kernel import kernel_matrix, trace_outputs
 from ..kernel._common import trim
 from .config import FinetuneConfig
+from .data import Split
+from .early_stopping import EarlyStopping
+from .parallel import Ranks
 from .result import FinetuneResult
+from .settings import Setting
 from .state import read_checkpoint, write_checkpoint
 
-if TYPE_CHECKING:  # (for the type checker only: loop.py imports this module, not the other way round)
-    from .loop import Trainer
-
 log = logging.getLogger(__name__)
+
+
+class Trainer(Protocol):
+    """What a callback reads and sets on the trainer (loop.py's Trainer is one, checked there): the callbacks
+    see the trainer through this view and never import the loop, so the loop can import them."""
+
+    cfg: FinetuneConfig
+    setting: Setting
+    device: torch.device
+    ranks: Ranks
+    model: Any
+    params: dict[str, torch.nn.Parameter]
+    theta0: dict[str, torch.Tensor]
+    headline: str
+    baseline_val: dict[str, float]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    stopper: EarlyStopping
+    step: int
+    at: int
+    best: dict[str, torch.Tensor]
+    history: list[Any]
+    drift: list[Any]
+    seconds: float
+    samples: int
+    t_start: float
+    rf: Any
+    result: FinetuneResult | None
+
+    @property
+    def val(self) -> Split: ...
+    @property
+    def test(self) -> Split: ...
+    def run_key(self) -> dict[str, Any]: ...
+    def evaluate(self, split: Split) -> dict[str, Any]: ...
+    def save_model(self, path: Path, weights: str) -> None: ...
+    def _set_params(self, theta: dict[str, torch.Tensor]) -> None: ...
 
 
 class Callback:

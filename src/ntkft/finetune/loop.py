@@ -19,6 +19,7 @@ import torch
 
 from ..errors import TrainingError
 from .callbacks import Callback, default_callbacks
+from .callbacks import Trainer as TrainerView
 from .config import FinetuneConfig
 from .data import check_monitor, length_split, step_rows
 from .early_stopping import EarlyStopping
@@ -67,7 +68,8 @@ class Trainer(Predictor):
         return self
 
     def _fire(self, event: str, **kw: Any) -> list[Any]:
-        return [getattr(cb, event)(self, **kw) for cb in self.callbacks]
+        view: TrainerView = self  # the type checker holds the Trainer to the view the callbacks are written against
+        return [getattr(cb, event)(view, **kw) for cb in self.callbacks]
 
     # ------------------------------------------------------------------ the loop
 
