@@ -206,7 +206,7 @@ CASES: list[Case] = [
     ("tv-cosine-not-a-checkpoint", lambda d, f: [*tv("cosine"), "--finetuned",
                                                  f"{d / 'empty-model'},{d / 'empty-model'}"], "empty-model"),
     ("tv-add-lambdas-out-of-range", lambda d, f: [*tv("add"), "--lambdas", "0,5"], "--lambdas"),
-    ("tv-add-lambdas-text", lambda d, f: [*tv("add"), "--lambdas", "a,b"], "lambdas"),
+    ("tv-add-lambdas-text", lambda d, f: [*tv("add"), "--lambdas", "a,b"], "--lambdas"),
     ("tv-add-n-val-zero", lambda d, f: [*tv("add"), "--n-val", "0"], "--n-val"),
     ("tv-add-shard-nan", lambda d, f: [*tv("add"), "--max-shard-mb", "nan"], "--max-shard-mb"),
     ("tv-add-one-checkpoint", lambda d, f: [*tv("add"), "--finetuned",

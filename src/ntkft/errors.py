@@ -48,7 +48,9 @@ def param_error(param: str, problem: str, kind: type[NtkftError] = ConfigError) 
 def config_error(e: ValidationError, where: str = "") -> ConfigError:
     """The first pydantic error as a ConfigError whose message starts with the field name."""
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
+    names = [str(x) for x in err["loc"] if not isinstance(x, int)]
+    items = [f" (item {x + 1})" for x in err["loc"] if isinstance(x, int)]  # a list's element, counted from 1
+    loc = ".".join(names) + "".join(items)
     msg = str(err["msg"]).removeprefix("Value error, ")
     if not loc:  # a check across fields: its message starts with the field it blames
         head, sep, rest = msg.partition(": ")
@@ -60,4 +62,4 @@ def config_error(e: ValidationError, where: str = "") -> ConfigError:
         msg += f" (got {err['input']!r})"
     if where:  # a config file: name the file and its key (the value may have come from the file)
         return ConfigError(f"{where}: {loc}: {msg}")
-    return ConfigError(f"{loc}: {msg}", param=loc.split(".")[0] if loc != "config" else None)
+    return ConfigError(f"{loc}: {msg}", param=loc.split(" (item ")[0].split(".")[0] if loc != "config" else None)

@@ -25,7 +25,7 @@ def flag_message(e: NtkftError) -> str:
     """The error's message with its Python parameter name shown as the CLI flag (`lr` -> `--lr`)."""
     param = getattr(e, "param", None)
     msg = str(e)
-    if param and msg.startswith(f"{param}:"):
+    if param and msg.startswith((f"{param}:", f"{param} (item ")):
         return f"--{param.replace('_', '-')}" + msg[len(param):]
     return msg
 
