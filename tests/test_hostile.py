@@ -129,6 +129,7 @@ CASES: list[Case] = [
     ("stop-batch-zero", lambda d, f: ["stop", str(f / "k"), "--batch-size", "0"], "--batch-size"),
     ("stop-lr-nan", lambda d, f: ["stop", str(f / "k"), "--lr", "nan"], "--lr"),
     ("stop-lr-negative", lambda d, f: ["stop", str(f / "k"), "--lr", "-0.01"], "--lr"),
+    ("tasks-data-dir-is-a-file", lambda d, f: ["tasks", "--data-dir", w(d, "in/notadir", "x")], "notadir"),
     ("select-unknown-model", lambda d, f: ["select", "--models", "tiny-bert,no-such-model", "--task", "stsb",
                                            "--out", str(d / "o")], "no-such-model"),
     ("select-bad-cut", lambda d, f: ["select", "--models", "tiny-bert@x", "--task", "stsb", "--out", str(d / "o")],

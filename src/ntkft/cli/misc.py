@@ -25,7 +25,10 @@ def models() -> None:
 def tasks(data_dir: str | None = DataDir) -> None:
     """List the tasks with type, metrics, splits and row counts."""
     from ..tasks import BUILTIN, load_task
+    from ..tasks.data import data_dir as check_data_dir
 
+    if data_dir is not None:
+        check_data_dir(data_dir)  # a --data-dir that is not a directory: one line and exit 2, not rows of "unavailable"
     for name, spec in BUILTIN.items():
         counts = []
         for split in spec.split_names():
