@@ -67,6 +67,43 @@ def test_a_logger_is_a_callback(tmp_path, data_dir):
     assert lines == json.loads(json.dumps(res.history))  # the same records, written by the MetricsLog callback
 
 
+class SyncRecorder(Callback):
+    """Records the hooks where data-parallel ranks meet, and halves every step's rows (as a rank's share would)."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_step_begin(self, tr):
+        self.events.append(f"rows {len(tr.rows)}")
+        tr.rows = tr.rows[: len(tr.rows) // 2]
+
+    def on_pre_optimizer_step(self, tr):
+        assert any(p.grad is not None for p in tr.params.values()) and tr.step_loss > 0
+        self.events.append("pre-opt")
+
+    def on_scores(self, tr):
+        self.events.append(f"scores {sorted(tr.scores)[0]}")
+
+    def on_result(self, tr):
+        self.events.append(f"result {tr.result.best_step}")
+
+
+def test_rank_synchronisation_is_a_callback(tmp_path, data_dir):
+    import inspect
+
+    from ntkft.finetune import loop
+    from ntkft.finetune.callbacks import RankSync, default_callbacks
+
+    rec = SyncRecorder()
+    finetune(cfg(max_steps=2), None, progress=False, callbacks=[rec])
+    assert rec.events[:3] == ["scores loss", "rows 8", "pre-opt"] and rec.events.count("pre-opt") == 2
+    assert rec.events[-1].startswith("result ")
+    assert isinstance(default_callbacks(cfg(), None)[0], RankSync)  # first: every other callback sees synced state
+    src = inspect.getsource(loop)
+    assert "self.ranks." not in src.replace("self.ranks.main", "")  # no communication in the loop itself
+    assert len(inspect.getsource(loop.Trainer).splitlines()) <= 200
+
+
 def test_constant_predictor_beside_every_score(tmp_path, data_dir):
     from ntkft.finetune.data import load_splits
 

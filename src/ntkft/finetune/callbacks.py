@@ -2,12 +2,16 @@
 of every callback in order, passing itself (read its state: step, history, params, rf, ...).
 
 Hooks: on_train_begin (after setup; may resume the state, or set `trainer.result` to hand back a finished run),
-on_step_end(loss), on_evaluate(record) (may add entries to the record before it is logged), on_log(record),
-on_save (a checkpoint point), on_fail(loss) (may return a note for the error message), on_train_end(result).
+on_step_begin (may replace `trainer.rows`, the step's training rows), on_pre_optimizer_step (gradients are in
+`.grad`, the step's loss in `trainer.step_loss`; may change both), on_step_end(loss), on_scores (may replace
+`trainer.scores`, the validation scores the stopping rule reads), on_evaluate(record) (may add entries to the record
+before it is logged), on_log(record), on_save (a checkpoint point), on_fail(loss) (may return a note for the error
+message), on_result (may replace `trainer.result`), on_train_end(result).
 
 `default_callbacks` builds the standard set from the config; pass more to `Trainer(..., callbacks=[...])` or
 `finetune(..., callbacks=[...])` to add a logger without touching the loop. Order matters where one callback
-uses another's work: the run folder comes first (it resumes the state and sets `trainer.rf` on rank 0)."""
+uses another's work: rank synchronisation comes first (every other callback sees the synchronised state), then the
+run folder (it resumes the state and sets `trainer.rf` on rank 0)."""
 
 from __future__ import annotations
 
@@ -63,6 +67,9 @@ class Trainer(Protocol):
     t_start: float
     rf: Any
     result: FinetuneResult | None
+    rows: torch.Tensor
+    step_loss: float
+    scores: dict[str, Any]
 
     @property
     def val(self) -> Split: ...
@@ -78,12 +85,38 @@ class Callback:
     """A no-op for every hook; subclass it and override the hooks you need."""
 
     def on_train_begin(self, tr: Trainer) -> None: ...
+    def on_step_begin(self, tr: Trainer) -> None: ...
+    def on_pre_optimizer_step(self, tr: Trainer) -> None: ...
     def on_step_end(self, tr: Trainer, loss: float) -> None: ...
+    def on_scores(self, tr: Trainer) -> None: ...
     def on_evaluate(self, tr: Trainer, record: dict) -> None: ...
     def on_log(self, tr: Trainer, record: dict) -> None: ...
     def on_save(self, tr: Trainer) -> None: ...
     def on_fail(self, tr: Trainer, loss: float) -> str | None: ...
+    def on_result(self, tr: Trainer) -> None: ...
     def on_train_end(self, tr: Trainer, result: FinetuneResult) -> None: ...
+
+
+class RankSync(Callback):
+    """Data-parallel fine-tuning (torchrun): each rank takes a contiguous share of every step's rows, gradients
+    and loss are summed over ranks before the optimiser step (each rank weighted its rows by 1 / the global batch,
+    so the sum is the single-process gradient of the same batch), and rank 0's validation scores and result reach
+    every rank. A no-op in one process."""
+
+    def on_step_begin(self, tr: Trainer) -> None:
+        tr.rows = tr.ranks.shard(tr.rows)
+
+    def on_pre_optimizer_step(self, tr: Trainer) -> None:
+        tr.ranks.all_reduce_grads(list(tr.params.values()))
+        tr.step_loss = tr.ranks.sum(tr.step_loss)
+
+    def on_scores(self, tr: Trainer) -> None:
+        tr.scores = tr.ranks.broadcast(tr.scores if tr.ranks.main else None)
+
+    def on_result(self, tr: Trainer) -> None:
+        got = tr.ranks.broadcast(tr.result.to_dict() if tr.ranks.main and tr.result is not None else None)
+        if not tr.ranks.main:
+            tr.result = FinetuneResult(**got)
 
 
 class RunFolderCallback(Callback):
@@ -282,7 +315,7 @@ def default_callbacks(cfg: FinetuneConfig, out: str | Path | None, progress: boo
                       overwrite: bool = False) -> list[Callback]:
     """The standard set for `cfg`: run folder + metrics.jsonl (+ TensorBoard) when writing to `out`, kernel drift
     when asked, and the progress bar."""
-    cbs: list[Callback] = []
+    cbs: list[Callback] = [RankSync()]
     if out is not None:
         cbs += [RunFolderCallback(out, overwrite), MetricsLog()] + ([TensorBoard()] if cfg.tensorboard else [])
     if cfg.drift_every:

@@ -1,10 +1,12 @@
 """The fine-tuning loop: full-batch GD or mini-batch AdamW, hold-out early stopping with best-weight restore.
 `Trainer.fit` reads top to bottom; everything around it (run folder, checkpoints and resume, metrics.jsonl,
-TensorBoard, kernel drift, progress bar) is a callback (callbacks.py), so a new logger is a new callback.
+TensorBoard, kernel drift, progress bar, rank synchronisation) is a callback (callbacks.py), so a new logger is a
+new callback.
 
-Rank synchronisation that changes what is computed stays here, in five visible places: each rank's shard of a step,
-the gradient all-reduce, the summed loss, rank 0's validation scores and stop decision, and rank 0's final result.
-The run folder's own hand-shake (rank 0 claims it, every rank learns fresh / resume / finished) is in its callback."""
+Data-parallel runs: the loop marks where ranks meet with hooks, and `callbacks.RankSync` communicates there:
+`on_step_begin` (this rank's share of the step's rows), `on_pre_optimizer_step` (gradients and loss summed over
+ranks), `on_scores` (rank 0's validation scores on every rank, so every rank's stopping rule decides the same) and
+`on_result` (rank 0's result on every rank). The loop only asks `ranks.main` for the work rank 0 alone does."""
 
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ class Trainer(Predictor):
         self.callbacks = default_callbacks(cfg, out, progress, overwrite) + list(callbacks)
         self.rf: Any = None  # the run folder, once a callback has claimed it (rank 0 only)
         self.result: FinetuneResult | None = None  # a finished run's result, handed back by the run folder
+        self.rows = torch.empty(0, dtype=torch.long)  # this step's training rows (this rank's share)
+        self.step_loss = 0.0  # this step's training loss (summed over ranks before the optimiser step)
+        self.scores: dict[str, Any] = {}  # the latest validation scores (rank 0's, on every rank)
 
     def setup(self) -> Trainer:
         """Model and data (Predictor.setup), then the optimiser, schedule and stopping rule (once; returns self)."""
@@ -109,9 +114,11 @@ class Trainer(Predictor):
         if self.cfg.optimizer == "ridge":
             return self._ridge_step()
         idx = step_rows(len(self.train), self.step, self.per_step, self.cfg.seed, self.cfg.optimizer == "gd")
+        self.rows = idx
+        self._fire("on_step_begin")  # (data-parallel: this rank's share of the rows)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        chunks = self.ranks.shard(idx).split(self.cfg.batch_size)  # all of idx, or this rank's share
+        chunks = self.rows.split(self.cfg.batch_size)
         if self.train.h is None:  # token inputs: rows of similar length together (less padding)
             chunks = tuple(part for ch in chunks for part in length_split(ch, self.train.mask))
         for ch in chunks:
@@ -122,8 +129,9 @@ class Trainer(Predictor):
                 loss = loss + self.cfg.ridge * self.model.head.weight.pow(2).sum()
             (loss * (len(ch) / len(idx))).backward()
             total += float(loss.detach()) * len(ch) / len(idx)
-        self.ranks.all_reduce_grads(list(self.params.values()))
-        total = self.ranks.sum(total)
+        self.step_loss = total
+        self._fire("on_pre_optimizer_step")  # (data-parallel: gradients and loss summed over ranks)
+        total = self.step_loss
         if not math.isfinite(total):
             return total
         self.opt.step()
@@ -156,9 +164,10 @@ class Trainer(Predictor):
 
     def _evaluation(self, loss: float | None) -> bool:
         """Score the hold-out split (rank 0 decides), keep the best weights, log; returns whether to stop."""
-        val = self.ranks.broadcast(self.evaluate(self.val) if self.ranks.main else None)
+        self.scores = self.evaluate(self.val) if self.ranks.main else {}
+        self._fire("on_scores")  # (data-parallel: rank 0's scores on every rank, so every rank's rule decides alike)
+        val = self.scores
         improved, stop = self.stopper.update(val.get(self.monitor, float("nan")), self.step)
-        stop = self.ranks.broadcast(stop)
         if improved:
             self.best = {n: p.detach().clone() for n, p in self.params.items()}
         rec = {"step": self.step, "train_loss": loss, "lr": self.sched.get_last_lr()[0],
@@ -183,8 +192,13 @@ class Trainer(Predictor):
         test_last = self.evaluate(self.test) if self.ranks.main else {}
         self._set_params(self.best)
         self.at = self.stopper.best_step
-        if not self.ranks.main:
-            return FinetuneResult(**self.ranks.broadcast(None))
+        self.result = self._scored(stopped, test_last) if self.ranks.main else None
+        self._fire("on_result")  # (data-parallel: rank 0's result on every rank)
+        assert self.result is not None
+        return self.result
+
+    def _scored(self, stopped: int, test_last: dict[str, Any]) -> FinetuneResult:
+        """The result (rank 0): the kept weights' scores on every split beside the constant predictor's."""
         test_best, base, m = self.evaluate(self.test), self.baseline_test, self.headline
         beats = bool(test_best.get(m, math.nan) < base[m] if m == "mse" else test_best.get(m, math.nan) > base[m])
         res = FinetuneResult({**self.cfg.model_dump(), "lr": self.lr}, self.stopper.best_step, stopped,
@@ -193,7 +207,6 @@ class Trainer(Predictor):
                              self.samples / self.seconds if self.seconds > 0 else float("nan"), self.history,
                              self.drift, self._warnings(beats), self.baseline_val, base, self.constant_name(), m, beats,
                              None if self.task_type == "regression" else "binary" if self.out_dim == 2 else "macro")
-        self.ranks.broadcast(res.to_dict())
         return res
 
     def _warnings(self, beats: bool) -> list[str]:
