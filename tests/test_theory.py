@@ -262,3 +262,38 @@ def test_sample_sweep_tiny(tmp_path):
     assert s.sizes == [6, 10, 14] and s.beta.window_mean > 0
     assert s.fits["oracle.net"].points == 3
     assert (tmp_path / "s" / "learning_curves.png").is_file() and (tmp_path / "s" / "spectrum.png").is_file()
+
+
+def test_unit_records_written_read_back_and_a_renamed_field_fails_in_one_line(tmp_path):
+    """Through run_units (the resume path): a unit written is read back equal; a renamed field is one DataError line
+    naming the file and the field."""
+    from ntkft._runs import RunFolder
+    from ntkft.errors import DataError
+    from ntkft.theory.arithmetic import arithmetic_unit
+    from ntkft.theory.lab import width_unit
+    from ntkft.theory.sweeps import run_units
+    from ntkft.theory.units import ArithmeticUnit, WidthUnit
+
+    wcfg, acfg = make(WidthSweepConfig, widths=[4, 8], seeds=1, **TINY), make(ArithmeticConfig, widths=[4, 8], **TINY)
+    adata = build_data(acfg)
+    made = {"w": (WidthUnit, width_unit(wcfg, build_data(wcfg), 4, 0)),
+            "a": (ArithmeticUnit, arithmetic_unit(acfg, adata, arithmetic_tasks(acfg, adata), 4, 0))}
+    rf = RunFolder(tmp_path / "run", "test", {})
+    rf.open()
+
+    def never():
+        raise AssertionError("a finished unit ran again")
+
+    for name, (record, (unit, tensors)) in made.items():
+        run_units(rf, record, [(name, lambda u=unit, t=tensors: (u, t))], progress=False)  # written
+        back = run_units(rf, record, [(name, never)], progress=False)[name][0]  # read back, validated
+        assert type(back) is record and json.dumps(back.to_dict()) == json.dumps(unit.to_dict())  # NaN-safe
+    for name, old, new in (("w", "diff_rms", "diff_rmse"), ("a", "leakage_dir8", "leak_dir8")):
+        path = rf.root / "units" / f"{name}.json"
+        assert f'"{old}"' in path.read_text()
+        path.write_text(path.read_text().replace(f'"{old}"', f'"{new}"', 1))
+        with pytest.raises(DataError) as e:
+            run_units(rf, made[name][0], [(name, never)], progress=False)
+        msg = str(e.value)
+        assert "\n" not in msg and str(path) in msg and (old in msg or new in msg), msg
+    rf.release()

@@ -15,7 +15,6 @@ Assumption 5.1, whatever the size of tau_j), the cosine of the task vectors - an
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -24,6 +23,7 @@ from .lab import LabData, gd_step, load, mse, predict, pretrain, snapshot, tange
 from .model import ReferenceTransformer
 from .ntk import entk, kernel_scale
 from .tasks import Split, TargetData, Teacher, labelled, sequences
+from .units import ArithDesignMeasures, ArithmeticUnit, ArithTaskMeasures
 
 
 def arithmetic_tasks(cfg: ArithmeticConfig, data: LabData) -> dict[str, TargetData]:
@@ -96,7 +96,7 @@ def cross_kernel_ratio(model: ReferenceTransformer, a: Split, b: Split) -> float
 
 
 def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, TargetData], width: int,
-                    seed: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+                    seed: int) -> tuple[ArithmeticUnit, dict[str, torch.Tensor]]:
     """Pretrain, fine-tune the three tasks, and measure addition and negation for both designs."""
     model, info, _ = pretrain(cfg, data, width, seed)
     theta_pt = snapshot(model)
@@ -108,15 +108,14 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
     def add(*ts: list[torch.Tensor]) -> list[torch.Tensor]:
         return [p + sum(x) for p, *x in zip(theta_pt, *ts)]
 
-    out: dict[str, Any] = {"width": width, "seed": seed, "theta_dist": info["theta_dist"], "stops": stops, "designs": {}}
+    designs: dict[str, ArithDesignMeasures] = {}
     for design in ("orthogonal", "overlapping"):
         names = ["task1", f"task2_{design}"]
         tau1, tau2 = taus[names[0]], taus[names[1]]
         flat1, flat2 = torch.cat([t.reshape(-1) for t in tau1]), torch.cat([t.reshape(-1) for t in tau2])
         load(model, theta_pt)
         ratio, by_rank = cross_kernel(model, tasks[names[0]].train, tasks[names[1]].train)
-        d: dict[str, Any] = {"cross_kernel_ratio": ratio, **{f"leakage_dir{r}": v for r, v in by_rank.items()},
-             "tau_cosine": float(flat1 @ flat2 / (flat1.norm() * flat2.norm())), "tasks": {}}
+        per_task: dict[str, ArithTaskMeasures] = {}
         xi, mt_nonlin, rms_u = 0.0, [], {}
         for i, (name, tau) in enumerate(zip(names, (tau1, tau2))):
             te = tasks[name].test
@@ -130,17 +129,18 @@ def arithmetic_unit(cfg: ArithmeticConfig, data: LabData, tasks: dict[str, Targe
             rms_u[i, 0], rms_u[i, 1] = float(u1.pow(2).mean().sqrt()), float(u2.pow(2).mean().sqrt())
             m_ft, m_neg = mse(f_ft, te.f), mse(f_neg, te.f)
             gap_lin = float(4 * (u * (te.f - f_pt)).mean())
-            d["tasks"][name] = {"mse_pt": mse(f_pt, te.f), "mse_ft": m_ft, "mse_mt": mse(f_mt, te.f),
-                                "mse_mt_lin": mse(f_pt + u1 + u2, te.f), "mse_neg": m_neg,
-                                "normalised_mse": mse(f_mt, te.f) / m_ft, "neg_gap": m_neg - m_ft, "neg_gap_lin": gap_lin,
-                                "neg_rel_dev": abs(m_neg - m_ft - gap_lin) / abs(gap_lin) if gap_lin else None}
+            per_task[name] = ArithTaskMeasures(
+                mse_pt=mse(f_pt, te.f), mse_ft=m_ft, mse_mt=mse(f_mt, te.f), mse_mt_lin=mse(f_pt + u1 + u2, te.f),
+                mse_neg=m_neg, normalised_mse=mse(f_mt, te.f) / m_ft, neg_gap=m_neg - m_ft, neg_gap_lin=gap_lin,
+                neg_rel_dev=abs(m_neg - m_ft - gap_lin) / abs(gap_lin) if gap_lin else None)
             xi += mse(f_ft, f_mt)
             mt_nonlin.append(mse(f_mt, f_pt + u1 + u2))
-        d["disentanglement"] = xi
         # leakage: the linearised change tau_j makes on task i's inputs relative to its change on task j's own inputs
-        d["leakage"] = (rms_u[0, 1] / rms_u[1, 1] + rms_u[1, 0] / rms_u[0, 0]) / 2 if min(rms_u.values()) > 0 else None
-        d["mt_lin_rms"] = math.sqrt(sum(mt_nonlin) / len(mt_nonlin))
-        d["normalised_mse_mean"] = sum(t["normalised_mse"] for t in d["tasks"].values()) / 2
-        out["designs"][design] = d
+        leakage = (rms_u[0, 1] / rms_u[1, 1] + rms_u[1, 0] / rms_u[0, 0]) / 2 if min(rms_u.values()) > 0 else None
+        designs[design] = ArithDesignMeasures(
+            cross_kernel_ratio=ratio, **{f"leakage_dir{r}": v for r, v in by_rank.items()},
+            tau_cosine=float(flat1 @ flat2 / (flat1.norm() * flat2.norm())), tasks=per_task, disentanglement=xi,
+            leakage=leakage, mt_lin_rms=math.sqrt(sum(mt_nonlin) / len(mt_nonlin)),
+            normalised_mse_mean=sum(t.normalised_mse for t in per_task.values()) / 2)
     load(model, theta_pt)
-    return out, {}
+    return ArithmeticUnit(width=width, seed=seed, theta_dist=info.theta_dist, stops=stops, designs=designs), {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from .config import LabConfig
 from .model import ReferenceTransformer
 from .ntk import entk, kernel_scale
 from .tasks import Split, TargetData, Teacher, embedding_table, labelled, make_teacher, sequences
+from .units import Curves, DriftPoint, FinetuneMeasures, PretrainMeasures, StopErrors, StopTimes, WidthUnit
 
 
 @dataclass
@@ -107,8 +108,8 @@ def gd_step(model: ReferenceTransformer, ids: torch.Tensor, y: torch.Tensor, lr:
 
 
 def pretrain(cfg: LabConfig, data: LabData, width: int,
-             seed: int) -> tuple[ReferenceTransformer, dict[str, Any], dict[str, Any]]:
-    """Random init (seed) -> GD on the source task. Returns the model at theta_PT, metrics and {'theta0': ...}."""
+             seed: int) -> tuple[ReferenceTransformer, PretrainMeasures, list[torch.Tensor]]:
+    """Random init (seed) -> GD on the source task. Returns the model at theta_PT, its measures and theta_0."""
     model = student(cfg, width, seed, data.embedding)
     theta0 = snapshot(model)
     src, lr = data.source, cfg.lr(width)
@@ -116,10 +117,11 @@ def pretrain(cfg: LabConfig, data: LabData, width: int,
     first = mse(predict(model, src.ids), src.y)
     for _ in range(cfg.pretrain_steps):
         gd_step(model, src.ids, y, lr)
-    info = {"n_params": sum(p.numel() for p in theta0), "source_mse_init": first,
-            "source_mse_pt": mse(predict(model, src.ids), src.y), "source_fit_pt": mse(predict(model, src.ids), src.f),
-            "theta_dist": distance(theta0, snapshot(model)), "theta0_norm": distance(theta0, [0 * t for t in theta0])}
-    return model, info, {"theta0": theta0}
+    info = PretrainMeasures(
+        n_params=sum(p.numel() for p in theta0), source_mse_init=first, source_mse_pt=mse(predict(model, src.ids), src.y),
+        source_fit_pt=mse(predict(model, src.ids), src.f), theta_dist=distance(theta0, snapshot(model)),
+        theta0_norm=distance(theta0, [0 * t for t in theta0]))
+    return model, info, theta0
 
 
 def holdout_time(curve: list[float], patience: int) -> int:
@@ -183,7 +185,7 @@ class LinearisedGD:
 
 
 def finetune(cfg: LabConfig, model: ReferenceTransformer, data: TargetData,
-             steps: int | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+             steps: int | None = None) -> tuple[FinetuneMeasures, dict[str, torch.Tensor]]:
     """GD on the target train split from the current weights (theta_PT), measuring drift, linearisation and errors.
     Returns (metrics, tensors); the model ends at theta_T."""
     width, steps = model.spec.width, steps or cfg.finetune_steps
@@ -202,7 +204,7 @@ def finetune(cfg: LabConfig, model: ReferenceTransformer, data: TargetData,
     eval_ids, y_tr = torch.cat([va.ids, te.ids]), tr.y.float()
     lr, dts = cfg.lr(width), set(drift_times(steps, cfg.drift_points))
     curves: dict[str, list[float]] = {k: [] for k in ("train", "val", "test", "lin_test", "lin_diff")}
-    drift = []
+    drift: list[DriftPoint] = []
     for t in range(steps + 1):
         loss = gd_step(model, tr.ids, y_tr, lr) if t > 0 else None
         if loss is not None:
@@ -216,35 +218,37 @@ def finetune(cfg: LabConfig, model: ReferenceTransformer, data: TargetData,
         if t in dts:
             k_t = entk(model, tr.ids) * scale
             diff = float(torch.linalg.norm(k_t - k_tr))
-            drift.append({"t": t, "abs": diff / n, "rel": diff / float(torch.linalg.norm(k_tr))})
-    times = {"t_hat": min(rule.t_hat, steps), "t_hat_est": min(rule_est.t_hat, steps),
-             "holdout": holdout_time(curves["val"], cfg.patience), "oracle": int(np.argmin(curves["test"]))}
+            drift.append(DriftPoint(t=t, abs=diff / n, rel=diff / float(torch.linalg.norm(k_tr))))
+    times = StopTimes(t_hat=min(rule.t_hat, steps), t_hat_est=min(rule_est.t_hat, steps),
+                      holdout=holdout_time(curves["val"], cfg.patience), oracle=int(np.argmin(curves["test"])))
     taylor = taylor_remainder(model, theta_pt, snapshot(model), te.ids)
     lams = eigenvalues(k_tr)
-    out = {"lambda_1": float(lams[0]), "step_ok": bool(cfg.eta0 <= min(1.0, 1.0 / lams[0])), "radius_oracle": radius,
-           "rule": rule.to_dict(), "rule_estimated": rule_est.to_dict(),
-           "t_hat_capped": rule.t_hat > steps, "times": times, "steps": steps,
-           "theta_dist_ft": distance(theta_pt, snapshot(model)),
-           "drift": drift, "drift_sup_abs": max(d["abs"] for d in drift), "drift_sup_rel": max(d["rel"] for d in drift),
-           "lin_sup": max(curves["lin_diff"]), "taylor_rms": math.sqrt(float((taylor ** 2).mean())),
-           "pt_test_mse": curves["test"][0], "curves": curves}
-    for name, t in times.items():
-        out[f"err_{name}"] = {"net": curves["test"][t], "lin": curves["lin_test"][t],
-                              "gap": abs(curves["test"][t] - curves["lin_test"][t]), "diff_rms": curves["lin_diff"][t]}
+
+    def errors(t: int) -> StopErrors:
+        net, lin_t = curves["test"][t], curves["lin_test"][t]
+        return StopErrors(net=net, lin=lin_t, gap=abs(net - lin_t), diff_rms=curves["lin_diff"][t])
+
+    out = FinetuneMeasures(
+        lambda_1=float(lams[0]), step_ok=bool(cfg.eta0 <= min(1.0, 1.0 / lams[0])), radius_oracle=radius,
+        rule=rule, rule_estimated=rule_est, t_hat_capped=rule.t_hat > steps, times=times, steps=steps,
+        theta_dist_ft=distance(theta_pt, snapshot(model)), drift=drift,
+        drift_sup_abs=max(d.abs for d in drift), drift_sup_rel=max(d.rel for d in drift),
+        lin_sup=max(curves["lin_diff"]), taylor_rms=math.sqrt(float((taylor ** 2).mean())),
+        pt_test_mse=curves["test"][0], curves=Curves(**curves), err_t_hat=errors(times.t_hat),
+        err_t_hat_est=errors(times.t_hat_est), err_holdout=errors(times.holdout), err_oracle=errors(times.oracle))
     return out, {"K_PT": k_tr, "eigenvalues": torch.from_numpy(lams.copy())}
 
 
-def width_unit(cfg: LabConfig, data: LabData, width: int, seed: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Pretrain + fine-tune at one (width, seed); metrics and the kernels K_0, K_PT on the target train inputs."""
-    model, info, extra = pretrain(cfg, data, width, seed)
+def width_unit(cfg: LabConfig, data: LabData, width: int, seed: int) -> tuple[WidthUnit, dict[str, torch.Tensor]]:
+    """Pretrain + fine-tune at one (width, seed); its record and the kernels K_0, K_PT on the target train inputs."""
+    model, info, theta0 = pretrain(cfg, data, width, seed)
     theta_pt = snapshot(model)
-    load(model, extra["theta0"])
+    load(model, theta0)
     scale = kernel_scale(model)
     k0 = entk(model, data.target.train.ids) * scale
     load(model, theta_pt)
     ft, tensors = finetune(cfg, model, data.target)
     kpt = tensors["K_PT"]
-    info.update(ft)
-    info["kernel_init_to_pt_rel"] = float(torch.linalg.norm(kpt - k0) / torch.linalg.norm(kpt))
-    info.update(width=width, seed=seed)
-    return info, {"K0": k0, "K_PT": kpt, "eigenvalues": tensors["eigenvalues"]}
+    unit = WidthUnit(**dict(info), **dict(ft), width=width, seed=seed,
+                     kernel_init_to_pt_rel=float(torch.linalg.norm(kpt - k0) / torch.linalg.norm(kpt)))
+    return unit, {"K0": k0, "K_PT": kpt, "eigenvalues": tensors["eigenvalues"]}

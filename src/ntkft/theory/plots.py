@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..plots import _fig, _save
+from ..spectrum.decay import DecayFit
 from .fits import SlopeFit
 
 
@@ -94,16 +95,16 @@ def lines(xs: Sequence[float], series: dict[str, tuple[Any, ...]], path: str | P
     return _save(fig, path)
 
 
-def spectrum(lams: Sequence[float], fit: dict[str, Any], path: str | Path, title: str) -> Path:
+def spectrum(lams: Sequence[float], fit: DecayFit, path: str | Path, title: str) -> Path:
     """Eigenvalues of K/N on log-log axes with the fitted line log lambda = intercept - 2 beta log k on its window."""
     plt = _fig()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     pos = np.asarray(lams, dtype=float)
     pos = pos[pos > 0]
     ax.loglog(np.arange(1, len(pos) + 1), pos, "o", ms=3, label="eigenvalues of K_PT / N")
-    kk = np.arange(fit["k_min"], fit["k_max"] + 1)
-    ax.loglog(kk, np.exp(fit["intercept"] - 2 * fit["beta"] * np.log(kk)), "-", color="C3",
-              label=f"fit k={fit['k_min']}..{fit['k_max']}: beta = {fit['beta']:.3f}")
+    kk = np.arange(fit.k_min, fit.k_max + 1)
+    ax.loglog(kk, np.exp(fit.intercept - 2 * fit.beta * np.log(kk)), "-", color="C3",
+              label=f"fit k={fit.k_min}..{fit.k_max}: beta = {fit.beta:.3f}")
     ax.set_xlabel("k")
     ax.set_ylabel("eigenvalue of K/N")
     ax.set_title(title, fontsize=10)
