@@ -1,6 +1,7 @@
 """Typed results of `reproduce` and the theory lab, the stage registry, and the reproduction's issue-27 fixes:
 the committed JSON reads back, a renamed field fails in one line, the spectra's kernels are the fine-tuned
-model's, the centred R^2, the Monte Carlo permutation p-value, and no import circle in either package."""
+model's, the centred R^2, the Monte Carlo permutation p-value, and no import circle in either package. Also:
+ReproConfig is composed of every stage's Options, and the committed run keeps its stage keys."""
 
 from __future__ import annotations
 
@@ -85,6 +86,63 @@ def test_registry_numbers_stages_and_closes_their_needs():
     for st in STAGES:  # every stage module offers what the runner and the report call
         mod = st.module()
         assert callable(mod.run) and callable(mod.section) and isinstance(mod.FILES, tuple) and mod.Result
+
+
+def test_repro_config_is_composed_of_every_stages_options():
+    """Each stage's settings live in its module's `Options`; ReproConfig inherits them all, last stage first, so
+    its fields (YAML keys, --flags, config.json) read the run-wide ones, then stage 1's, 2's, ... Every
+    validator of every Options reaches ReproConfig (pydantic keeps one per method name across the bases)."""
+    from ntkft.reproduce import ReproConfig
+    from ntkft.reproduce.options import RunOptions
+    from ntkft.reproduce.registry import STAGES
+
+    opts = [st.module().Options for st in STAGES]
+    assert ReproConfig.__bases__ == tuple(reversed(opts))
+    assert all(issubclass(o, RunOptions) for o in opts)
+    own = [name for o in opts for name in o.model_fields if name not in RunOptions.model_fields]
+    assert list(ReproConfig.model_fields) == list(RunOptions.model_fields) + own
+    assert len(set(own)) == len(own)  # no stage redefines another's field
+    for o in [RunOptions, *opts]:
+        for kind in ("field_validators", "model_validators"):
+            theirs = getattr(ReproConfig.__pydantic_decorators__, kind)
+            for name, dec in getattr(o.__pydantic_decorators__, kind).items():
+                fn = getattr(theirs.get(name), "func", None)
+                assert getattr(fn, "__func__", fn) is getattr(dec.func, "__func__", dec.func), \
+                    f"{o.__module__}.{o.__qualname__}.{name} is shadowed"
+
+
+def test_committed_run_keeps_its_stage_keys_and_config_order(tmp_path, monkeypatch):
+    """The committed run folder resumes under this code: each stage's resume key, as its `run` computes it from
+    the run's config.json, is the key in the stage folder's meta.json; and config.json's keys keep their order
+    (the config's field order). Task vectors are left out: their key holds the model's weight fingerprint."""
+    from ntkft._runs import digest
+    from ntkft.config import make
+    from ntkft.reproduce import ReproConfig, curves, rankings, spectra, stopping
+    from ntkft.reproduce.context import Context
+    from ntkft.reproduce.tables import RunView
+
+    raw = json.loads((REPRO / "config.json").read_text())
+    cfg = make(ReproConfig, **raw)
+    assert [k for k in cfg.model_dump() if k in raw] == list(raw)
+    keys: dict[str, dict] = {}
+
+    class Opened(Exception):
+        pass
+
+    def open_stage(self: Context, stage: str, key: dict, derived: bool = False) -> None:
+        keys[stage] = key
+        raise Opened
+
+    monkeypatch.setattr(Context, "open_stage", open_stage)
+    ctx = Context(cfg, tmp_path)
+    view = RunView(cfg=raw, results=[spectra.Result.read(REPRO / "spectra/spectra.json"),
+                                     curves.Result.read(REPRO / "curves/curves.json")])
+    for mod in (spectra, curves, rankings, stopping):  # in run order: a key holds its upstream stages' keys
+        name = mod.__name__.rsplit(".", 1)[1]
+        with pytest.raises(Opened):
+            mod.run(ctx, view)
+        meta = json.loads((REPRO / name / "meta.json").read_text())
+        assert digest(keys[name]) == meta["key_digest"], name
 
 
 def _imports(path: Path, package: str) -> set[str]:

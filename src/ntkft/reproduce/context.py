@@ -8,14 +8,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .._runs import RunFolder, digest
 from ..models import LoadedModel, Readout, fingerprint, load_model
 from ..tasks import TaskData, get_spec, load_task
-from .config import ModelPlan, ReproConfig
+from .options import ModelPlan, RunOptions
+
+Opts = TypeVar("Opts", bound=RunOptions)
 
 
 def slug(name: str) -> str:
@@ -25,9 +27,12 @@ def slug(name: str) -> str:
 
 @dataclass
 class Context:
-    """One reproduction run: config, output root, data directory, and caches of models and data."""
+    """One reproduction run: config, output root, data directory, and caches of models and data.
 
-    cfg: ReproConfig
+    `cfg` is the run's ReproConfig, typed here as the run-wide part (this module cannot import config.py, which
+    imports the stages); a stage reads its own settings, statically typed, as `ctx.options(Options)`."""
+
+    cfg: RunOptions
     root: Path
     data_dir: str | None = None
     progress: bool = True
@@ -37,6 +42,13 @@ class Context:
     _data: dict[tuple[str, str], TaskData] = field(default_factory=dict)
     stage_keys: dict[str, str] = field(default_factory=dict)
     top: RunFolder | None = None  # the run folder of the whole reproduction; stage folders are its files
+
+    def options(self, cls: type[Opts]) -> Opts:
+        """The config as the settings class `cls` (a stage's `Options`; ReproConfig inherits every one of them)."""
+        if not isinstance(self.cfg, cls):
+            raise TypeError(f"the config ({type(self.cfg).__name__}) lacks {cls.__module__}.{cls.__qualname__}: "
+                            "a stage's Options must be a base of ReproConfig (config.py)")
+        return self.cfg
 
     # ------------------------------------------------------------------ models
 

@@ -15,18 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from .._results import ResultModel
 from .._runs import RunFolder
 from ..errors import DataError, NtkftError
-from ..tasks import get_spec
+from ..kernel import kernel_matrix
+from ..tasks import encode, get_spec, subsample
 from . import plots
-from .config import ModelPlan, ReproConfig
 from .context import Context, kernel_params, load_tensors, read_unit, slug
-from .kgd import KgdPoint, kgd_kernels
+from .kgd import KgdPoint
 from .kgd import curve as kgd_curve
+from .options import ModelPlan, RunOptions, TaskList
 from .paper import label
 from .spectra import SpectraResult
 from .tables import RunView, Section, Table, fmt
@@ -39,6 +40,57 @@ Value = float | int | None  # one number of a metrics record or a history row (i
 
 log = logging.getLogger(__name__)
 
+CURVE_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte"]
+
+
+class Options(RunOptions):
+    """The settings of stage 2 (part of ReproConfig); stopping and task vectors read `val` and the kernel-GD ones."""
+
+    curve_tasks: TaskList = Field(default_factory=lambda: list(CURVE_TASKS), min_length=1,
+                                  description="tasks with learning curves")
+    sizes: list[int] = Field([32, 64, 128, 256, 512], min_length=2, description="training sizes (before the "
+                             "hold-out split is carved off)")
+    seeds: int = Field(3, ge=1, description="seeds per training size (paper: 3)")
+    val: float = Field(0.2, gt=0, lt=1, description="hold-out fraction carved from each training sample")
+    n_test: int = Field(500, ge=10, description="test examples per task (seeded subsample)")
+    tune_size: int | None = Field(None, description="training size for the learning-rate choice (default: the "
+                                  "middle size)")
+    track_test: bool = Field(True, description="score the test split at every evaluation too, for the oracle "
+                             "stopping step (one extra test pass per evaluation)")
+    workers: int = Field(1, ge=1, le=64, description="fine-tuning cells run in this many processes at once, each "
+                         "on its share of the threads (results agree with 1 worker to rounding: a thread count "
+                         "changes summation order, so a run may resume with another value)")
+    kgd: bool = Field(True, description="kernel gradient descent on the eNTK beside each measured curve")
+    kgd_max_n: int = Field(256, ge=8, description="largest training size of the kernel-GD curve")
+    kgd_n_test: int = Field(200, ge=10, description="test examples of the kernel-GD curve")
+    kgd_seeds: int = Field(1, ge=1, description="seeds of the kernel-GD curve")
+    kgd_t_max: int = Field(100000, ge=10, description="kernel-GD steps at most (step 1/lambda_1)")
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(s < 8 for s in v):
+            raise ValueError("training sizes must be >= 8 (the hold-out split needs rows)")
+        return sorted(set(v))
+
+    @property
+    def tuning_size(self) -> int:
+        """The training size the learning rate is chosen at."""
+        return self.tune_size or self.sizes[len(self.sizes) // 2]
+
+    def plan_sizes(self, plan: ModelPlan) -> list[int]:
+        """The training sizes of one model's curves (its own subset, or the run's)."""
+        return sorted(set(plan.sizes)) if plan.sizes is not None else list(self.sizes)
+
+    def plan_seeds(self, plan: ModelPlan) -> int:
+        """Seeds per training size of one model's curves (its own, or the run's)."""
+        return plan.seeds if plan.seeds is not None else self.seeds
+
+    @property
+    def kgd_sizes(self) -> list[int]:
+        """Training sizes of the kernel-GD curve."""
+        return [s for s in self.sizes if s <= self.kgd_max_n]
+
 
 # ---------------------------------------------------------------- one fine-tuning cell
 
@@ -48,8 +100,9 @@ def finetune_config(ctx: Context, plan: ModelPlan, task: str, size: int, seed: i
     from ..config import make
     from ..finetune import FinetuneConfig
 
+    c = ctx.options(Options)
     return make(FinetuneConfig, model=plan.name, task=task, setting=plan.setting, layers=plan.layers, n_train=size,
-                val=ctx.cfg.val, n_test=ctx.cfg.n_test, max_length=ctx.cfg.max_length, seed=seed, optimizer="adamw",
+                val=c.val, n_test=c.n_test, max_length=c.max_length, seed=seed, optimizer="adamw",
                 lr=lr, batch_size=plan.batch_size, max_steps=plan.max_steps, eval_every=plan.eval_every,
                 patience=plan.patience, sigma=plan.sigma, center_output=plan.center_output, save_model=False)
 
@@ -172,7 +225,7 @@ def finetune_cell(ctx: Context, plan: ModelPlan, task: str, size: int, seed: int
                 seed=seed, lr=lr, n_train=len(train), n_val=len(val), n_test=len(test), batch_size=plan.batch_size,
                 baseline=Baseline(**base))
     try:
-        res = _fit(ft_cfg, ctx.data_dir, ctx.cfg.track_test)
+        res = _fit(ft_cfg, ctx.data_dir, ctx.options(Options).track_test)
     except NtkftError as e:  # e.g. a non-finite loss at a too-large learning rate: a failed grid point
         return cell.model_copy(update={"failed": str(e)})
     hist = [{k: v for k, v in r.items() if k == "step" or k.startswith(("val_", "test_"))} for r in res.history]
@@ -256,7 +309,7 @@ Result = CurvesResult  # the stage protocol's name (registry.py)
 
 def _fields(ctx: Context) -> dict[str, Any]:
     """The config fields every unit of the stage shares (the stage folder's key)."""
-    c = ctx.cfg
+    c = ctx.options(Options)
     return {"val": c.val, "n_test": c.n_test, "track_test": c.track_test, "kgd_max_n": c.kgd_max_n,
             "kgd_n_test": c.kgd_n_test}
 
@@ -265,7 +318,7 @@ def _inputs(ctx: Context) -> str:
     """Digest of everything the stage's aggregated result depends on (the lists included)."""
     from .._runs import digest
 
-    c = ctx.cfg
+    c = ctx.options(Options)
     return digest({"units": ctx.stage_keys.get("curves"), "models": [m.model_dump() for m in c.models],
                    "tasks": c.curve_tasks, "sizes": c.sizes, "seeds": c.seeds, "tune_size": c.tuning_size,
                    "kgd": c.kgd, "kgd_seeds": c.kgd_seeds, "kgd_t_max": c.kgd_t_max,
@@ -278,7 +331,7 @@ def _inputs(ctx: Context) -> str:
 def cell_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
     """Key of a fine-tuning cell beyond its name (size, seed, lr): weights, data and every other field of its
     FinetuneConfig, defaults included, so that a changed default is a new cell, never a stale one."""
-    ft = finetune_config(ctx, plan, task, ctx.cfg.sizes[0], 0, plan.lrs[0]).model_dump()
+    ft = finetune_config(ctx, plan, task, ctx.options(Options).sizes[0], 0, plan.lrs[0]).model_dump()
     shared = {k: v for k, v in ft.items() if k not in ("n_train", "seed", "lr")}
     return ctx.unit_fp(plan.name, task, finetune=shared)
 
@@ -299,6 +352,27 @@ def kgd_name(plan: ModelPlan, task: str, seed: int) -> str:
     return f"kgd/{slug(plan.id)}/{task}-s{seed}.safetensors"
 
 
+def kgd_kernels(ctx: Context, plan: ModelPlan, task: str, seed: int) -> dict[str, torch.Tensor]:
+    """K(pool, pool), K(test, pool), f_PT on both, and the labels: the whole kernel-GD unit of one seed."""
+    cfg = ctx.options(Options)
+    pool = subsample(ctx.task_data(task, "train"), cfg.kgd_max_n, seed=seed)
+    test_all = ctx.task_data(task)
+    test = subsample(test_all, min(cfg.kgd_n_test, len(test_all)), seed=seed)
+    loaded, f, params = ctx.entk_model(plan)
+    xp = encode(loaded.tokenizer, loaded.kind, pool, max_length=cfg.max_length)
+    xt = encode(loaded.tokenizer, loaded.kind, test, max_length=cfg.max_length)
+    k_pool = kernel_matrix(f, xp, params=params, progress=False)
+    k_test = kernel_matrix(f, xt, xp, params=params, progress=False)
+    with torch.no_grad():
+        f_pool = torch.cat([f(xp["input_ids"][i:i + 32], xp["attention_mask"][i:i + 32])
+                            for i in range(0, len(pool), 32)])
+        f_test = torch.cat([f(xt["input_ids"][i:i + 32], xt["attention_mask"][i:i + 32])
+                            for i in range(0, len(test), 32)])
+    return {"K_pool": k_pool.double(), "K_test_pool": k_test.double(), "f_pool": f_pool.double(),
+            "f_test": f_test.double(), "y_pool": torch.as_tensor(np.asarray(pool.labels, dtype=np.float64)),
+            "y_test": torch.as_tensor(np.asarray(test.labels, dtype=np.float64))}
+
+
 CellJob = tuple[ModelPlan, str, int, int, float]  # (plan, task, size, seed, lr): one fine-tuning run
 KgdJob = tuple[ModelPlan, str, int]  # (plan, task, seed): one kernel-GD unit
 Job = CellJob | KgdJob
@@ -311,12 +385,13 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _in_worker(kind: str, cfg: dict[str, Any], data_dir: str | None, plan: dict[str, Any], task: str,
-               *args: Any) -> Cell | dict[str, torch.Tensor]:
-    """One unit in a worker process, from plain data (the parent's models and caches stay there)."""
+def _in_worker(kind: str, cls: type[RunOptions], cfg: dict[str, Any], data_dir: str | None, plan: dict[str, Any],
+               task: str, *args: Any) -> Cell | dict[str, torch.Tensor]:
+    """One unit in a worker process, from plain data (the parent's models and caches stay there); `cls` is the
+    config's class (ReproConfig, pickled by name)."""
     from pathlib import Path
 
-    ctx = Context(ReproConfig.model_validate(cfg), Path("."), data_dir, progress=False)
+    ctx = Context(cls.model_validate(cfg), Path("."), data_dir, progress=False)
     p = ModelPlan.model_validate(plan)
     if kind == "cell":
         return finetune_cell(ctx, p, task, *args)
@@ -330,6 +405,7 @@ class Units:
 
     def __init__(self, ctx: Context, rf: RunFolder, bar: tqdm[Any]) -> None:
         self.ctx, self.rf, self.bar = ctx, rf, bar
+        self.workers = ctx.options(Options).workers
         self.pool: ProcessPoolExecutor | None = None
         self.pending: dict[Future[Any], tuple[str, str, str]] = {}  # future -> (kind, unit name, key)
         self.counted: set[str] = set()  # units the bar has counted: each once, when written or first read back
@@ -369,7 +445,7 @@ class Units:
 
     def submit(self, kind: str, jobs: Sequence[Job]) -> None:
         """Queue the missing units of `jobs` in the pool (largest training size first); nothing with one worker."""
-        if self.ctx.cfg.workers == 1:
+        if self.workers == 1:
             return
         for job in sorted(jobs, key=lambda j: -j[2] if kind == "cell" else 0):
             name, fp = self._spec(kind, job)
@@ -380,10 +456,10 @@ class Units:
 
                 import torch
 
-                threads = max(1, torch.get_num_threads() // self.ctx.cfg.workers)
-                self.pool = ProcessPoolExecutor(self.ctx.cfg.workers, multiprocessing.get_context("spawn"),
+                threads = max(1, torch.get_num_threads() // self.workers)
+                self.pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
                                                 _worker_init, (threads,))
-            f = self.pool.submit(_in_worker, kind, self.ctx.cfg.model_dump(), self.ctx.data_dir,
+            f = self.pool.submit(_in_worker, kind, type(self.ctx.cfg), self.ctx.cfg.model_dump(), self.ctx.data_dir,
                                  job[0].model_dump(), job[1], *job[2:])
             self.pending[f] = (kind, name, fp)
 
@@ -391,7 +467,7 @@ class Units:
         """One unit: read back, waited for (writing every unit that finishes meanwhile), or computed here."""
         name, fp = self._spec(kind, job)
         unit = None if name in self.running else self._read(kind, name, fp)
-        if unit is None and self.ctx.cfg.workers > 1:
+        if unit is None and self.workers > 1:
             self.submit(kind, [job])
             while name in self.running:
                 self._collect()
@@ -419,7 +495,7 @@ class Units:
             kind, name, fp = self.pending.pop(f)
             self._write(kind, name, fp, f.result())
             self.tick(name)
-        self.bar.set_postfix_str(f"{len(self.pending)} queued or running on {self.ctx.cfg.workers} workers")
+        self.bar.set_postfix_str(f"{len(self.pending)} queued or running on {self.workers} workers")
 
     def close(self) -> None:
         """End the pool: queued units are dropped, running ones finish unwritten (a rerun resumes them)."""
@@ -430,7 +506,7 @@ class Units:
 
 def run(ctx: Context, view: RunView) -> CurvesResult:
     """Tune the learning rate, fill every cell, compute the kernel-GD units, then aggregate."""
-    cfg = ctx.cfg
+    cfg = ctx.options(Options)
     key = ctx.stage_key("curves", _fields(ctx))
     rf = ctx.open_stage("curves", key)
     inputs = _inputs(ctx)
@@ -461,7 +537,7 @@ def run(ctx: Context, view: RunView) -> CurvesResult:
     return res
 
 
-def _shared(cfg: ReproConfig, plan: ModelPlan) -> int:
+def _shared(cfg: Options, plan: ModelPlan) -> int:
     """1 if the chosen rate's tuning cell (tuning size, seed 0) is also one of the plan's curve cells, else 0."""
     return int(cfg.tuning_size in cfg.plan_sizes(plan) and cfg.plan_seeds(plan) >= 1)
 
@@ -470,7 +546,7 @@ def _fill(ctx: Context, units: Units,
           with_kgd: bool) -> tuple[dict[str, dict[str, LrChoice]], list[Cell], list[KgdPoint]]:
     """Every learning-rate grid first (and, with workers, the kernel-GD units behind them), then per model and
     task the choice of rate, the curve's cells at that rate and the kernel-GD points."""
-    cfg = ctx.cfg
+    cfg = ctx.options(Options)
     pairs = [(plan, task) for plan in cfg.models for task in cfg.curve_tasks]
     grids: dict[tuple[str, str], list[CellJob]] = {(p.id, t): [(p, t, cfg.tuning_size, 0, lr) for lr in p.lrs]
                                                    for p, t in pairs}
@@ -535,7 +611,7 @@ def loglog_slope(sizes: list[int], errors: list[float], level: float = 0.9) -> d
 def aggregate(ctx: Context, lr_choice: dict[str, dict[str, LrChoice]], cells: list[Cell],
               kgd_points: list[KgdPoint]) -> CurvesResult:
     """Mean and sd over seeds per size, scale-free measures, slopes, and the kernel-GD curve per (model, task)."""
-    cfg = ctx.cfg
+    cfg = ctx.options(Options)
     curves = []
     for plan in cfg.models:
         for task in cfg.curve_tasks:

@@ -1,9 +1,10 @@
 """Kernel gradient descent on the eNTK: the linearised model's exact learning curve (docs/theory.md sec. 4-5).
 
-One kernel per (model, task, seed) on a nested pool of training rows plus a test sample; a training size n
-uses the pool's first n rows, split like fine-tuning into train and hold-out. The path is evaluated in
-closed form on a log-spaced grid of steps; t is chosen on the hold-out rows (as fine-tuning stops), and the
-oracle t (best test MSE) and the RWY rule's T_hat are read off the same path."""
+One kernel per (model, task, seed) on a nested pool of training rows plus a test sample (`curves.kgd_kernels`,
+a unit of stage 2); a training size n uses the pool's first n rows, split like fine-tuning into train and
+hold-out. The path is evaluated in closed form on a log-spaced grid of steps; t is chosen on the hold-out
+rows (as fine-tuning stops), and the oracle t (best test MSE) and the RWY rule's T_hat are read off the same
+path."""
 
 from __future__ import annotations
 
@@ -11,11 +12,8 @@ import numpy as np
 import torch
 
 from .._results import ResultModel
-from ..kernel import kernel_matrix
 from ..spectrum.eig import eigh_desc
-from ..tasks import encode, subsample, task_metrics
-from .config import ModelPlan
-from .context import Context
+from ..tasks import task_metrics
 
 
 def targets(labels: np.ndarray, task_type: str) -> np.ndarray:
@@ -30,27 +28,6 @@ def units(y_train: np.ndarray, task_type: str) -> tuple[float, float]:
     if task_type != "regression":
         return 0.0, 1.0
     return float(y_train.mean()), float(y_train.std()) or 1.0
-
-
-def kgd_kernels(ctx: Context, plan: ModelPlan, task: str, seed: int) -> dict[str, torch.Tensor]:
-    """K(pool, pool), K(test, pool), f_PT on both, and the labels: the whole kernel-GD unit of one seed."""
-    cfg = ctx.cfg
-    pool = subsample(ctx.task_data(task, "train"), cfg.kgd_max_n, seed=seed)
-    test_all = ctx.task_data(task)
-    test = subsample(test_all, min(cfg.kgd_n_test, len(test_all)), seed=seed)
-    loaded, f, params = ctx.entk_model(plan)
-    xp = encode(loaded.tokenizer, loaded.kind, pool, max_length=cfg.max_length)
-    xt = encode(loaded.tokenizer, loaded.kind, test, max_length=cfg.max_length)
-    k_pool = kernel_matrix(f, xp, params=params, progress=False)
-    k_test = kernel_matrix(f, xt, xp, params=params, progress=False)
-    with torch.no_grad():
-        f_pool = torch.cat([f(xp["input_ids"][i:i + 32], xp["attention_mask"][i:i + 32])
-                            for i in range(0, len(pool), 32)])
-        f_test = torch.cat([f(xt["input_ids"][i:i + 32], xt["attention_mask"][i:i + 32])
-                            for i in range(0, len(test), 32)])
-    return {"K_pool": k_pool.double(), "K_test_pool": k_test.double(), "f_pool": f_pool.double(),
-            "f_test": f_test.double(), "y_pool": torch.as_tensor(np.asarray(pool.labels, dtype=np.float64)),
-            "y_test": torch.as_tensor(np.asarray(test.labels, dtype=np.float64))}
 
 
 def t_grid(t_max: int, points: int = 90) -> np.ndarray:

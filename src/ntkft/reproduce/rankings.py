@@ -16,17 +16,26 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from .._results import ResultModel
 from . import plots
-from .config import ModelPlan
 from .context import Context, slug
 from .curves import CurvesResult, TaskCurve
+from .options import ModelPlan, RunOptions
 from .paper import FAMILIES, PAPER_BETA, PAPER_MEASURED_ORDER, label
 from .spectra import SpectraResult
 from .tables import RunView, Section, Table
 
 FILES = ("correlations.csv",)
+
+
+class Options(RunOptions):
+    """The settings of stage 3 (part of ReproConfig)."""
+
+    efficiency_fraction: float = Field(0.9, gt=0, lt=1, description="sample efficiency: the training size "
+                                       "needed to reach this fraction of the task's best score")
+    permutations: int = Field(10000, ge=100, description="permutations for the rank-correlation p-value")
 
 
 def auc(sizes: list[int], scores: list[float]) -> float:
@@ -165,7 +174,7 @@ def _kgd_skill(c: TaskCurve, var_or_major: float | None) -> list[float] | None:
 
 def run(ctx: Context, view: RunView) -> RankingsResult:
     """Efficiency per (model, task), the correlations, and the comparison with the paper's rankings."""
-    cfg = ctx.cfg
+    cfg = ctx.options(Options)
     spectra, curves = view.need(SpectraResult), view.need(CurvesResult)
     key = ctx.stage_key("rankings", {"efficiency_fraction": cfg.efficiency_fraction,
                                      "permutations": cfg.permutations}, upstream=["spectra", "curves"])

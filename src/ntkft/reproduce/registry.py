@@ -1,15 +1,27 @@
 """The stages of `ntkft reproduce`, in run order: the one list that numbers them.
 
 A stage is a module of this package with
+- `Options`: its settings, a `RunOptions` subclass (options.py) with its fields, their descriptions and
+  validators (empty for a stage without settings of its own); they are flat fields of `ReproConfig`, so each
+  is a YAML key and a `--flag` of `ntkft reproduce` (help = its description). The stage reads them, statically
+  typed, as `ctx.options(Options)`, and another stage's as `ctx.options(that_module.Options)`;
 - `Result`: its typed result (a `ResultModel`), written to `<name>/<name>.json` and read back by the report;
 - `FILES`: the files it writes in its folder beside that JSON (listed in the report's provenance; a name
   ending in '/' is a folder of units);
 - `run(ctx, view) -> Result`: computes (or resumes) the stage; `view.of(OtherResult)` gives the results of the
   stages it needs, which the runner has run or read back first;
 - `section(view, figs) -> Section`: its part of the report, built only from typed results.
-Adding a stage: write its module and add one line to `STAGES` (its number is its place in the list). The
-modules are named, not imported, here, so that the config can check stage numbers without importing the
-stages (which import the config)."""
+Adding a stage: write its module, add one line to `STAGES` (its number is its place in the list) and add its
+`Options` to the bases of `ReproConfig` in config.py (the last stage first: pydantic orders fields from the
+last base up; a test checks the bases against this list). That base entry is the one step this list cannot
+do: mypy types `cfg.kernel_n` only on a class whose bases are written out, not one built from a list.
+Import direction: config.py imports the stage modules (for their `Options`), so a stage never imports
+config.py, not even for type checking; it types the config through `Context.cfg` (the run-wide
+`RunOptions`) and `ctx.options(...)`. The modules are named, not imported, here, so that options.py (the
+`stages` field, which every stage's Options holds) can read this list without importing the stages.
+A validator method's name must not repeat one of another stage's `Options` (pydantic keeps one validator per
+name across ReproConfig's bases); a check shared by stages is an annotated type (`TaskList`). A check across
+stages' settings (e.g. `tune_size` against the models' sizes) is a validator of ReproConfig."""
 
 from __future__ import annotations
 

@@ -20,14 +20,26 @@ from ..kernel import kernel_matrix
 from ..spectrum import BetaCI, compare_models, eigenvalues, paper_beta, rate_exponent, subsample_ci
 from ..tasks import encode, subsample
 from . import plots
-from .config import ModelPlan
 from .context import Context, kernel_params, load_tensors, slug
+from .options import ModelPlan, RunOptions, TaskList
 from .paper import PAPER_BETA, label
 from .tables import RunView, Section, Table, fmt
 
 FILES = ("beta.csv", "kernels/")
 
 log = logging.getLogger(__name__)
+
+SPECTRUM_TASKS = ["semrel", "sts12", "stsb", "amazon_polarity", "mrpc", "rte", "cr", "sst2"]
+
+
+class Options(RunOptions):
+    """The settings of stage 1 (part of ReproConfig)."""
+
+    spectrum_tasks: TaskList = Field(default_factory=lambda: list(SPECTRUM_TASKS), min_length=1,
+                                     description="tasks whose eNTK spectrum is measured")
+    kernel_n: int = Field(100, ge=8, description="random training samples per spectrum kernel (paper: 100)")
+    draws: int = Field(3, ge=1, description="independent draws per task (paper: 3)")
+    ci_draws: int = Field(200, ge=10, description="subsamples for the beta confidence interval")
 
 
 def centred_r2(lams: np.ndarray, beta: float) -> float:
@@ -98,7 +110,7 @@ Result = SpectraResult  # the stage protocol's name (registry.py)
 def spectrum_kernel(ctx: Context, plan: ModelPlan, task: str, draw: int) -> torch.Tensor:
     """Unnormalised eNTK of the model the plan fine-tunes (`Context.entk_model`: its truncation, head sigma, the
     parameters it trains; scalar readout, head seed 0) on `kernel_n` training samples drawn with seed `draw`."""
-    data = subsample(ctx.task_data(task, "train"), ctx.cfg.kernel_n, seed=draw)
+    data = subsample(ctx.task_data(task, "train"), ctx.options(Options).kernel_n, seed=draw)
     loaded, readout, params = ctx.entk_model(plan)
     x = encode(loaded.tokenizer, loaded.kind, data, max_length=ctx.cfg.max_length)
     return kernel_matrix(readout, x, params=params, progress=False)
@@ -108,7 +120,7 @@ def _inputs(ctx: Context) -> str:
     """Digest of everything the stage's aggregated result depends on (the lists included)."""
     from .._runs import digest
 
-    c = ctx.cfg
+    c = ctx.options(Options)
     return digest({"models": [m.model_dump() for m in c.models], "tasks": c.spectrum_tasks, "draws": c.draws,
                    "ci_draws": c.ci_draws, "units": ctx.stage_keys.get("spectra"),
                    "fps": {m.name: ctx.model_fingerprint(m.name) for m in c.models},
@@ -125,7 +137,7 @@ def unit_fp(ctx: Context, plan: ModelPlan, task: str) -> str:
 
 def run(ctx: Context, view: RunView) -> Result:
     """Compute (or read back) every kernel of stage 1, then analyse the spectra."""
-    cfg = ctx.cfg
+    cfg = ctx.options(Options)
     key = ctx.stage_key("spectra", {"kernel_n": cfg.kernel_n})
     rf = ctx.open_stage("spectra", key)
     inputs = _inputs(ctx)
@@ -174,7 +186,7 @@ def _ours(k: torch.Tensor, draws: int, what: str) -> BetaCI | None:
 
 def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> Result:
     """beta per draw by both estimators, mean +- sd, the first draw's subsampling CI, decay model."""
-    cfg = ctx.cfg
+    cfg = ctx.options(Options)
     out = []
     for plan in cfg.models:
         for task in cfg.spectrum_tasks:

@@ -20,11 +20,17 @@ from ..tasks import get_spec
 from . import plots
 from .context import Context, load_tensors, slug
 from .curves import Cell, CurvesResult, kgd_fp, kgd_name
+from .curves import Options as CurveOptions
 from .kgd import KgdPath, split_pool, start, t_grid, targets, units
+from .options import RunOptions
 from .paper import label
 from .tables import RunView, Section, Table
 
 FILES = ("stopping.csv",)
+
+
+class Options(RunOptions):
+    """The settings of stage 4 (part of ReproConfig): none of its own; it reads stage 2's kernel-GD settings."""
 
 
 class StopRow(ResultModel):
@@ -135,7 +141,7 @@ def summarise(rows: list[StopRow]) -> dict[str, StopSummary]:
 
 def run(ctx: Context, view: RunView) -> StoppingResult:
     """Read stage 2's kernel-GD units and fine-tuning cells; apply the rule."""
-    cfg, curves = ctx.cfg, view.need(CurvesResult)
+    cfg, curves = ctx.options(CurveOptions), view.need(CurvesResult)
     key = ctx.stage_key("stopping", {}, upstream=["curves"])
     rf = ctx.open_stage("stopping", key, derived=True)
     rows: list[StopRow] = []

@@ -17,6 +17,8 @@ from .._results import ResultModel
 from ..errors import DataError, NtkftError
 from . import plots
 from .context import Context
+from .curves import Options as CurveOptions
+from .options import RunOptions, TaskList
 from .paper import PAPER_TASKVEC_NOTE, label
 from .tables import RunView, Section, Table, fmt
 
@@ -27,6 +29,25 @@ log = logging.getLogger(__name__)
 
 FILES = ("finetuned/", "experiment/")
 Value = float | int | None
+TASKVEC_TASKS = ["cr", "sst2", "rte", "mrpc"]
+
+
+class Options(RunOptions):
+    """The settings of stage 5 (part of ReproConfig); its fine-tunes carve stage 2's `val` hold-out fraction."""
+
+    taskvec_tasks: TaskList = Field(default_factory=lambda: list(TASKVEC_TASKS), min_length=2,
+                                    description="tasks of the task-vector experiment (paper Figure 3)")
+    taskvec_model: str | None = Field(None, description="model for task vectors (default: the first model)")
+    taskvec_n_train: int = Field(256, ge=8, description="training samples per task for the task vectors")
+    taskvec_steps: int = Field(100, ge=1, description="fine-tuning steps per task vector")
+    taskvec_lr: float = Field(5e-5, gt=0, description="learning rate of the task-vector fine-tunes")
+    taskvec_n_test: int = Field(300, ge=10, description="test examples per task for the merged model")
+    taskvec_n_val: int = Field(100, ge=4, description="validation rows per task for the lambda choice")
+    taskvec_lambdas: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=1, description="lambda grid of the "
+                                         "task addition (one lambda for all tasks, chosen on validation)")
+    taskvec_n_linear: int = Field(64, ge=0, description="test rows per task for the linearised prediction of the "
+                                  "merged model (Corollary 2; 0 = off)")
+    taskvec_kernel_n: int = Field(24, ge=4, description="samples per task for the kernel-orthogonality scores")
 
 
 class Finetuned(ResultModel):
@@ -111,16 +132,16 @@ Result = TaskVecStage  # the stage protocol's name (registry.py)
 
 
 def _fields(ctx: Context) -> dict[str, Any]:
-    c = ctx.cfg
+    c = ctx.options(Options)
     return {"model": taskvec_model(ctx), "tasks": c.taskvec_tasks, "n_train": c.taskvec_n_train,
             "steps": c.taskvec_steps, "lr": c.taskvec_lr, "n_test": c.taskvec_n_test, "n_val": c.taskvec_n_val,
-            "kernel_n": c.taskvec_kernel_n, "lambdas": c.taskvec_lambdas, "val": c.val,
+            "kernel_n": c.taskvec_kernel_n, "lambdas": c.taskvec_lambdas, "val": ctx.options(CurveOptions).val,
             "n_linear": c.taskvec_n_linear}
 
 
 def taskvec_model(ctx: Context) -> str:
     """The model the task-vector stage fine-tunes and merges, from the run config."""
-    return ctx.cfg.taskvec_model or ctx.cfg.models[0].name
+    return ctx.options(Options).taskvec_model or ctx.cfg.models[0].name
 
 
 def finetune_config(ctx: Context, model: str, task: str) -> FinetuneConfig:
@@ -128,8 +149,9 @@ def finetune_config(ctx: Context, model: str, task: str) -> FinetuneConfig:
     from ..config import make
     from ..finetune import FinetuneConfig
 
-    c = ctx.cfg  # a task vector needs a fine-tuned model: step 0 (tau = 0) is no candidate for early stopping
-    return make(FinetuneConfig, model=model, task=task, setting="full", n_train=c.taskvec_n_train, val=c.val,
+    c, val = ctx.options(Options), ctx.options(CurveOptions).val  # val: stage 2's hold-out fraction
+    # a task vector needs a fine-tuned model: step 0 (tau = 0) is no candidate for early stopping
+    return make(FinetuneConfig, model=model, task=task, setting="full", n_train=c.taskvec_n_train, val=val,
                 n_test=c.taskvec_n_test, max_length=c.max_length, seed=0, lr=c.taskvec_lr, max_steps=c.taskvec_steps,
                 patience=4, save_model=True, eval_at_start=False)
 
@@ -150,11 +172,12 @@ def run(ctx: Context, view: RunView) -> TaskVecStage:
         return _run(ctx)
     except NtkftError as e:
         log.warning("stage taskvec failed: %s", e)
-        return TaskVecStage(model=taskvec_model(ctx), tasks=list(ctx.cfg.taskvec_tasks), skipped=f"failed: {e}")
+        return TaskVecStage(model=taskvec_model(ctx), tasks=list(ctx.options(Options).taskvec_tasks),
+                            skipped=f"failed: {e}")
 
 
 def _run(ctx: Context) -> TaskVecStage:
-    c = ctx.cfg
+    c = ctx.options(Options)
     model = taskvec_model(ctx)
     ft = finetune_config(ctx, model, c.taskvec_tasks[0]).model_dump(exclude={"task"})
     key = ctx.stage_key("taskvec", _fields(ctx) | {"weights": ctx.model_fingerprint(model), "finetune": ft,
