@@ -102,18 +102,24 @@ def test_a_kernel_of_another_model_is_refused(tmp_path: Path, data_dir: Path) ->
 
 
 def test_dropout_is_off_in_training_mode() -> None:
+    """A cell's FinetuneConfig sets dropout 0, which the Trainer installs at every site: the train-mode output is
+    then the eval-mode one (the model's own rates are not)."""
     import torch
 
-    from ntkft.efficiency.cells import dropout_off, train_equals_eval
+    from ntkft.efficiency.cells import finetune_config, train_equals_eval
+    from ntkft.finetune.dropout import install
     from ntkft.models import Readout, load_model
 
-    m = load_model("tiny-bert")
-    r = Readout.from_loaded(m, out_dim=1)
+    ft = finetune_config(tiny("configs/efficiency-cpu.yaml", tasks=1), Path("task.jsonl"), 8, 16)
+    assert ft.dropout == 0.0
     ids = torch.randint(5, 100, (4, 12))
     mask = torch.ones_like(ids)
-    assert not train_equals_eval(r, ids, mask)  # tiny-bert has dropout: the check can fail
-    assert dropout_off(r) > 0
-    assert train_equals_eval(r, ids, mask) and dropout_off(r) == 0
+    own = Readout.from_loaded(load_model("tiny-bert"), out_dim=1)
+    install(own, None, 0, left=False)  # dropout=None: the model's own rates
+    assert not train_equals_eval(own, ids, mask)  # tiny-bert has dropout: the check can fail
+    r = Readout.from_loaded(load_model("tiny-bert"), out_dim=1)
+    install(r, ft.dropout, ft.seed, left=False)  # as Trainer.setup does with the cell's config
+    assert train_equals_eval(r, ids, mask)
 
 
 def test_measure_recovers_a_known_rate_and_covers_it() -> None:
