@@ -52,6 +52,23 @@ def killed_on_call(fn, n: int):
     return wrapper
 
 
+def write(d: Path, name: str, text: str | bytes) -> str:
+    """`text` (or bytes) as the file d/name, its folders made; the path as a string (a CLI argument)."""
+    p = d / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
+    return str(p)
+
+
+def npy(d: Path, name: str, arr) -> str:
+    """`arr` saved as the .npy file d/name; the path as a string."""
+    import numpy as np
+
+    p = d / name
+    np.save(p, arr)
+    return str(p)
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """`ntkft ARGS` in-process (fast): (exit code, stdout, stderr)."""
     import sys

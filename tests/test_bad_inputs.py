@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, write
 
 TINY = ["--model", "tiny-bert", "--max-length", "24", "--n-test", "8", "--max-steps", "1"]
 PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
-
-
-def write(d: Path, name: str, text: str | bytes) -> str:
-    p = d / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
-    return str(p)
 
 
 def spec(d: Path, body: str, name: str = "spec.yaml") -> str:

@@ -102,18 +102,24 @@ def test_a_kernel_of_another_model_is_refused(tmp_path: Path, data_dir: Path) ->
 
 
 def test_dropout_is_off_in_training_mode() -> None:
+    """A cell's FinetuneConfig sets dropout 0, which the Trainer installs at every site: the train-mode output is
+    then the eval-mode one (the model's own rates are not)."""
     import torch
 
-    from ntkft.efficiency.cells import dropout_off, train_equals_eval
+    from ntkft.efficiency.cells import finetune_config, train_equals_eval
+    from ntkft.finetune.dropout import install
     from ntkft.models import Readout, load_model
 
-    m = load_model("tiny-bert")
-    r = Readout.from_loaded(m, out_dim=1)
+    ft = finetune_config(tiny("configs/efficiency-cpu.yaml", tasks=1), Path("task.jsonl"), 8, 16)
+    assert ft.dropout == 0.0
     ids = torch.randint(5, 100, (4, 12))
     mask = torch.ones_like(ids)
-    assert not train_equals_eval(r, ids, mask)  # tiny-bert has dropout: the check can fail
-    assert dropout_off(r) > 0
-    assert train_equals_eval(r, ids, mask) and dropout_off(r) == 0
+    own = Readout.from_loaded(load_model("tiny-bert"), out_dim=1)
+    install(own, None, 0, left=False)  # dropout=None: the model's own rates
+    assert not train_equals_eval(own, ids, mask)  # tiny-bert has dropout: the check can fail
+    r = Readout.from_loaded(load_model("tiny-bert"), out_dim=1)
+    install(r, ft.dropout, ft.seed, left=False)  # as Trainer.setup does with the cell's config
+    assert train_equals_eval(r, ids, mask)
 
 
 def test_measure_recovers_a_known_rate_and_covers_it() -> None:
@@ -176,17 +182,13 @@ def test_a_curve_that_never_beats_the_constant_predictor_has_rate_zero() -> None
     assert m.rate == 0.0 and m.rate_ci == (0.0, 0.0) and math.isnan(m.n_half)
 
 
-def test_the_floor_stays_non_negative() -> None:
-    """On a curve that still accelerates, a free floor goes negative and r to its bound; with c >= 0, r is the
-    log-log slope; on an exact power law with no floor, r itself."""
-    from ntkft.efficiency.measures import fit_floor
+def test_the_rate_fit_keeps_the_floor_non_negative() -> None:
+    """On a curve that still accelerates (MiniLM SST-2 at n = 64, 128, 256), measure's fit keeps c >= 0 (fit_rate's
+    floor; a free c goes negative and r to its lower bound: tests/test_select_predictors.py)."""
     from ntkft.select.stats import fit_rate
 
     sizes = [64, 128, 256]
-    e = np.array([0.443, 0.39, 0.23])  # MiniLM SST-2 at n = 64, 128, 256 (one seed)
-    free = fit_rate(sizes, e, n_boot=0)
-    assert free.c < 0 and free.r < 0.01
-    got = fit_floor(sizes, e)
-    assert got.c == 0.0 and 0.3 < got.r < 0.6
-    exact = fit_floor([64, 128, 256, 1024], 3.0 * np.array([64, 128, 256, 1024], float) ** -0.5)
-    assert exact.r == pytest.approx(0.5, abs=0.02)
+    e = np.array([0.443, 0.39, 0.23])
+    errors = np.repeat(e[None, :, None], 2, axis=2)  # one seed, two identical test rows
+    m = measure(sizes, errors, np.full((1, 2), 0.5), n_boot=0)
+    assert m.c == 0.0 and 0.3 < m.rate < 0.6 and m.rate == fit_rate(sizes, e).r

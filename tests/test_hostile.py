@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import npy, run_cli
+from conftest import write as w
 
 TINY = ["--model", "tiny-bert", "--max-length", "24", "--n-train", "16", "--n-test", "8", "--max-steps", "1"]
 CTINY = [a for a in TINY if a not in ("--n-train", "16")]  # curve draws its own training sizes
@@ -23,21 +24,6 @@ AR = ["theory", "arithmetic", "--widths", "8,16", "--seeds", "1"]
 
 def tv(sub: str) -> list[str]:
     return ["taskvec", sub, "--pretrained", "tiny-bert"]
-
-
-def w(d: Path, name: str, text: str | bytes) -> str:
-    p = d / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
-    return str(p)
-
-
-def npy(d: Path, name: str, arr) -> str:
-    import numpy as np
-
-    p = d / name
-    np.save(p, arr)
-    return str(p)
 
 
 def truncated(src: Path, d: Path, name: str) -> str:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from conftest import run_cli
+from conftest import npy, run_cli
+from conftest import write as text
 from ntkft.errors import KernelError
 from ntkft.kernel.io import load_kernel
 
@@ -33,21 +34,9 @@ def st(d: Path, name: str, tensors: dict, meta: dict | None = None) -> str:
     return str(p)
 
 
-def npy(d: Path, name: str, arr) -> str:
-    p = d / name
-    np.save(p, arr)
-    return str(p)
-
-
 def pt(d: Path, name: str, obj) -> str:
     p = d / name
     torch.save(obj, p)
-    return str(p)
-
-
-def text(d: Path, name: str, body: bytes) -> str:
-    p = d / name
-    p.write_bytes(body)
     return str(p)
 
 

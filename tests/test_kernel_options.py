@@ -15,7 +15,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ntkft.errors import ConfigError, NtkftError, param_error
+from ntkft.errors import ConfigError, KernelError, NtkftError, param_error
 from ntkft.kernel import Method, kernel_matrix, load_kernel_file
 from ntkft.kernel.executor import LocalExecutor, choose_executor
 from ntkft.kernel.options import KernelOptions
@@ -35,6 +35,8 @@ def test_no_patching_and_no_exceptions_for_control_flow_in_src():
 def test_errors_take_param_at_construction():
     e = param_error("max_length", "too long")
     assert isinstance(e, ConfigError) and e.param == "max_length" and str(e) == "max_length: too long"
+    k = param_error("kernel", "not square", KernelError)  # another kind: that class, typed as it
+    assert type(k) is KernelError and k.param == "kernel" and str(k) == "kernel: not square"
     assert NtkftError("plain").param is None and ConfigError("x: y", param="x").param == "x"
 
 

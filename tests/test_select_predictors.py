@@ -203,6 +203,26 @@ def test_fit_rate_recovers_r_from_noisy_curves():
     assert fit_rate(n, 0.5 + 0 * n).a == 0.0  # a flat curve has no rate
 
 
+
+def test_fit_rate_floor_keeps_c_non_negative():
+    """A curve that still accelerates over its sizes (MiniLM SST-2: 0.443, 0.39, 0.23 at n = 64, 128, 256): the free
+    fit puts c far below zero with r at its lower bound; the floor (the default) gives c = 0 and r near the log-log
+    slope (0.47); on an exact power law with no floor, r itself; where the free c >= 0 the floor changes nothing."""
+    sizes = [64, 128, 256]
+    e = np.array([0.443, 0.39, 0.23])
+    free = fit_rate(sizes, e, n_boot=0, floor=False)
+    assert free.c < 0 and free.r < 0.01
+    got = fit_rate(sizes, e, n_boot=0)
+    slope = -np.polyfit(np.log(sizes), np.log(e), 1)[0]
+    assert got.c == 0.0 and got.a > 0 and 0.3 < got.r < 0.6 and abs(got.r - slope) < 0.1
+    reps = e + 0.01 * np.random.default_rng(0).standard_normal((6, 3))  # replicates: the bootstrap floors each
+    ci = fit_rate(sizes, reps, n_boot=200).ci
+    assert ci is not None and 0.3 < ci[0] <= ci[1] < 0.6
+    n = np.array([64, 128, 256, 1024.0])
+    assert fit_rate(n, 3.0 * n ** -0.5).r == pytest.approx(0.5, abs=0.02)
+    above = 0.1 + 2.0 * n ** -0.6
+    assert fit_rate(n, above) == fit_rate(n, above, floor=False)
+
 def test_n_half_hand_value():
     # target (1 + 0.2) / 2 = 0.6, between 10 (0.8) and 100 (0.2) one third of the way in log n
     assert n_half([10, 100], [0.8, 0.2], 1.0) == pytest.approx(10 ** (4 / 3))

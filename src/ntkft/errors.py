@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, overload
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -40,8 +40,16 @@ class TrainingError(NtkftError):
     """Training hit a non-finite loss; the last good checkpoint was kept."""
 
 
+E = TypeVar("E", bound=NtkftError)
+
+
+@overload
+def param_error(param: str, problem: str) -> ConfigError: ...
+@overload
+def param_error(param: str, problem: str, kind: type[E]) -> E: ...
 def param_error(param: str, problem: str, kind: type[NtkftError] = ConfigError) -> NtkftError:
-    """`kind("param: problem", param=param)`: the one way to blame an argument (the CLI shows it as `--param`)."""
+    """`kind("param: problem", param=param)`: the one way to blame an argument (the CLI shows it as `--param`);
+    typed as the `kind` it makes (ConfigError by default)."""
     return kind(f"{param}: {problem}", param=param)
 
 

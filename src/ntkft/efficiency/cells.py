@@ -19,22 +19,6 @@ from .kernel import compare_facts, head_digest, weights_fp
 from .variants import Variant, cell_rows, n_val_at, write_task
 
 
-def dropout_off(model: nn.Module) -> int:
-    """Switch every dropout of `model` off (nn.Dropout modules and the float rates attention kernels read);
-    returns how many were on. The eNTK is the eval-mode kernel, so the trained model must be the eval-mode one."""
-    on = 0
-    for m in model.modules():
-        if isinstance(m, nn.Dropout) and m.p > 0:
-            on += 1
-            m.p = 0.0
-        for attr in ("dropout_prob", "attention_dropout"):
-            v = getattr(m, attr, None)
-            if isinstance(v, float) and v > 0:
-                on += 1
-                setattr(m, attr, 0.0)
-    return on
-
-
 @torch.no_grad()
 def train_equals_eval(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> bool:
     """True when the train-mode output equals the eval-mode output (no dropout left anywhere)."""
@@ -57,13 +41,12 @@ def finetune_config(cfg: EfficiencyConfig, task_file: Path, n_val: int, size: in
     """The FinetuneConfig of a cell: squared loss on the scalar head, head seed 0 (the kernel's), centred start."""
     from ..finetune import FinetuneConfig
 
-    extra: dict[str, Any] = {"dropout": 0.0} if "dropout" in FinetuneConfig.model_fields else {}
     ft = cfg.finetune
     return make(FinetuneConfig, model=cfg.model, task=str(task_file), setting="head" if cfg.layers else "full",
                 layers=cfg.layers, n_train=None, val=n_val, n_test=None, max_length=cfg.max_length, seed=0,
                 optimizer="adamw", lr=ft.lr, batch_size=ft.batch_size, max_steps=budget(cfg, size),
                 patience=ft.patience, sigma=cfg.sigma, center_output=True, save_model=False, device=cfg.device,
-                **extra)
+                dropout=0.0)  # every dropout site off: fine-tuning follows the eval-mode function the eNTK describes
 
 
 def cell_facts(tr: Any, weights: str, dropout: str) -> dict[str, Any]:
@@ -88,7 +71,6 @@ def run_cell(cfg: EfficiencyConfig, v: Variant, size: int, seed: int, folder: Pa
     rows = cell_rows(len(v.train_a), size, n_val, seed)
     task_file = write_task(folder, v, rows)
     tr = Trainer(finetune_config(cfg, task_file, n_val, size), None, None, progress=False).setup()
-    dropout_off(tr.model)
     k = min(4, len(tr.test))
     off = train_equals_eval(tr.model, tr.test.ids[:k].to(tr.device), tr.test.mask[:k].to(tr.device))
     where = f"cell {v.name} n={size} seed={seed}"

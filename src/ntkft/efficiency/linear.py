@@ -12,10 +12,10 @@ import numpy as np
 
 from ..errors import NtkftError
 from ..select.predictors import hscore, kta, logme, predicted_curve
-from ..select.stats import RateFit, n_half
+from ..select.stats import RateFit, fit_rate, n_half
 from ..spectrum import eigenvalues, paper_beta, subsample_ci
 from .config import EfficiencyConfig
-from .measures import fit_floor, predicted_rate
+from .measures import predicted_rate
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def linear_unit(cfg: EfficiencyConfig, k: np.ndarray, feats: np.ndarray, y: np.n
     curve = predicted_curve(k, labels, lin.sizes, n_subsets=lin.subsets, classification=classification, seed=0,
                             val_frac=lin.val_frac, min_val=lin.min_val, val_outside=True)
     subsets = np.asarray(curve.mean)
-    fit = fit_floor(curve.sizes, subsets)
+    fit = fit_rate(curve.sizes, subsets, n_boot=0)  # c >= 0
     if not curve.mean[-1] < curve.baseline[-1]:  # no better than the constant predictor: no rate (as tier b)
         fit = RateFit(0.0, float(np.mean(subsets)), 0.0)
     base = float(np.mean(curve.baseline))

@@ -30,25 +30,6 @@ class Measured:
     n_half_ci: tuple[float, float]
 
 
-def fit_floor(sizes: list[int], e: np.ndarray, r_max: float = 4.0) -> RateFit:
-    """e(n) = c + a n^-r with the floor c >= 0 (an error cannot fall below zero): `fit_rate` leaves c free, and on
-    a curve that still accelerates over the sizes (MiniLM SST-2: 0.44, 0.39, 0.23 at n = 64, 128, 256) it drives c
-    negative and r to its lower bound. With c = 0 forced, r is the log-log slope; 0 when the curve does not fall."""
-    fit = fit_rate(sizes, e, r_max=r_max, n_boot=0)
-    if fit.c >= 0:
-        return fit
-    n = np.asarray(sizes, dtype=np.float64)
-    grid = np.linspace(1e-3, r_max, 400)
-    best = (math.inf, 0.0, 0.0)
-    for r in grid:
-        x = n ** -r
-        a = max(float(x @ e / (x @ x)), 0.0)
-        sse = float(np.sum((e - a * x) ** 2))
-        if sse < best[0]:
-            best = (sse, float(r), a)
-    return RateFit(best[1] if best[2] > 0 else 0.0, 0.0, best[2])
-
-
 def curve_matrix(errors: dict[int, list[list[float]]], sizes: list[int]) -> np.ndarray:
     """(seeds, sizes, rows) array of per-row errors; the seeds present at every size."""
     seeds = min(len(errors[s]) for s in sizes)
@@ -60,7 +41,7 @@ def measure(sizes: list[int], errors: np.ndarray, baseline: np.ndarray, *, n_boo
     """`errors`: (seeds, sizes, rows) per-row test errors; `baseline`: (seeds, rows) of the constant predictor."""
     e = errors.mean(axis=(0, 2))
     base = float(baseline.mean())
-    fit = fit_floor(sizes, e, r_max)
+    fit = fit_rate(sizes, e, r_max=r_max, n_boot=0)  # c >= 0: the floor of an error
     if not e[-1] < base:  # never beats the constant predictor: no rate to speak of (noise would fit any r)
         fit = RateFit(0.0, float(e.mean()), 0.0)
     nh = n_half(sizes, e, base)
@@ -71,7 +52,7 @@ def measure(sizes: list[int], errors: np.ndarray, baseline: np.ndarray, *, n_boo
         si, ri = rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_rows, n_rows)
         eb = errors[si][:, :, ri].mean(axis=(0, 2))
         bb = float(baseline[si][:, ri].mean())
-        rs.append(fit_floor(sizes, eb, r_max).r if eb[-1] < bb else 0.0)
+        rs.append(fit_rate(sizes, eb, r_max=r_max, n_boot=0).r if eb[-1] < bb else 0.0)
         hs.append(n_half(sizes, eb, bb))
     q = (1 - level) / 2
 

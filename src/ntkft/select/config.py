@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel, make
-from ..errors import ConfigError
+from ..errors import param_error
 from ..models.zoo import ALIASES
 
 
@@ -30,10 +30,6 @@ class Candidate:
         return "full" if self.layers is None else "head"
 
 
-def _bad(param: str, msg: str) -> ConfigError:
-    return ConfigError(f"{param}: {msg}", param=param)
-
-
 def resolve_model(spec: str) -> str:
     """The spec load_model reads for `spec`, or a ConfigError naming it; no weights are read (cheap, up front)."""
     if spec in ALIASES:
@@ -41,7 +37,7 @@ def resolve_model(spec: str) -> str:
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
-            raise _bad("models", f"unknown model '{spec}': no such GGUF file")
+            raise param_error("models", f"unknown model '{spec}': no such GGUF file")
         return spec
     if p.is_dir():
         from ..models.checkpoint import checkpoint_dir
@@ -49,12 +45,12 @@ def resolve_model(spec: str) -> str:
         try:
             return str(checkpoint_dir(p))
         except Exception:
-            raise _bad("models", f"unknown model '{spec}': the folder holds no Hugging Face config.json "
-                                 "(here or in its model/ folder)") from None
+            raise param_error("models", f"unknown model '{spec}': the folder holds no Hugging Face config.json "
+                                        "(here or in its model/ folder)") from None
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and all(spec.split("/")):
         return spec  # a hub id (needs the network or the hub cache when loaded)
-    raise _bad("models", f"unknown model '{spec}': not an alias ({', '.join(ALIASES)}), a hub id (owner/name), "
-                         "a model folder, an ntkft checkpoint or a .gguf file")
+    raise param_error("models", f"unknown model '{spec}': not an alias ({', '.join(ALIASES)}), a hub id (owner/name), "
+                                "a model folder, an ntkft checkpoint or a .gguf file")
 
 
 def parse_candidate(text: str) -> Candidate:
@@ -65,10 +61,10 @@ def parse_candidate(text: str) -> Candidate:
     layers: int | None = None
     if at:
         if not cut.isdigit() or int(cut) < 1:
-            raise _bad("models", f"'{text}': the cut after '@' must be a block count >= 1")
+            raise param_error("models", f"'{text}': the cut after '@' must be a block count >= 1")
         layers = int(cut)
     if not spec:
-        raise _bad("models", f"'{text}': empty model name")
+        raise param_error("models", f"'{text}': empty model name")
     return Candidate(text.strip(), resolve_model(spec), layers)
 
 
