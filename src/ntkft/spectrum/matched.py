@@ -16,16 +16,31 @@ d_k = 2 beta log((k + c)/(r k + c)), so the fit also chooses an index shift c (k
 spread of the points) and may start an octave or two later (past leading spikes). Without the shift (the previous
 default) the estimate was off by > 0.3 beta on such kernels; with it, see docs/results/efficiency/estimators.md.
 
-The interval is a symmetric subsampling interval (Politis & Romano 1994) with the delete-d jackknife scale
-sqrt(b / (N - b)) (Shao & Wu 1989): the same estimator on random b-subsets (its window scaled by b/N),
-half-width = scale * quantile_level |beta_b - beta_N|. It is centred on the estimate it reports, so it always
-contains it; any bias left between sizes b and N widens it instead of moving it.
+The interval (`interval`) comes from the same estimator on random b-subsets (b = N/2, its window scaled by b/N),
+each with its own index shift and start refitted, so the uncertainty of the shift is in the spread:
+
+    beta_N +- ( z * sd(beta_b) / sqrt((N/b)^(2 tau) - 1)  +  |mean(beta_b) - beta_N| ),   tau = RATE = 1.75,
+
+z the normal quantile of the level. The first term is the subsample spread scaled from b to N for an estimate
+whose sd falls as n^(-tau) (var(beta_b | sample) = s^2 (b^(-2 tau) - N^(-2 tau)); tau = 1/2 gives the delete-d
+jackknife's sqrt(b/(N - b)) of the previous interval). The estimate is not root-N: over N = 100-400 its sd on the
+closed-form kernels falls as N^(-0.6..-1.7), fastest where the shift is fitted (a longer window pins the shift
+down), and the refitted subsamples at N/2 spread 1.2-5x more than the estimate at N; tau = 1.75 is the one constant
+that gave 85-95% coverage in the most cells of the grid (docs/results/efficiency/estimators-coverage.md; tried
+tau 0.75-2.5, a per-kernel tau from sizes N/2 and N/4 (noisier, no better), separate rates for the fixed-shift and
+shift parts, and bias terms in quadrature or as a one-sided shift). The second term is the change of the
+estimate's bias from b to N: on the grid the bias grows with N for beta >= 1 (-0.05 at N = 400, beta 2; 4x the
+sd), and mean(beta_b) - beta_N tracks it (+0.05 there). Adding it to both sides keeps the interval symmetric about
+the estimate it reports (so it always contains it) and covers where the subsample mean misjudges the bias's sign.
+The previous interval (subsamples reused the estimate's shift, tau = 1/2, quantile of |beta_b - beta_N|) was ~2x
+too wide on pure power laws and covered 55-72% on shifted ones at N = 100.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -39,13 +54,14 @@ from .result import Result
 
 CHUNK = 2 * 10**7  # float64 entries of subsample matrices held at once (160 MB)
 SHIFT_GRID = 120  # positive index shifts tried by the shift fit
-SUBSAMPLE_FIXED_SHIFT = True  # the interval's subsamples reuse the estimate's shift and start (see fit_shift)
+RATE = 1.75  # the interval's calibrated exponent tau: the estimate's sd taken to fall as n^(-tau) (module doc)
 MIN_SHIFT_POINTS = 8  # a shift is fitted only on windows of at least this many points (2 parameters, a spread test)
 
 
 @dataclass
 class BetaCI(Result):
-    """The scale-matched beta, its window and its subsampling interval (low/high are None when N is too small)."""
+    """The scale-matched beta, its window and its subsampling interval (low/high are None when N is too small;
+    `estimates` are the subsample betas behind the interval, each with its own shift)."""
 
     beta: float
     low: float | None
@@ -154,8 +170,8 @@ def fit_shift(d: Array, r: float, a: int, b: int, shift: bool = True,
     c = 0: its points are flat). With `shift`, the fit may also start one or two octaves later (k from 2a or 4a,
     while 4 points remain), whichever leaves the smallest mean squared residual: a few large leading eigenvalues
     (a spiked spectrum) distort the matched points up to k ~ (number of spikes) / r, which no shift models.
-    `fixed` = (c, first k): fit beta alone with that shift and start (the interval's subsamples reuse the full
-    sample's: c and the spikes are properties of the operator's indices, the same at every N)."""
+    `fixed` = (c, first k): fit beta alone with that shift and start (the previous interval's subsamples reused
+    the full sample's; they now refit both, see the module doc)."""
     if fixed is not None:
         s0 = int(min(max(fixed[1], a), max(a, b - MIN_SHIFT_POINTS // 2)))
         beta, c, _ = _fit_window(d[:, s0 - a:], r, s0, b, True, c=fixed[0])
@@ -187,8 +203,7 @@ def _subsets(rng: np.random.Generator, n: int, m: int, shape: tuple[int, ...]) -
 
 
 def _estimate(kk: Array, idx: NDArray[np.int64], inner: int, rng: np.random.Generator, a: int, b: int,
-              floor: float, shift: bool = True, fixed: tuple[float, int] | None = None
-              ) -> tuple[Array, Array, NDArray[np.int64], Array]:
+              floor: float, shift: bool = True) -> tuple[Array, Array, NDArray[np.int64], Array]:
     """The matched estimate on each subset idx[i] (all of size n): its spectrum against `inner` half-subsets.
     Returns (beta, shift c, first k fitted, matched points d) per subset."""
     n = idx.shape[1]
@@ -198,7 +213,7 @@ def _estimate(kk: Array, idx: NDArray[np.int64], inner: int, rng: np.random.Gene
     sub_idx = np.take_along_axis(idx[:, None, :], pos, axis=2).reshape(-1, m)
     l_sub = log_spectra(kk, sub_idx, floor).reshape(idx.shape[0], inner, m).mean(axis=1)
     d = matched_points(l_full, l_sub, m / n, a, b)
-    beta, c, start = fit_shift(d, m / n, a, b, shift, fixed)
+    beta, c, start = fit_shift(d, m / n, a, b, shift)
     return beta, c, start, d
 
 
@@ -213,7 +228,8 @@ def subsample_ci(k: Any, m: int | None = None, draws: int = 200, level: float = 
                  k_min: int | None = None, k_max: int | None = None, inner_draws: int | None = None,
                  floor: float = FLOOR, lams: Array | None = None, shift: bool = True) -> BetaCI:
     """beta (scale-matched, finite-N corrected, index shift fitted) with a symmetric subsampling interval at
-    `level`; `shift=False` is the plain scale-matched mean (biased by > 0.3 on shifted power laws).
+    `level` (`interval`: subsamples refit the shift, spread scaled by the calibrated rate, plus the bias change
+    from m to N); `shift=False` is the plain scale-matched mean (biased by > 0.3 on shifted power laws).
 
     `m` is the interval's subsample size (default about N/2), `draws` its number of subsamples (0: no interval),
     `inner_draws` the half-subsets behind each estimate (default 100 for the estimate, fewer per subsample);
@@ -255,22 +271,33 @@ def subsample_ci(k: Any, m: int | None = None, draws: int = 200, level: float = 
     ests = []
     for start in range(0, draws, per_chunk):
         idx = _subsets(rng, n, size, (min(per_chunk, draws - start),))
-        fixed = (res.shift, res.fit_k_min) if shift and SUBSAMPLE_FIXED_SHIFT else None
-        ests.append(_estimate(kk, idx, inner, rng, a_sub, b_sub, floor, shift, fixed)[0])
+        ests.append(_estimate(kk, idx, inner, rng, a_sub, b_sub, floor, shift)[0])
     est = np.concatenate(ests)
     est = est[np.isfinite(est)]
     res.inner_draws, res.draws, res.estimates = inner, int(len(est)), est.tolist()
     if len(est) < max(10, draws // 2):
         res.note = f"only {len(est)} of {draws} subsamples had enough positive eigenvalues"
         return res
-    half = math.sqrt(size / (n - size)) * float(np.quantile(np.abs(est - beta), level))
-    res.low, res.high = beta - half, beta + half
+    res.low, res.high = interval(beta, est, n, size, level)
     return res
+
+
+def interval(beta: float, est: Array, n: int, size: int, level: float, rate: float = RATE) -> tuple[float, float]:
+    """The `level` interval of beta from the estimates `est` on random `size`-subsets (shift refitted in each).
+
+    Spread: var(beta_b | sample) = s^2 (b^(-2 tau) - N^(-2 tau)) for an estimate whose sd falls as n^(-tau), so
+    sd(beta_N) = sd(beta_b) / sqrt((N/b)^(2 tau) - 1); tau = 1/2 is the delete-d jackknife's sqrt(b/(N - b)).
+    Bias: |mean(beta_b) - beta_N|, the change of the estimate's bias from b to N, added to both sides (the
+    interval stays centred on beta_N). The module doc gives the calibration of `rate`."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    half = z * float(np.std(est, ddof=1)) / math.sqrt((n / size) ** (2 * rate) - 1) + abs(float(np.mean(est)) - beta)
+    return beta - half, beta + half
 
 
 def estimate_beta(k: Any, *, draws: int = 200, level: float = 0.9, seed: int = 0, floor: float = FLOOR) -> BetaCI:
     """ntkft's beta of a kernel matrix K: the decay rate of its operator's eigenvalues, mu_k ~ k^(-2 beta),
     finite-N corrected (scale-matched, index shift fitted), with a `level` subsampling interval from `draws`
     subsamples. The one headline estimate (CLI, reports, figures); the paper's and the window fit are descriptive.
-    Validated on closed-form kernels: docs/results/efficiency/estimators.md."""
+    Validated on closed-form kernels: docs/results/efficiency/estimators.md (bias) and estimators-coverage.md (the
+    interval's coverage). Time per call with the default 200 draws: see estimators-coverage.md."""
     return subsample_ci(k, draws=draws, level=level, seed=seed, floor=floor)
