@@ -35,6 +35,8 @@ TABLE: list[tuple[str, str, dict[str, str]]] = [
     (r"^ntkft finetune --task \S+/\S+ --text-columns", "parse", {}),
     (r"^torchrun .* -m ntkft\.cli ", "parse", {}),
     (r"^ntkft reproduce ", "parse", {}),
+    (r"^ntkft select ", "parse", {}),
+    (r"^ntkft efficiency ", "parse", {}),
     (r"^ntkft report ", "parse", {}),
     (r"^ntkft (spectrum|stop) FILE", "elided", {}),
     (r"^ntkft (theory|taskvec) \S+ \|", "elided", {}),
