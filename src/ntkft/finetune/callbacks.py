@@ -114,6 +114,8 @@ class RankSync(Callback):
         tr.scores = tr.ranks.broadcast(tr.scores if tr.ranks.main else None)
 
     def on_result(self, tr: Trainer) -> None:
+        if not tr.ranks.active:  # one process: the result is already here (no dict round trip)
+            return
         got = tr.ranks.broadcast(tr.result.to_dict() if tr.ranks.main and tr.result is not None else None)
         if not tr.ranks.main:
             tr.result = FinetuneResult(**got)
