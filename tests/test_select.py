@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import math
+
 import pytest
 import torch
 
@@ -174,5 +176,25 @@ def test_validation_harness_end_to_end_resumes_after_a_kill(tmp_path, data_dir, 
     assert {"name", "n", "measured", "predicted", "kendall", "pearson"} <= set(t)
     assert {"entk_curve", "beta", "kta", "logme", "hscore", "params"} <= set(t["predicted"])
     assert (tmp_path / "docs" / "README.md").read_text().splitlines()[2].startswith("**Verdict.**")
+    # the constant predictor beside every measured number, and the eNTK's predicted error beside it
+    assert math.isfinite(t["baseline_error"]) and set(t["predicted_error"]) == set(t["candidates"])
+    assert all(m["beats_baseline"] == (m["test_error"] < m["baseline_error"]) for m in t["measured"].values())
+    assert s["beats_baseline"]["16"]["of"] == 3 and "constant predictor" in s["verdict"]
+    for png in ("pooled.png", "predicted_vs_measured.png"):
+        assert (tmp_path / "docs" / png).read_bytes()[:4] == b"\x89PNG"
+    # a rerun rewrites the generated part and keeps the hand-written one
+    from ntkft.select.valreport import KEEP
+
+    page = tmp_path / "docs" / "README.md"
+    page.write_text(page.read_text() + "\n" + KEEP + "\nMy reading.\n")
+    for f in (tmp_path / "run" / "cells").rglob("*.json"):  # cells of an older harness: the baseline is read back
+        rec = json.loads(f.read_text())
+        f.write_text(json.dumps({k: v for k, v in rec.items() if k != "baseline_error"}))
+    val.Harness(cfg, tmp_path / "run", progress=False).run(tmp_path / "docs")
+    assert calls["n"] == 9 - done  # nothing fine-tuned again
+    text = page.read_text()
+    assert text.count(KEEP) == 1 and text.rstrip().endswith("My reading.") and text.startswith("# Model selection")
+    again = json.loads((tmp_path / "docs" / "summary.json").read_text())
+    assert again["tasks"][0]["baseline_error"] == pytest.approx(t["baseline_error"])
     with pytest.raises(ConfigError, match="another config"):
         val.Harness(cfg.model_copy(update={"pool": 48}), tmp_path / "run", progress=False)

@@ -31,11 +31,9 @@ from pydantic import Field, model_validator
 from .._io import write_json
 from ..config import StrictModel, load_config, make
 from ..errors import ConfigError, NtkftError
+from .valreport import PREDICTORS, figures, kept_text, readme
 
 log = logging.getLogger(__name__)
-
-# predictors: name -> higher is better (the sign that turns each into a "goodness" score)
-PREDICTORS = ["entk_curve", "beta", "kta", "logme", "hscore", "logme_tr", "hscore_tr", "params"]
 
 
 class ZooEntry(StrictModel):
@@ -82,6 +80,11 @@ class ValidationConfig(StrictModel):
     @classmethod
     def make(cls, **kw: Any) -> ValidationConfig:
         return make(cls, **kw)
+
+
+def _error(metrics: dict[str, float]) -> float:
+    """A fine-tuning run's test error in the eNTK curve's units: MSE (regression) or error rate (classification)."""
+    return float(metrics["mse"]) if "mse" in metrics else 1.0 - float(metrics["accuracy"])
 
 
 def _done(path: Path) -> dict | None:
@@ -143,7 +146,8 @@ class Harness:
         for e in self.cfg.candidates:
             c = by_spec[self.cand_spec(e)]
             assert c.curve is not None
-            out[e.name] = {"error_at": {str(n): at_n(c.curve, n)[0] for n in self.cfg.sizes}, "beta": c.beta,
+            out[e.name] = {"error_at": {str(n): at_n(c.curve, n)[0] for n in self.cfg.sizes},
+                           "baseline_at": {str(n): at_n(c.curve, n)[3] for n in self.cfg.sizes}, "beta": c.beta,
                            "kta": c.kta, "logme": c.logme, "hscore": c.hscore, "params": c.params,
                            "seconds": c.seconds}
         return out
@@ -183,6 +187,9 @@ class Harness:
         cid = f"{task}/{e.name}/n{n}-s{seed}-lr{lr:g}"
         rec_file = self.out / "cells" / f"{cid}.json"
         if (got := _done(rec_file)) is not None:
+            if "baseline_error" not in got:  # cells written before the baseline was recorded: read it from the run
+                res_file = self.out / "ft" / cid / "result.json"
+                got["baseline_error"] = _error(json.loads(res_file.read_text())["baseline_test"])
             return got
         n_fit = n - max(1, int(round(0.2 * n)))
         steps = max(self.cfg.min_steps, math.ceil(self.cfg.epochs * n_fit / self.cfg.batch_size))
@@ -192,10 +199,9 @@ class Harness:
                                   max_length=self.cfg.max_length, save_model=False)
         t0, c0 = time.time(), time.process_time()
         res = finetune(cfg, self.out / "ft" / cid, data_dir=self.data_dir, progress=self.progress)
-        test = res.test_best
-        score = test["mse"] if "mse" in test else 1.0 - test["accuracy"]
         rec = {"task": task, "candidate": e.name, "n": n, "seed": seed, "lr": lr, "val_loss": res.best_val,
-               "test_error": float(score), "steps": res.stopped_step, "best_step": res.best_step,
+               "test_error": _error(res.test_best), "baseline_error": _error(res.baseline_test),
+               "steps": res.stopped_step, "best_step": res.best_step,
                "seconds": round(time.time() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2)}
         write_json(rec_file, rec)
         return rec
@@ -206,10 +212,12 @@ class Harness:
         return float(min(first, key=lambda r: math.inf if r["val_loss"] is None else r["val_loss"])["lr"])
 
     def measured(self, task: str, e: ZooEntry, n: int) -> dict[str, Any]:
-        """Mean test error over seeds at the chosen learning rate (one rule for every candidate)."""
+        """Mean test error over seeds at the chosen learning rate (one rule for every candidate), beside the constant
+        predictor's on the same test rows (the training mean, or the majority class, of the same training rows)."""
         lr = self.chosen_lr(task, e)
         recs = [self.cell(task, e, n, s, lr) for s in self.cfg.seeds]
-        return {"test_error": float(np.mean([r["test_error"] for r in recs])), "lr": lr,
+        err, base = float(np.mean([r["test_error"] for r in recs])), float(np.mean([r["baseline_error"] for r in recs]))
+        return {"test_error": err, "baseline_error": base, "beats_baseline": err < base, "lr": lr,
                 "test_errors": [r["test_error"] for r in recs], "seconds": float(sum(r["seconds"] for r in recs)),
                 "cpu_seconds": float(sum(r["cpu_seconds"] for r in recs))}
 
@@ -230,7 +238,10 @@ class Harness:
             d = Path(docs)
             d.mkdir(parents=True, exist_ok=True)
             write_json(d / "summary.json", summary)
-            (d / "README.md").write_text(readme(summary))
+            for name, png in figures(summary).items():
+                (d / name).write_bytes(png)
+            old = (d / "README.md").read_text() if (d / "README.md").is_file() else ""
+            (d / "README.md").write_text(readme(summary, kept=kept_text(old)))
         return summary
 
 
@@ -369,7 +380,11 @@ def analyse(task: str, n: int, pred: dict, peer: dict, meas: dict, cfg: Validati
         tau, p = kendall_perm(np.asarray(vals, float), score, n_perm=cfg.n_perm)
         r, pp = pearson_perm(np.asarray(vals, float), score, cfg.n_perm)
         kendall[k], pearson[k] = {"tau": tau, "p": p}, {"r": r, "p": pp}
+    base = float(np.mean([meas[c]["baseline_error"] for c in names]))
     return {"name": task, "n": n, "measured": {c: meas[c] for c in names}, "predicted": predicted,
+            "baseline_error": base, "beats_baseline": [c for c in names if meas[c]["beats_baseline"]],
+            "predicted_error": {c: float(pred[c]["error_at"][str(n)]) for c in names},
+            "predicted_baseline": float(np.mean([pred[c]["baseline_at"][str(n)] for c in names])),
             "entk_seconds": {c: pred[c]["seconds"] for c in names}, "kendall": kendall, "pearson": pearson,
             "candidates": names}
 
@@ -392,14 +407,20 @@ def summarise(cfg: ValidationConfig, tasks: list[dict], seconds: float, out: Pat
     entk_s = [s for t in tasks for s in t["entk_seconds"].values()]
     cost = {"entk_seconds_per_candidate_task": float(np.mean(entk_s)) if entk_s else None,
             "finetune_seconds_per_cell": float(np.mean([c["seconds"] for c in cells])) if cells else None,
+            "finetune_seconds_per_cell_at_n": {str(n): float(np.mean(v)) for n in cfg.sizes
+                                               if (v := [c["seconds"] for c in cells if c["n"] == n])},
+            "finetune_cpu_seconds": float(sum(c["cpu_seconds"] for c in cells)),
             "finetune_cells": len(cells), "wall_seconds_this_call": round(seconds, 1)}
+    beats = {str(n): {"pairs": sum(len(t["beats_baseline"]) for t in tasks if t["n"] == n),
+                      "of": sum(len(t["candidates"]) for t in tasks if t["n"] == n)} for n in cfg.sizes}
     return {"candidates": [e.model_dump() for e in cfg.candidates], "tasks": tasks,
-            "pooled": {k: v for k, v in pooled.items()}, "cost": cost, "config": cfg.model_dump(),
-            "verdict": verdict(pooled, cfg, cost)}
+            "pooled": {k: v for k, v in pooled.items()}, "beats_baseline": beats, "cost": cost,
+            "config": cfg.model_dump(), "verdict": verdict(pooled, cfg, cost, beats)}
 
 
-def verdict(pooled: dict, cfg: ValidationConfig, cost: dict) -> str:
-    """One paragraph: does the eNTK curve rank better than the feature scores, at which n, at what cost."""
+def verdict(pooled: dict, cfg: ValidationConfig, cost: dict, beats: dict | None = None) -> str:
+    """One paragraph: does the eNTK curve rank better than the feature scores, at which n, at what cost; and how
+    many fine-tuned (candidate, task) pairs beat the constant predictor (a ranking of models that do not is noise)."""
     parts = []
     for n in map(str, cfg.sizes):
         e = pooled.get("entk_curve", {}).get(n)
@@ -413,32 +434,14 @@ def verdict(pooled: dict, cfg: ValidationConfig, cost: dict) -> str:
         cmp = (f"{'better than' if e['tau'] > best[1]['tau'] else 'not better than'} the best feature score "
                f"({best[0]}: tau {best[1]['tau']:.2f}, p {best[1]['p']:.3f})") if best else ""
         parts.append(f"n = {n}: eNTK curve pooled Kendall tau {e['tau']:.2f} (p {e['p']:.3f}, {sig}), {cmp}")
-    ent, ft = cost.get("entk_seconds_per_candidate_task"), cost.get("finetune_seconds_per_cell")
-    tail = (f" Cost: {ent:.0f} s per candidate and task for the eNTK predictions vs {ft:.0f} s per fine-tuning cell."
-            if ent is not None and ft is not None else "")
-    return "; ".join(parts) + "." + tail
-
-
-def readme(s: dict[str, Any]) -> str:
-    """docs/results/select/README.md: the verdict first, then the tables."""
-    lines = ["# Model selection from the eNTK: validation (issue 28)", "", f"**Verdict.** {s['verdict']}", "",
-             "Generated by `python -m ntkft.select.validation` (see `configs/select-validation.yaml`); numbers in "
-             "`summary.json`. Score = -(test MSE) for regression, accuracy for classification; each predictor "
-             "oriented so that higher predicts better. `_tr` = transformer-ranker's estimator on layer-averaged "
-             "features; `logme`/`hscore` = ntkft's on the last layer's pooled features.", "",
-             "## Pooled over tasks (stratified permutation test, Kendall tau)", "",
-             "| predictor | " + " | ".join(f"n={n} tau (p)" for n in s["config"]["sizes"]) + " |",
-             "|---|" + "---|" * len(s["config"]["sizes"])]
-    for k, v in s["pooled"].items():
-        lines.append(f"| {k} | " + " | ".join(f"{v[str(n)]['tau']:.2f} ({v[str(n)]['p']:.3f})" if str(n) in v else "-"
-                                             for n in s["config"]["sizes"]) + " |")
-    lines += ["", "## Per task", "", "| task | n | " + " | ".join(PREDICTORS) + " |", "|---|---|" + "---|" * len(PREDICTORS)]
-    for t in s["tasks"]:
-        lines.append(f"| {t['name']} | {t['n']} | " + " | ".join(
-            f"{t['kendall'][k]['tau']:.2f} ({t['kendall'][k]['p']:.2f})" if k in t["kendall"] else "-"
-            for k in PREDICTORS) + " |")
-    lines += ["", "## Cost", "", "```", json.dumps(s["cost"], indent=2), "```", ""]
-    return "\n".join(lines)
+    ent, ft = cost.get("entk_seconds_per_candidate_task"), cost.get("finetune_seconds_per_cell_at_n", {})
+    tail = (f" Cost: {ent:.0f} s per candidate and task for the eNTK predictions vs "
+            + ", ".join(f"{v:.0f} s at n = {n}" for n, v in ft.items()) + " per fine-tuning run (one seed, one lr)."
+            if ent is not None and ft else "")
+    base = (" Fine-tuning beat the constant predictor on the same test rows in "
+            + ", ".join(f"{b['pairs']} of {b['of']} (candidate, task) pairs at n = {n}" for n, b in beats.items()) + "."
+            if beats else "")
+    return "; ".join(parts) + "." + tail + base
 
 
 def main(argv: list[str] | None = None) -> int:
