@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import math
 
 import pytest
@@ -38,6 +37,30 @@ def test_candidate_is_the_model_finetune_builds(spec, setting, layers, data_dir)
             if name != "head.bias":
                 assert torch.equal(p, theirs[name]), name
         assert ours.head.weight.shape[0] == out_dim and not ours.training
+
+
+def test_model_start_is_finetunes_step_zero(tmp_path, data_dir):
+    """start='model': the curve's f_0 = mean + sd (g_0 - mean g_0), g_0 = the candidate's new head on its pooled
+    features, is finetune's step-0 prediction (standardised targets, centred head bias) on the same rows."""
+    from ntkft.finetune import FinetuneConfig, Predictor
+
+    cfg = FinetuneConfig.make(model="tiny-bert", task="stsb", n_train=40, n_test=8, sigma=2.0, seed=0)
+    pred = Predictor(cfg).setup()
+    _, ours = select_run.build_candidate(parse_candidate("tiny-bert"), 1, sigma=2.0, seed=0)
+    tr = pred.train
+    with torch.no_grad():
+        g0 = ours.head(ours.features(tr.ids, tr.mask)).squeeze(-1).double()
+    y = tr.y.double()
+    f0 = y.mean() + y.std(unbiased=False) * (g0 - g0.mean())
+    assert torch.allclose(pred.predict(tr).double(), f0, rtol=1e-4, atol=1e-4 * float(y.std()))
+    res = ntkft.select(models=["tiny-bert"], task="stsb", n=48, pool=96, n_subsets=4, sigma=2.0, progress=False,
+                       start="model", out=tmp_path / "m")
+    plain = ntkft.select(models=["tiny-bert"], task="stsb", n=48, pool=96, n_subsets=4, sigma=2.0, progress=False)
+    assert res.candidates[0].curve.mean != plain.candidates[0].curve.mean
+    assert res.candidates[0].curve.baseline == plain.candidates[0].curve.baseline
+    with pytest.raises(ConfigError, match="another"):  # the start is part of the run's key
+        ntkft.select(models=["tiny-bert"], task="stsb", n=48, pool=96, n_subsets=4, sigma=2.0, progress=False,
+                     out=tmp_path / "m")
 
 
 def test_trained_model_ranks_above_random(tmp_path, data_dir):
@@ -174,7 +197,8 @@ def test_validation_harness_end_to_end_resumes_after_a_kill(tmp_path, data_dir, 
     assert set(s) >= {"candidates", "tasks", "pooled", "verdict"}
     t = s["tasks"][0]
     assert {"name", "n", "measured", "predicted", "kendall", "pearson"} <= set(t)
-    assert {"entk_curve", "beta", "kta", "logme", "hscore", "params"} <= set(t["predicted"])
+    assert {"entk_curve", "beta", "kta", "logme", "hscore", "params", "entk_curve_model_start"} <= set(t["predicted"])
+    assert t["predicted"]["entk_curve_model_start"] == t["predicted"]["entk_curve"]  # classification: same start
     assert (tmp_path / "docs" / "README.md").read_text().splitlines()[2].startswith("**Verdict.**")
     # the constant predictor beside every measured number, and the eNTK's predicted error beside it
     assert math.isfinite(t["baseline_error"]) and set(t["predicted_error"]) == set(t["candidates"])

@@ -186,6 +186,34 @@ def test_predicted_curve_learns_and_beats_the_constant():
     assert cur.mean[-1] < 0.5 * cur.baseline[-1]
 
 
+def test_predicted_curve_model_start():
+    """`start`: kernel GD from the model's own step-0 function f_0 = mean + sd (g_0 - mean g_0) over each subset's
+    training rows. At t = 0 the curve is f_0's test error, written out naively; a zero start is the constant start;
+    a start that spreads like the targets costs error at small n; classification refuses it."""
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-1, 1, 80)
+    k = np.exp(-np.subtract.outer(x, x) ** 2 / 0.1)
+    y = np.sin(3 * x) + 0.2 * rng.standard_normal(80)
+    g0 = rng.standard_normal(80)
+    cur = predicted_curve(k, y, [24], n_subsets=3, seed=4, min_val=8, times=[0], start=g0)
+    gen = np.random.default_rng(4)
+    want = []
+    for _ in range(3):
+        perm = gen.permutation(80)
+        tr, te = perm[8:24], perm[24:]
+        f0 = y[tr].mean() + y[tr].std() * (g0 - g0[tr].mean())
+        want.append(np.mean((f0[te] - y[te]) ** 2))
+    assert cur.mean[0] == pytest.approx(np.mean(want), rel=1e-12)
+    plain = predicted_curve(k, y, [16, 40], n_subsets=4, seed=1)
+    assert predicted_curve(k, y, [16, 40], n_subsets=4, seed=1, start=np.zeros(80)).mean == pytest.approx(plain.mean)
+    noisy = predicted_curve(k, y, [16, 40], n_subsets=4, seed=1, start=3 * g0)
+    assert noisy.mean[0] > plain.mean[0] and noisy.baseline == pytest.approx(plain.baseline)
+    with pytest.raises(NtkftError, match="start"):
+        predicted_curve(k, (y > 0).astype(int), [16], classification=True, start=g0)
+    with pytest.raises(NtkftError, match="start"):
+        predicted_curve(k, y, [16], start=g0[:10])
+
+
 # ---------------------------------------------------------------- rate fit, n_half
 
 

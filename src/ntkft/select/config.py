@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -82,6 +82,9 @@ class SelectConfig(StrictModel):
     seed: int = Field(0, ge=0, description="seed of the pool rows, the new head (as finetune's) and the subsets")
     sigma: float = Field(1.0, gt=0, description="scale of the new head's init (finetune's --sigma)")
     n_subsets: int = Field(30, ge=2, description="random subsets per size in the predicted curve")
+    start: Literal["constant", "model"] = Field("constant", description="where the predicted curve's kernel GD "
+                                                "starts: the training mean, or (regression) the model's own step-0 "
+                                                "function, new head's spread included, as finetune starts")
     method: str = Field("auto", description="kernel method (auto, jacobian, jvp, factored, sketch)")
     sketch_dim: int | None = Field(None, ge=1, description="method sketch: the sketch dimension")
     skip_failed: bool = Field(False, description="go on when a candidate cannot give an eNTK (it is listed as failed)")

@@ -203,11 +203,14 @@ def _times(gd: KernelGD) -> list[int]:
 
 
 def _one_subset(kk: Array, yy: Array, tr: NDArray[np.int64], va: NDArray[np.int64], te: NDArray[np.int64],
-                classification: bool, times: Sequence[int] | None) -> tuple[float, float, float]:
-    """(test metric at the hold-out stop, constant predictor's test metric, stopping time) for one split."""
+                classification: bool, times: Sequence[int] | None,
+                start: Array | None = None) -> tuple[float, float, float]:
+    """(test metric at the hold-out stop, constant predictor's test metric, stopping time) for one split; kernel GD
+    starts at the training mean, or with `start` at the model's own step-0 function (`predicted_curve`)."""
     f0 = yy[tr].mean(0)
-    gd = KernelGD().fit(kk[np.ix_(tr, tr)], yy[tr, 0], f0=np.full(len(tr), f0[0]))
-    proj = gd.u_.T @ (yy[tr] - f0)  # all target columns on the one eigenbasis
+    ff = np.broadcast_to(f0, yy.shape) if start is None else f0 + (start - start[tr].mean(0)) * yy[tr].std(0)
+    gd = KernelGD().fit(kk[np.ix_(tr, tr)], yy[tr, 0], f0=ff[tr, 0])
+    proj = gd.u_.T @ (yy[tr] - ff[tr])  # all target columns on the one eigenbasis
     kvu = kk[np.ix_(va, tr)] @ gd.u_ / len(tr)
     ktu = kk[np.ix_(te, tr)] @ gd.u_ / len(tr)
     inv = np.divide(1.0, gd.lams_, out=np.zeros_like(gd.lams_), where=gd.lams_ > 0)
@@ -215,12 +218,12 @@ def _one_subset(kk: Array, yy: Array, tr: NDArray[np.int64], va: NDArray[np.int6
     best_t = 0
     for t in (_times(gd) if times is None else times):
         coef = (_filters(gd, t) * inv)[:, None] * proj
-        pv = f0 + kvu @ coef
+        pv = ff[va] + kvu @ coef
         key = (_score(pv, yy[va], classification), float(np.mean((pv - yy[va]) ** 2)))
         if key < best:
             best, best_t = key, t
     coef = (_filters(gd, best_t) * inv)[:, None] * proj
-    test = _score(f0 + ktu @ coef, yy[te], classification)
+    test = _score(ff[te] + ktu @ coef, yy[te], classification)
     if classification:
         const = np.zeros_like(f0)
         const[int(np.argmax(f0))] = 1.0  # majority class of the training rows
@@ -232,7 +235,7 @@ def _one_subset(kk: Array, yy: Array, tr: NDArray[np.int64], va: NDArray[np.int6
 
 def predicted_curve(k: Any, y: ArrayLike, sizes: Sequence[int], *, n_subsets: int = 30, classification: bool = False,
                     seed: int = 0, val_frac: float = 0.25, min_val: int = 32, val_outside: bool = False,
-                    times: Sequence[int] | None = None) -> PredictedCurve:
+                    times: Sequence[int] | None = None, start: ArrayLike | None = None) -> PredictedCurve:
     """The eNTK's learning curve: for each size n, `n_subsets` random n-row subsets of the pool (the N rows of K);
     kernel GD on K/n_train from the training mean (step 1/lambda_1, `KernelGD`'s default), stopped at the time
     (on a log grid) with the smallest validation error; scored on every pool row outside the subset.
@@ -243,10 +246,25 @@ def predicted_curve(k: Any, y: ArrayLike, sizes: Sequence[int], *, n_subsets: in
     `classification` (one-hot targets, metric = error rate of the argmax; ties in validation error go to the
     smaller validation MSE, then the earlier time). `times`: the GD steps the hold-out rule chooses from (default
     t = 0 and T_GRID log-spaced steps up to convergence). Subset i of a size is `rng.permutation(N)` (rng seeded
-    once with `seed`, sizes in order): validation rows first, then training rows, the rest scored."""
+    once with `seed`, sizes in order): validation rows first, then training rows, the rest scored.
+
+    `start` (regression): the model's raw step-0 outputs g_0 on the N rows, (N,) or (N, C) in standardised target
+    units. Fine-tuning (finetune's default: standardised targets, the head's bias set so the step-0 model averages
+    the training mean) starts at f_0(x) = mean(y) + sd(y) (g_0(x) - mean(g_0)) over each subset's training rows, not
+    at the constant: the new head's random projection adds a spread that can be as large as the targets' own (SmolLM2
+    cuts, whose hidden states have large norms). With `start`, kernel GD runs from that f_0: the linearised model's
+    own curve. Without it, from the training mean (the eNTK's curve for a centred start)."""
     kk = as_kernel(k)
     n_pool = kk.shape[0]
     yy = one_hot(y, n_pool) if classification else _matrix(y, "y", n_pool)
+    s0: Array | None = None
+    if start is not None:
+        if classification:
+            raise bad("start", "the model's own start is for regression (logits do not map onto the one-hot targets "
+                      "the classification curve regresses on)")
+        s0 = _matrix(start, "start", n_pool)
+        if s0.shape[1] != yy.shape[1]:
+            raise bad("start", f"has {s0.shape[1]} columns, the targets {yy.shape[1]}")
     n_subsets = count("n_subsets", n_subsets, 1)
     min_val = count("min_val", min_val, 1)
     if isinstance(val_frac, bool) or not 0 < float(val_frac) < 1:
@@ -269,7 +287,7 @@ def predicted_curve(k: Any, y: ArrayLike, sizes: Sequence[int], *, n_subsets: in
             perm = rng.permutation(n_pool)
             sub, te = perm[:used], perm[used:]
             va, tr = sub[:nv], sub[nv:]
-            a, b, t = _one_subset(kk, yy, tr, va, te, classification, times)
+            a, b, t = _one_subset(kk, yy, tr, va, te, classification, times, s0)
             tests.append(a)
             bases.append(b)
             ts.append(t)

@@ -102,12 +102,13 @@ def n_for(curve: Curve, target: float) -> tuple[float | None, bool]:
 
 
 def predict(cand: CandidateResult, k: np.ndarray, feats: np.ndarray, y: np.ndarray, classification: bool,
-            cfg: SelectConfig) -> CandidateResult:
-    """Fill in every predictor from the candidate's kernel (N, N) and pooled features."""
+            cfg: SelectConfig, start: np.ndarray | None = None) -> CandidateResult:
+    """Fill in every predictor from the candidate's kernel (N, N) and pooled features (`start`: the model's
+    step-0 outputs when the curve starts there, `SelectConfig.start`)."""
     from .predictors import hscore, kta, logme, predicted_curve
 
     pc = predicted_curve(k, y, curve_sizes(len(y), cfg.n), n_subsets=cfg.n_subsets, classification=classification,
-                         seed=cfg.seed)
+                         seed=cfg.seed, start=start)
     curve = Curve(sizes=list(pc.sizes), mean=list(pc.mean), low=list(pc.low), high=list(pc.high),
                   baseline=list(pc.baseline), metric=pc.metric)
     mean, low, high, base, extra = at_n(curve, cfg.n)
@@ -176,7 +177,14 @@ def candidate_unit(c: Candidate, pool: _Pool, cfg: SelectConfig, rf: RunFolder |
                                      "key": torch.tensor(list(digest(key).encode()), dtype=torch.uint8)})
     cand.kernel_seconds = round(time.time() - tk, 2)
     feats = _features(readout, enc)
-    cand = predict(cand, k, feats, pool.y, pool.classification, cfg)
+    start = None
+    if cfg.start == "model":
+        if pool.classification:
+            log.warning("start 'model' applies to regression; %s's curve starts at the majority class", c.name)
+        else:
+            with torch.no_grad():  # g_0 = the new head on the pooled features: the step-0 model, before its bias
+                start = readout.head(torch.from_numpy(feats).to(readout.head.weight.dtype)).double().numpy()
+    cand = predict(cand, k, feats, pool.y, pool.classification, cfg, start)
     cand.seconds = round(time.time() - t0, 2)
     if rf is not None:
         rf.write_json(res_file, {"key": digest(key), "result": json.loads(cand.model_dump_json())})
@@ -200,8 +208,9 @@ def select(cfg: SelectConfig | None = None, out: str | Path | None = None, data_
     pool = _Pool(cfg, data_dir)
     rf = None
     if out is not None:
-        key = {**cfg.model_dump(exclude={"skip_failed"}), "data": pool.data.fingerprint(),
-               "resolved": [c.model for c in cands]}
+        # `start` enters the key only off its default: runs made before the option resume
+        key = {**cfg.model_dump(exclude={"skip_failed"} | ({"start"} if cfg.start == "constant" else set())),
+               "data": pool.data.fingerprint(), "resolved": [c.model for c in cands]}
         rf = RunFolder(out, "select", key, overwrite=overwrite)
         rf.open()
     metric = "error" if pool.classification else "mse"

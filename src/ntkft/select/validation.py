@@ -140,13 +140,21 @@ class Harness:
                            n_subsets=self.cfg.n_subsets)
         res = select(cfg, self.out / "select" / task, data_dir=self.data_dir, progress=self.progress)
         by_spec = {c.name: c for c in res.candidates}
+        # post hoc (added after the first results, reported apart from the pre-stated test): the curve from the
+        # model's own step-0 function, as fine-tuning starts (regression; classification starts at the constant)
+        model_start = by_spec
+        if res.task_type == "regression":
+            again = select(cfg.model_copy(update={"start": "model"}), self.out / "select-model-start" / task,
+                           data_dir=self.data_dir, progress=self.progress)
+            model_start = {c.name: c for c in again.candidates}
         out: dict[str, dict[str, Any]] = {}
         from .run import at_n
 
         for e in self.cfg.candidates:
-            c = by_spec[self.cand_spec(e)]
-            assert c.curve is not None
+            c, cm = by_spec[self.cand_spec(e)], model_start[self.cand_spec(e)]
+            assert c.curve is not None and cm.curve is not None
             out[e.name] = {"error_at": {str(n): at_n(c.curve, n)[0] for n in self.cfg.sizes},
+                           "error_at_model_start": {str(n): at_n(cm.curve, n)[0] for n in self.cfg.sizes},
                            "baseline_at": {str(n): at_n(c.curve, n)[3] for n in self.cfg.sizes}, "beta": c.beta,
                            "kta": c.kta, "logme": c.logme, "hscore": c.hscore, "params": c.params,
                            "seconds": c.seconds}
@@ -361,6 +369,8 @@ def goodness(name: str, p: dict[str, Any], peer: dict[str, Any], n: int) -> floa
     """Predictor `name` as a score where higher predicts a better fine-tuned model."""
     if name == "entk_curve":
         return -float(p["error_at"][str(n)])
+    if name == "entk_curve_model_start":
+        return -float(p["error_at_model_start"][str(n)])
     v = peer.get(name) if name.endswith("_tr") else p.get(name)
     return None if v is None or not math.isfinite(float(v)) else float(v)
 
@@ -384,6 +394,7 @@ def analyse(task: str, n: int, pred: dict, peer: dict, meas: dict, cfg: Validati
     return {"name": task, "n": n, "measured": {c: meas[c] for c in names}, "predicted": predicted,
             "baseline_error": base, "beats_baseline": [c for c in names if meas[c]["beats_baseline"]],
             "predicted_error": {c: float(pred[c]["error_at"][str(n)]) for c in names},
+            "predicted_error_model_start": {c: float(pred[c]["error_at_model_start"][str(n)]) for c in names},
             "predicted_baseline": float(np.mean([pred[c]["baseline_at"][str(n)] for c in names])),
             "entk_seconds": {c: pred[c]["seconds"] for c in names}, "kendall": kendall, "pearson": pearson,
             "candidates": names}

@@ -9,7 +9,9 @@ import math
 from typing import Any
 
 # predictors, each oriented so that higher predicts a better fine-tuned model
-PREDICTORS = ["entk_curve", "beta", "kta", "logme", "hscore", "logme_tr", "hscore_tr", "params"]
+PREDICTORS = ["entk_curve", "beta", "kta", "logme", "hscore", "logme_tr", "hscore_tr", "params",
+              "entk_curve_model_start"]
+POST_HOC = {"entk_curve_model_start"}  # added after the first results were seen: reported, never in the verdict
 KEEP = "<!-- written by hand below this line: the harness keeps it when it rewrites the page -->"
 
 
@@ -32,14 +34,17 @@ def readme(s: dict[str, Any], kept: str = "") -> str:
              "`summary.json`. Score = -(test MSE) for regression, -(error rate) for classification; each predictor "
              "oriented so that higher predicts better. `_tr` = transformer-ranker's estimator on layer-averaged "
              "features; `logme`/`hscore` = ntkft's on the last layer's pooled features; `params` = more parameters is "
-             "better. Figures: `pooled.png` (the table below), `predicted_vs_measured.png` (the eNTK's predicted "
-             "error against the fine-tuned model's, per task and n, the constant predictor's marked).", "",
+             "better; `entk_curve_model_start` (post hoc, added after the first results were seen, never in the "
+             "verdict) = the eNTK's curve from the model's own step-0 function, new head's spread included, as "
+             "fine-tuning starts (regression tasks; on classification it is `entk_curve`). Figures: `pooled.png` "
+             "(the table below), `predicted_vs_measured.png` (the eNTK's predicted error against the fine-tuned "
+             "model's, per task and n, the constant predictor's marked).", "",
              "## Pooled over tasks (one-sided stratified permutation test, Kendall tau)", "",
              "| predictor | " + " | ".join(f"n={n} tau (p)" for n in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for k, v in s["pooled"].items():
-        lines.append(f"| {k} | " + " | ".join(f"{v[str(n)]['tau']:.2f} ({v[str(n)]['p']:.3f})" if str(n) in v else "-"
-                                             for n in sizes) + " |")
+        taus = [f"{v[str(n)]['tau']:.2f} ({v[str(n)]['p']:.3f})" if str(n) in v else "-" for n in sizes]
+        lines.append(f"| {k}{' (post hoc)' if k in POST_HOC else ''} | " + " | ".join(taus) + " |")
     lines += ["", "## Per task: Kendall tau (two-sided permutation p) of each predictor with the measured score", "",
               "| task | n | " + " | ".join(PREDICTORS) + " |", "|---|---|" + "---|" * len(PREDICTORS)]
     for t in s["tasks"]:
@@ -47,8 +52,9 @@ def readme(s: dict[str, Any], kept: str = "") -> str:
             f"{t['kendall'][k]['tau']:.2f} ({t['kendall'][k]['p']:.2f})" if k in t["kendall"] else "-"
             for k in PREDICTORS) + " |")
     lines += ["", "## Measured test error (mean over seeds) beside the constant predictor; the eNTK's prediction", "",
-              "Each cell: fine-tuned / eNTK-predicted. The constant predictor (training mean or majority class) is "
-              "scored on the same test rows (measured) and on the pool's held-out rows (predicted).", "",
+              "Each cell: fine-tuned / eNTK-predicted (from the model's own start, where it differs). The constant "
+              "predictor (training mean or majority class) is scored on the same test rows (measured) and on the "
+              "pool's held-out rows (predicted).", "",
               "| task | n | constant (measured / predicted) | " + " | ".join(s["tasks"][0]["candidates"]) + " |"
               if s["tasks"] else "", "|---|---|---|" + "---|" * (len(s["tasks"][0]["candidates"]) if s["tasks"] else 0)]
     for t in s["tasks"]:
@@ -56,7 +62,9 @@ def readme(s: dict[str, Any], kept: str = "") -> str:
         for c in t["candidates"]:
             m = t["measured"][c]
             mark = "" if m["beats_baseline"] else " ✗"
-            cells.append(f"{_f(m['test_error'])}{mark} / {_f(t['predicted_error'].get(c))}")
+            ms = t.get("predicted_error_model_start", {}).get(c)
+            extra = f" ({_f(ms)})" if ms is not None and ms != t["predicted_error"].get(c) else ""
+            cells.append(f"{_f(m['test_error'])}{mark} / {_f(t['predicted_error'].get(c))}{extra}")
         lines.append(f"| {t['name']} | {t['n']} | {_f(t['baseline_error'])} / {_f(t['predicted_baseline'])} | "
                      + " | ".join(cells) + " |")
     lines += ["", "✗ = the fine-tuned model is no better than the constant predictor on its test rows.", "",
