@@ -30,7 +30,7 @@ from .variants import Variant, load_variants, n_val_at, pool_rows
 log = logging.getLogger(__name__)
 
 
-LINEAR_VERSION = 4  # part of every tier-(a) unit's key: raise it when linear_unit's output changes
+LINEAR_VERSION = 5  # part of every tier-(a) unit's key: raise it when linear_unit's output changes (5: beta's recalibrated interval)
 
 
 class InjectedFault(RuntimeError):
