@@ -76,6 +76,14 @@ def intervals(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
     return out
 
 
+def consistent(hits: int, reps: int, level: float = 0.9, alpha: float = 0.05) -> bool:
+    """Whether `hits` of `reps` intervals holding the truth is consistent with coverage `level` (exact two-sided
+    binomial test at `alpha`): what a perfectly calibrated interval passes in 1 - alpha of the cells."""
+    from scipy.stats import binomtest
+
+    return bool(binomtest(hits, reps, level).pvalue > alpha)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per cell (family, beta, N) coverage and median width, old and new, and the oracle width."""
     cells: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
@@ -83,7 +91,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         cells.setdefault((r["family"], r["beta"], r["n"]), []).append(r)
     lines = ["| family | beta | N | reps | bias | sd | oracle width | cov. old | width old | cov. new | width new |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    summary = {"old": [0, 0, 0, 0], "new": [0, 0, 0, 0]}  # in band, under, over, cells
+    summary = {"old": [0, 0, 0, 0, 0], "new": [0, 0, 0, 0, 0]}  # in band, under, over, cells, binomially consistent
     ratios: list[float] = []
     to_oracle: dict[str, list[float]] = {"old": [], "new": []}
     for (fam, beta, n), rs in sorted(cells.items()):
@@ -104,12 +112,14 @@ def table(rows: list[dict[str, Any]]) -> str:
             s[1] += cov < 0.85 - 1e-9
             s[2] += cov > 0.95 + 1e-9
             s[3] += 1
+            s[4] += consistent(sum(lo <= beta <= hi for lo, hi in got), len(got))
             if rule == "new" and cols[1] != "-":
                 ratios.append(width / float(cols[1]))
         lines.append(f"| {fam} | {beta:g} | {n} | {len(rs)} | {err.mean():+.3f} | {err.std(ddof=1):.3f} | "
                      f"{oracle:.3f} | " + " | ".join(cols) + " |")
-    head = [f"- {rule}: 85-95% in {s[0]}/{s[3]} cells, below 85% in {s[1]}, above 95% in {s[2]}; median width / "
-            f"oracle width {np.median(to_oracle[rule]):.2f}" for rule, s in summary.items()]
+    head = [f"- {rule}: 85-95% in {s[0]}/{s[3]} cells, below 85% in {s[1]}, above 95% in {s[2]}; coverage consistent "
+            f"with 90% (exact binomial test, 5%) in {s[4]}/{s[3]}; median width / oracle width "
+            f"{np.median(to_oracle[rule]):.2f}" for rule, s in summary.items()]
     head.append(f"- median over cells of width new / width old: {np.median(ratios):.2f}")
     return "\n".join(head + [""] + lines) + "\n"
 
