@@ -204,6 +204,8 @@ def test_validation_harness_end_to_end_resumes_after_a_kill(tmp_path, data_dir, 
     assert math.isfinite(t["baseline_error"]) and set(t["predicted_error"]) == set(t["candidates"])
     assert all(m["beats_baseline"] == (m["test_error"] < m["baseline_error"]) for m in t["measured"].values())
     assert s["beats_baseline"]["16"]["of"] == 3 and "constant predictor" in s["verdict"]
+    learned = 2 * len(t["beats_baseline"]) >= 3
+    assert ("entk_curve" in s["pooled_where_learned"]) == (learned and "entk_curve" in t["kendall"])
     for png in ("pooled.png", "predicted_vs_measured.png"):
         assert (tmp_path / "docs" / png).read_bytes()[:4] == b"\x89PNG"
     # a rerun rewrites the generated part and keeps the hand-written one

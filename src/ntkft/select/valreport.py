@@ -45,6 +45,16 @@ def readme(s: dict[str, Any], kept: str = "") -> str:
     for k, v in s["pooled"].items():
         taus = [f"{v[str(n)]['tau']:.2f} ({v[str(n)]['p']:.3f})" if str(n) in v else "-" for n in sizes]
         lines.append(f"| {k}{' (post hoc)' if k in POST_HOC else ''} | " + " | ".join(taus) + " |")
+    learned = s.get("pooled_where_learned", {})
+    if learned:
+        lines += ["", "Post hoc, the same test over the (task, n) rows where fine-tuning learned (at least half the "
+                  "candidates beat the constant predictor; elsewhere the measured ranking is of models at or below "
+                  "the constant):", "", "| predictor | " + " | ".join(f"n={n} tau (p, tasks)" for n in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        for k, v in learned.items():
+            cells = [f"{v[str(n)]['tau']:.2f} ({v[str(n)]['p']:.3f}, {v[str(n)]['tasks']})" if str(n) in v else "-"
+                     for n in sizes]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "## Per task: Kendall tau (two-sided permutation p) of each predictor with the measured score", "",
               "| task | n | " + " | ".join(PREDICTORS) + " |", "|---|---|" + "---|" * len(PREDICTORS)]
     for t in s["tasks"]:
