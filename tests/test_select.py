@@ -13,6 +13,7 @@ from conftest import killed_on_call, run_cli
 from ntkft.errors import ConfigError
 from ntkft.select import run as select_run
 from ntkft.select.config import SelectConfig, parse_candidate
+from ntkft.select.report import table as select_run_table
 from ntkft.select.run import Curve, at_n, n_for
 
 FAST = {"task": "sst2", "n": 48, "pool": 96, "n_subsets": 4, "progress": False}
@@ -58,6 +59,8 @@ def test_model_start_is_finetunes_step_zero(tmp_path, data_dir):
     plain = ntkft.select(models=["tiny-bert"], task="stsb", n=48, pool=96, n_subsets=4, sigma=2.0, progress=False)
     assert res.candidates[0].curve.mean != plain.candidates[0].curve.mean
     assert res.candidates[0].curve.baseline == plain.candidates[0].curve.baseline
+    assert (res.start, plain.start) == ("model", "constant")
+    assert "from the model's own step-0 function" in select_run_table(res)
     with pytest.raises(ConfigError, match="another"):  # the start is part of the run's key
         ntkft.select(models=["tiny-bert"], task="stsb", n=48, pool=96, n_subsets=4, sigma=2.0, progress=False,
                      out=tmp_path / "m")

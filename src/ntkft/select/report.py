@@ -46,7 +46,9 @@ def table(res: SelectResult) -> str:
                                for j, (v, w) in enumerate(zip(r, widths)))
     notes = [f"task {res.task} ({res.task_type}), eNTK on a pool of {res.pool} training rows; "
              f"{res.metric}@{res.n} = predicted test {res.metric} after fine-tuning on {res.n} rows "
-             "(hold-out early-stopped kernel GD; low/high: 5-95% over subsets); constant = the constant predictor"]
+             "(hold-out early-stopped kernel GD from "
+             + ("the model's own step-0 function" if res.start == "model" else "the training mean")
+             + "; low/high: 5-95% over subsets); constant = the constant predictor"]
     if any(c.error_at_n_extrapolated or c.n_for_target_extrapolated for c in res.candidates):
         notes.append("* extrapolated beyond the pool with c + a n^-r")
     return "\n".join([line(head), *map(line, body), *notes])

@@ -58,6 +58,7 @@ class SelectResult(BaseModel):
     pool: int
     target_error: float | None
     candidates: list[CandidateResult]
+    start: str = "constant"  # where the curves' kernel GD starts: the training mean, or the model's own step 0
 
     def best(self) -> CandidateResult:
         return self.candidates[0]

@@ -231,7 +231,8 @@ def select(cfg: SelectConfig | None = None, out: str | Path | None = None, data_
         if on_candidate is not None:
             on_candidate(r)
     res = SelectResult(task=pool.spec.name, task_type=pool.spec.type, metric=metric, n=cfg.n, pool=cfg.pool,
-                       target_error=cfg.target_error, candidates=_rank(results))
+                       target_error=cfg.target_error, candidates=_rank(results),
+                       start="model" if cfg.start == "model" and not pool.classification else "constant")
     if rf is not None:
         from .report import write_report
 
