@@ -23,18 +23,7 @@ import numpy as np
 
 from ntkft.spectrum import matched as M
 from ntkft.spectrum.eig import FLOOR
-from ntkft.spectrum.validate import BETAS, FAMILIES, kernel
-
-
-def _points(kk: np.ndarray, idx: np.ndarray, inner: int, rng: np.random.Generator, a: int, b: int) -> np.ndarray:
-    n = idx.shape[1]
-    m = M._half(n)
-    l_full = M.log_spectra(kk, idx, FLOOR)
-    pos = M._subsets(rng, n, m, (idx.shape[0], inner))
-    sub_idx = np.take_along_axis(idx[:, None, :], pos, axis=2).reshape(-1, m)
-    l_sub = M.log_spectra(kk, sub_idx, FLOOR).reshape(idx.shape[0], inner, m).mean(axis=1)
-    out: np.ndarray = M.matched_points(l_full, l_sub, m / n, a, b)
-    return out
+from ntkft.spectrum.validate import BETAS, FAMILIES, consistent, kernel
 
 
 def one(fam: str, beta: float, n: int, seed: int, draws: int) -> dict[str, Any]:
@@ -51,10 +40,9 @@ def one(fam: str, beta: float, n: int, seed: int, draws: int) -> dict[str, Any]:
         a_sub = max(a, math.ceil(size / M._half(size) - 1e-12))
         if b_sub < a_sub:
             continue
-        d = _points(kk, M._subsets(rng, n, size, (draws,)), int(np.clip(4000 // size, 4, 20)), rng, a_sub, b_sub)
-        r = M._half(size) / size
-        fixed = M.fit_shift(d, r, a_sub, b_sub, True, (ci.shift, ci.fit_k_min))[0]
-        refit, c, _ = M.fit_shift(d, r, a_sub, b_sub, True)
+        idx = M._subsets(rng, n, size, (draws,))
+        refit, c, _, d = M._estimate(kk, idx, int(np.clip(4000 // size, 4, 20)), rng, a_sub, b_sub, FLOOR)
+        fixed = M.fit_shift(d, M._half(size) / size, a_sub, b_sub, True, (ci.shift, ci.fit_k_min))[0]
         out[tag] = {"size": size, "fixed": fixed.tolist(), "refit": refit.tolist(), "c": c.tolist()}
     out["cpu"] = time.process_time() - t0
     return out
@@ -74,14 +62,6 @@ def intervals(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
     if len(refit) >= 10:
         out["new"] = M.interval(est, refit, n, h["size"], 0.9)
     return out
-
-
-def consistent(hits: int, reps: int, level: float = 0.9, alpha: float = 0.05) -> bool:
-    """Whether `hits` of `reps` intervals holding the truth is consistent with coverage `level` (exact two-sided
-    binomial test at `alpha`): what a perfectly calibrated interval passes in 1 - alpha of the cells."""
-    from scipy.stats import binomtest
-
-    return bool(binomtest(hits, reps, level).pvalue > alpha)
 
 
 def table(rows: list[dict[str, Any]]) -> str:

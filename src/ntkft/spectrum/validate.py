@@ -105,6 +105,12 @@ def _f(x: float | None, fmt: str = "+.3f") -> str:
     return "-" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
+def consistent(hits: int, reps: int, level: float = 0.9, alpha: float = 0.05) -> bool:
+    """Whether `hits` of `reps` intervals holding the truth is consistent with coverage `level` (exact two-sided
+    binomial test at `alpha`): what a perfectly calibrated interval passes in 1 - alpha of the cells."""
+    return bool(binomtest(hits, reps, level).pvalue > alpha)
+
+
 def _span(cells: list[dict[str, Any]], key: str) -> str:
     """'a to b' over the cells' values of `key` (in units of beta), or '-' when there are none."""
     vals = [c[key] for c in cells if c.get(key) is not None and math.isfinite(c[key])]
@@ -119,7 +125,7 @@ def table(summary: list[dict[str, Any]], minutes: float, command: str) -> str:
     inside = [s for s in cov if 0.85 <= s["coverage"] <= 0.95]
     low = [f"{s['family']} {s['beta']:g} N={s['n']} ({s['coverage']:.0%})" for s in cov if s["coverage"] < 0.85]
     off = [f"{s['family']} {s['beta']:g} N={s['n']} ({s['hits']}/{s['intervals']})" for s in cov
-           if binomtest(s["hits"], s["intervals"], 0.9).pvalue <= 0.05]
+           if not consistent(s["hits"], s["intervals"])]
     spiked3 = [s for s in summary if s["family"] == "spiked" and s["beta"] == 3 and s["n"] <= 200]
     old200 = [s["coverage_old"] for s in summary if s["family"] != "power" and s["n"] == 200
               and s.get("coverage_old") is not None]
