@@ -139,6 +139,11 @@ class _Pool:
         self.classification = self.spec.type == "classification"
         self.y = np.asarray(self.data.labels, dtype=np.int64 if self.classification else np.float64)
         self.out_dim = self.data.num_classes if self.classification else 1
+        # the curves start at the model's own step 0 (regression only: logits do not map onto one-hot targets)
+        self.model_start = cfg.start == "model" and not self.classification
+        if cfg.start == "model" and self.classification:
+            log.warning("start 'model' applies to regression; the curves of %s start at the majority class",
+                        self.spec.name)
 
 
 def candidate_unit(c: Candidate, pool: _Pool, cfg: SelectConfig, rf: RunFolder | None, idx: int,
@@ -178,12 +183,9 @@ def candidate_unit(c: Candidate, pool: _Pool, cfg: SelectConfig, rf: RunFolder |
     cand.kernel_seconds = round(time.time() - tk, 2)
     feats = _features(readout, enc)
     start = None
-    if cfg.start == "model":
-        if pool.classification:
-            log.warning("start 'model' applies to regression; %s's curve starts at the majority class", c.name)
-        else:
-            with torch.no_grad():  # g_0 = the new head on the pooled features: the step-0 model, before its bias
-                start = readout.head(torch.from_numpy(feats).to(readout.head.weight.dtype)).double().numpy()
+    if pool.model_start:
+        with torch.no_grad():  # g_0 = the new head on the pooled features: the step-0 model, before its bias
+            start = readout.head(torch.from_numpy(feats).to(readout.head.weight.dtype)).double().numpy()
     cand = predict(cand, k, feats, pool.y, pool.classification, cfg, start)
     cand.seconds = round(time.time() - t0, 2)
     if rf is not None:
@@ -232,7 +234,7 @@ def select(cfg: SelectConfig | None = None, out: str | Path | None = None, data_
             on_candidate(r)
     res = SelectResult(task=pool.spec.name, task_type=pool.spec.type, metric=metric, n=cfg.n, pool=cfg.pool,
                        target_error=cfg.target_error, candidates=_rank(results),
-                       start="model" if cfg.start == "model" and not pool.classification else "constant")
+                       start="model" if pool.model_start else "constant")
     if rf is not None:
         from .report import write_report
 

@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,10 @@ class Harness:
         for e in self.cfg.candidates:
             c, cm = by_spec[self.cand_spec(e)], model_start[self.cand_spec(e)]
             assert c.curve is not None and cm.curve is not None
-            out[e.name] = {"error_at": {str(n): at_n(c.curve, n)[0] for n in self.cfg.sizes},
+            at = {str(n): at_n(c.curve, n) for n in self.cfg.sizes}  # (mean, low, high, constant, extrapolated)
+            out[e.name] = {"error_at": {n: v[0] for n, v in at.items()},
                            "error_at_model_start": {str(n): at_n(cm.curve, n)[0] for n in self.cfg.sizes},
-                           "baseline_at": {str(n): at_n(c.curve, n)[3] for n in self.cfg.sizes}, "beta": c.beta,
+                           "baseline_at": {n: v[3] for n, v in at.items()}, "beta": c.beta,
                            "kta": c.kta, "logme": c.logme, "hscore": c.hscore, "params": c.params,
                            "seconds": c.seconds}
         return out
@@ -404,7 +406,7 @@ def summarise(cfg: ValidationConfig, tasks: list[dict], seconds: float, out: Pat
     """Pooled stratified permutation tests per predictor and n, costs, and the verdict."""
     from .stats import stratified_perm_test
 
-    def pool(rows_of: Any) -> dict[str, dict[str, Any]]:
+    def pool(rows_of: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for n in cfg.sizes:
             rows = [t for t in tasks if t["n"] == n and rows_of(t)]
