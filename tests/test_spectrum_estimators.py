@@ -42,16 +42,16 @@ def test_pure_power_law_keeps_no_shift():
 
 
 def test_interval_coverage_on_a_shifted_kernel():
-    """Nominal 90% over 12 replicate kernels (N = 200): the interval covers beta at least 10 times (measured 12/12
-    here; 10/12 for the previous interval, whose subsamples reused the estimate's shift; the grid is in
-    estimators-coverage.md); the previous default estimate (no shift) is covered 0 times (0.27 low)."""
+    """Nominal 90% over 12 replicate kernels (N = 200): the interval covers beta at least 10 times (10/12 for an
+    interval whose subsamples reused the estimate's shift; the grid is in estimators.md); the previous default
+    estimate (no shift) is covered 0 times (0.27 low)."""
     hits = old_hits = 0
     for seed in range(12):
         k = kernel("shifted", 1.0, 200, 100 + seed)
         ci = ntkft.estimate_beta(k, draws=30, seed=seed)
         assert ci.low is not None and ci.low <= ci.beta <= ci.high
         hits += ci.contains(1.0)
-        old_hits += subsample_ci(k, draws=30, seed=seed, shift=False).contains(1.0)
+        old_hits += subsample_ci(k, draws=30, seed=seed, shift=False, interval="subsample").contains(1.0)
     assert hits >= 10 and old_hits <= 1
 
 
@@ -88,9 +88,24 @@ def test_fit_beta_is_deprecated_and_is_the_window_fit():
 
 def test_summary_table_from_rows():
     rows = [{"family": "power", "beta": 1.0, "n": 800, "seed": s, "ntkft": 1.0 + 0.01 * s, "low": 0.95, "high": 1.05,
-             "shift": 0.0, "old": 1.0, "old_low": None, "old_high": None, "paper": 1.2, "paper_r2": 0.99,
-             "paper_r2_centred": 0.9, "window": 0.98} for s in range(10)]
+             "sub_low": 0.99 + 0.01 * s, "sub_high": 1.01 + 0.01 * s, "shift": 0.0, "old": 1.0, "paper": 1.2,
+             "paper_r2": 0.99, "paper_r2_centred": 0.9, "window": 0.98, "cpu_estimate": 2.0} for s in range(10)]
     s = summarise(rows)
-    assert s[0]["bias_ntkft"] == pytest.approx(0.045) and s[0]["coverage"] == 1.0 and s[0]["coverage_old"] is None
+    assert s[0]["bias_ntkft"] == pytest.approx(0.045) and s[0]["coverage"] == 1.0 and s[0]["hits_sub"] == 2
+    assert s[0]["coverage_sub"] == pytest.approx(0.2) and s[0]["oracle_width"] == pytest.approx(0.162)
     md = table(s, 1.0, "cmd")
     assert "1/1 cells at N >= 800" in md and "85-95% in 0/1 cells" in md and "| power | 1 | 800 | 10 | +0.045 |" in md
+    assert "below 85% in 1 (power 1 N=800 (2/10))" in md and "N = 800: 2.0 s" in md
+
+
+def test_real_section_counts_both_intervals():
+    from ntkft.spectrum.validate import real_section
+
+    def rule(hits: int) -> dict:
+        return {"implied_sd": 0.01, "hits": hits, "intervals": 20}
+    res = {"model": "m", "pool": 1152, "draws": 20, "n_per_draw": 57, "command": "cmd",
+           "tasks": [{"task": t, "beta_mean": 0.6, "beta_sd": 0.02, "parametric": rule(18), "subsample": rule(h)}
+                     for t, h in (("a", 10), ("b", 12))]}
+    md = real_section(res, "x.json")
+    assert "parametric (default): holds the draws' mean in 36/40 draws; subsample (previous rule): 22/40" in md
+    assert "| a | 0.600, 0.020 | 0.010 (0.50x) | 18/20 | 0.010 (0.50x) | 10/20 |" in md

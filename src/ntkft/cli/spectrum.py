@@ -35,9 +35,10 @@ class SpectrumConfig(StrictModel):
     n: int = Field(100, ge=4, description="samples per computed kernel (--model)")
     draws: int = Field(1, ge=1, description="independent sample draws per task for --model (seeds 0..draws-1)")
     max_length: int = Field(64, ge=2, description="tokens per sample for --model")
-    ci_draws: int = Field(200, ge=0, description="subsamples for the beta interval (0: no interval)")
+    ci_draws: int = Field(40, ge=0, description="simulated kernels behind the beta interval (0: no interval; 40 = "
+                          "estimate_beta's default)")
     level: float = Field(0.9, gt=0, lt=1, description="confidence level of the beta interval")
-    seed: int = Field(0, ge=0, description="seed of the subsampling")
+    seed: int = Field(0, ge=0, description="seed of the estimator's half-subsets and simulated kernels")
     all_estimators: bool = Field(False, description="also print the descriptive window fit and the paper's fit "
                                                     "(eq 31-32), by their names; beta is always the headline")
 

@@ -71,7 +71,7 @@ class EfficiencyConfig(StrictModel):
     controls: list[Control] = Field(default_factory=list)
     pool: int = Field(640, ge=16, description="rows of the kernel pool N per input set")
     n_test: int = Field(500, ge=8, description="test rows (all of the split when it has fewer)")
-    beta_draws: int = Field(50, ge=0, description="subsampling draws of ntkft's beta interval")
+    beta_draws: int = Field(50, ge=0, description="simulated kernels behind ntkft's beta interval")
     paper_n: int = Field(100, ge=10, description="rows per draw of the paper's estimator (3 disjoint draws)")
     linear: LinearTier = Field(default_factory=LinearTier)
     finetune: FinetuneTier = Field(default_factory=FinetuneTier)

@@ -26,7 +26,7 @@ def _nan(x: float | None) -> float:
 
 def betas(cfg: EfficiencyConfig, k: np.ndarray) -> dict[str, Any]:
     """The paper's estimator (mean over 3 disjoint draws of `paper_n` pool rows, eq 31-32) and ntkft's
-    (scale-matched on the whole pool) with its subsampling interval."""
+    (scale-matched on the whole pool) with its interval."""
     n = k.shape[0]
     draws = min(3, n // cfg.paper_n)
     rng = np.random.default_rng(0)

@@ -30,8 +30,8 @@ from .variants import Variant, load_variants, n_val_at, pool_rows
 log = logging.getLogger(__name__)
 
 
-# part of every tier-(a) unit's key: raise it when linear_unit's output changes (5: beta's recalibrated interval)
-LINEAR_VERSION = 5
+# part of every tier-(a) unit's key: raise it when linear_unit's output changes (6: beta's parametric interval)
+LINEAR_VERSION = 6
 
 
 class InjectedFault(RuntimeError):

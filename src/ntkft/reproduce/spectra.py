@@ -2,7 +2,7 @@
 
 Per model, task and draw: the kernel of `kernel_n` seeded training samples; per model and task: beta by the
 paper's estimator (eq 31-32) and by ntkft's default (the scale-matched estimate of `ntkft spectrum`), mean +- sd
-over draws, its subsampling interval on the first draw,
+over draws, its interval on the first draw,
 power law against exponential decay, and the predicted ranking of sample efficiency (larger beta first)."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Options(RunOptions):
                                      description="tasks whose eNTK spectrum is measured")
     kernel_n: int = Field(100, ge=8, description="random training samples per spectrum kernel (paper: 100)")
     draws: int = Field(3, ge=1, description="independent draws per task (paper: 3)")
-    ci_draws: int = Field(200, ge=10, description="subsamples for the beta confidence interval")
+    ci_draws: int = Field(200, ge=10, description="simulated kernels behind the beta interval")
 
 
 def centred_r2(lams: np.ndarray, beta: float) -> float:
@@ -180,7 +180,7 @@ def _ours(k: torch.Tensor, draws: int, what: str) -> BetaCI | None:
         log.warning("%s: no ntkft beta (%s)", what, e)
         return None
     if draws and (res.low is None or res.high is None):
-        log.warning("%s: no subsampling interval (%s)", what, res.note)
+        log.warning("%s: no beta interval (%s)", what, res.note)
     return res
 
 
@@ -249,7 +249,7 @@ def section(view: RunView, figs: dict[str, bytes]) -> Section:
                     f"task, {cfg.get('draws')} draws. beta by the paper's estimator (least squares of "
                     "log(lambda_k/lambda_1) on log k, k = 1..N, eq 31-32) and by ntkft's default (the scale-matched "
                     "estimate of `ntkft spectrum`: the k-th eigenvalue of K against the matching one of its "
-                    "half-subsets, corrected for finite N) with its 90% subsampling interval on the first draw. "
+                    "half-subsets, corrected for finite N) with its 90% interval on the first draw. "
                     "Kernel parameters per model: " + ", ".join(f"{m}: {p}" for m, p in d.kernel_params.items()) + ".")
     sec.text.append("R2 (paper) is the paper's uncentred R^2 (fit through the origin, total sum of y^2), near 1 for "
                     "any decreasing spectrum; R2 (centred) is the same fit against the mean of y.")
@@ -269,7 +269,7 @@ def section(view: RunView, figs: dict[str, bytes]) -> Section:
                    "CI low", "CI high", "R2 (paper est.)", "R2 (centred)", "decay"])
         off = [label(s.task) for s in mine if not (s.ci_low <= s.beta_ntkft[0] <= s.ci_high)]
         if off:
-            t.note = f"No subsampling interval around the first draw's estimate for {', '.join(off)} (too few samples)."
+            t.note = f"No interval around the first draw's estimate for {', '.join(off)} (too few samples)."
         for s in mine:
             pb = PAPER_BETA.get(s.task)
             t.rows.append([label(s.task), pb[0] if pb else None, pb[1] if pb else None, s.beta_paper_mean,

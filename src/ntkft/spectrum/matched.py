@@ -1,4 +1,4 @@
-"""The decay rate beta of the kernel's operator, corrected for finite N, with a subsampling interval.
+"""The decay rate beta of the kernel's operator, corrected for finite N, with an interval from simulated kernels.
 
 Why not the plain window fit: the eigenvalues of K/N are biased estimates of the operator's eigenvalues mu_k,
 and the bias depends on k/N (tail mass lifts lambda_k for slow decay, fast decay pushes it down): on kernels with
@@ -16,33 +16,22 @@ d_k = 2 beta log((k + c)/(r k + c)), so the fit also chooses an index shift c (k
 spread of the points) and may start an octave or two later (past leading spikes). Without the shift (the previous
 default) the estimate was off by > 0.3 beta on such kernels; with it, see docs/results/efficiency/estimators.md.
 
-The interval (`interval`) comes from the same estimator on random b-subsets (b = N/2, its window scaled by b/N),
-each with its own index shift and start refitted, so the uncertainty of the shift is in the spread:
+The interval (`interval="parametric"`, the default) is a parametric bootstrap of the estimator itself: `draws`
+kernels of N fresh uniform points are simulated in closed form (`closed.cosine_kernel`, the validation's kernels)
+with the operator spectrum the estimate describes (`model_spectrum`: (k + c)^(-2 beta) with the fitted beta and
+shift, the kernel's own leading eigenvalues where they stand above that curve, its rank where it has exact zeros),
+the same estimator is run on each, and their errors e = beta* - beta give the half-width |mean e| + z sd(e) on both
+sides of the estimate (so it always holds it). Why: the estimate's spread shrinks with N at rates from about 0.5 to
+1.8 on the closed-form kernels (the window and the shift fit change with N), so no single rate turns the spread of
+half-size subsamples into the spread at N. The previous rule (`interval="subsample"`) did exactly that:
 
     beta_N +- ( z * sd(beta_b) / sqrt((N/b)^(2 tau) - 1)  +  |mean(beta_b) - beta_N| ),   tau = RATE = 1.75,
 
-z the normal quantile of the level. The first term is the subsample spread scaled from b to N for an estimate whose
-sd falls as n^(-tau) (var(beta_b | sample) = s^2 (b^(-2 tau) - N^(-2 tau)); tau = 1/2 gives the delete-d jackknife's
-sqrt(b/(N - b)) of the previous interval). The estimate is not root-N: on the closed-form kernels its sd falls as
-N^(-0.5..-1.8) over N = 200-800 (N^(-0.6..-2.4) from 100 to 200, fastest where the shift is fitted: a longer window
-pins it down), and the refitted subsamples at N/2 spread mostly 1.3-3.3x more than the estimate at N (median about
-2; tau = 1.75 alone would assume 3.2x). The second term is the change of the estimate's bias from b to N. On these
-kernels the bias is small (|bias| <= 0.026 at N >= 200, <= 0.016 at N >= 400, outside spiked beta 3), so the term
-mostly adds the subsample mean's own scatter about beta_N (median 0.3-1.4 sd of the estimate) and, with the first,
-gives about the right width; where the bias is large (spiked beta 3, N <= 400: -0.4, too few eigenvalues above the
-floor) it widens the interval to ~5, i.e. says the estimate is not usable. (The rule was first calibrated on a grid
-whose kernels drew their points from the estimator's own seed stream, see `validate.kernel`: the estimate's first
-half-subset was then the N/2 points of smallest x, which made a bias of -0.02 to -0.13 at beta >= 1 growing with N,
-and this term tracked it.) On the corrected grid (docs/results/efficiency/estimators-coverage.md) tau = 1.75 with
-this term covers 85-95% in 20 of 48 cells, below in 8 (beta 0.6 at N >= 400, where the subsamples spread only 1.4x
-the estimate; shifted beta 0.6 with a +0.01-0.015 bias from a low fitted shift, and shifted beta 1 at N = 400).
-Recalibrated on its N <= 400 cells (tau 0.75-3; no bias term, this one, or in quadrature; a per-kernel tau from
-sizes N/2 and N/4), tau = 2 had the most cells in band without more below (18 against 15; held-out N = 800: 6
-against 5) but fewer on fresh kernels (4 against 8 of 24 cells at N = 200-400, 10 below against 5), so tau stays
-1.75: the differences are within the grid's counting noise. Adding the term to both sides keeps the interval
-symmetric about the estimate it reports (so it always contains it). The previous interval (subsamples reused the
-estimate's shift, tau = 1/2, quantile of |beta_b - beta_N|) was ~2x too wide on pure power laws and covered 55-72%
-on shifted ones at N = 100.
+over random b = N/2 subsets refitting the shift; it under-covered beta 0.6 at N >= 400 (70-75%, where the rate is
+about 0.8) and, on real eNTKs split into disjoint draws, its implied sd was 0.2-1.0x the spread over the draws.
+Measured on both kinds of kernel, side by side: docs/results/efficiency/estimators.md. The simulated kernels assume
+cosine-like eigenfunctions (the eigenvalues' fluctuation depends on them); on real eNTKs the parametric interval's
+implied sd is checked against the spread over disjoint draws on the same page.
 """
 
 from __future__ import annotations
@@ -50,7 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,20 +47,24 @@ from numpy.typing import NDArray
 from ..errors import KernelError
 from .checks import bad, count
 from .checks import level as check_level
+from .closed import TERMS_PER_POINT, cosine_kernel, shifted_power
 from .eig import FLOOR, Array, as_kernel, eigenvalues, log_spectra
 from .result import Result
 
+Interval = Literal["parametric", "subsample"]
+INTERVALS: tuple[str, ...] = ("parametric", "subsample")
+
 CHUNK = 2 * 10**7  # float64 entries of subsample matrices held at once (160 MB)
 SHIFT_GRID = 120  # positive index shifts tried by the shift fit
-RATE = 1.75  # the interval's calibrated exponent tau: the estimate's sd taken to fall as n^(-tau) (module doc;
-# re-checked on the corrected validation grid, kept)
+RATE = 1.75  # the subsample interval's exponent tau: the estimate's sd taken to fall as n^(-tau) (module doc)
+DRAWS = 40  # simulated kernels behind the default interval (each costs about one estimate at N)
 MIN_SHIFT_POINTS = 8  # a shift is fitted only on windows of at least this many points (2 parameters, a spread test)
 
 
 @dataclass
 class BetaCI(Result):
-    """The scale-matched beta, its window and its subsampling interval (low/high are None when N is too small;
-    `estimates` are the subsample betas behind the interval, each with its own shift)."""
+    """The scale-matched beta, its window and its interval (low/high are None when there is none; `estimates` are
+    the betas behind the interval: on the simulated kernels, or on the subsamples, each with its own shift)."""
 
     beta: float
     low: float | None
@@ -80,8 +73,8 @@ class BetaCI(Result):
     k_min: int  # the window actually used, in the full spectrum
     k_max: int
     m_estimate: int  # subset size of the estimate (about N/2)
-    m: int  # subset size b of the interval's subsamples
-    draws: int  # interval subsamples that gave an estimate
+    m: int  # size of the interval's kernels: N (parametric) or the subsample size b
+    draws: int  # simulated kernels (or subsamples) that gave an estimate
     inner_draws: int
     num_positive: int
     method: str = "scale-matched, shift-fitted"
@@ -91,6 +84,7 @@ class BetaCI(Result):
     shift: float = 0.0  # fitted index shift c in mu_k = (k + c)^(-2 beta) (0: a pure power law on the window)
     points: list[float] = field(default_factory=list)  # matched points d_k / (2 log(1/r)), k = k_min..k_max
     fit_k_min: int = 0  # first k the fit used (k_min, or an octave or two later past a few large leading eigenvalues)
+    interval: str = "parametric"  # how low/high were made: "parametric" (simulated kernels) or "subsample"
 
     def line(self) -> list[float]:
         """The fitted model through `points` on k = fit_k_min..k_max: beta log((k + c)/(r k + c)) / log(1/r) (flat
@@ -236,17 +230,21 @@ def matched_beta(k: Any, k_min: int | None = None, k_max: int | None = None, dra
 
 def subsample_ci(k: Any, m: int | None = None, draws: int = 200, level: float = 0.9, seed: int = 0,
                  k_min: int | None = None, k_max: int | None = None, inner_draws: int | None = None,
-                 floor: float = FLOOR, lams: Array | None = None, shift: bool = True) -> BetaCI:
-    """beta (scale-matched, finite-N corrected, index shift fitted) with a symmetric subsampling interval at
-    `level` (`interval`: subsamples refit the shift, spread scaled by the calibrated rate, plus the bias change
-    from m to N); `shift=False` is the plain scale-matched mean (biased by > 0.3 on shifted power laws).
+                 floor: float = FLOOR, lams: Array | None = None, shift: bool = True,
+                 interval: Interval = "parametric") -> BetaCI:
+    """beta (scale-matched, finite-N corrected, index shift fitted) with a symmetric interval at `level`;
+    `shift=False` is the plain scale-matched mean (biased by > 0.3 on shifted power laws).
 
-    `m` is the interval's subsample size (default about N/2), `draws` its number of subsamples (0: no interval),
-    `inner_draws` the half-subsets behind each estimate (default 100 for the estimate, fewer per subsample);
-    eigenvalues below `floor` * lambda_1 count as zero; `lams` are K/N's eigenvalues if already computed."""
+    `interval` (the module doc): "parametric" (default) simulates `draws` closed-form kernels of N points with the
+    fitted spectrum and reads the estimate's spread and bias off them; "subsample" (the previous rule) scales the
+    spread of `draws` refitted m-subsamples (`m` default about N/2) to N by a calibrated rate. 0 draws: no interval.
+    `inner_draws`: the half-subsets behind each estimate (default 10000 // N within 20..100 for an estimate at N,
+    fewer per subsample); eigenvalues below `floor` * lambda_1 count as zero; `lams`: K/N's eigenvalues if known."""
     kk = as_kernel(k)
     n = kk.shape[0]
     level = check_level(level)
+    if interval not in INTERVALS:
+        raise bad("interval", f"choose from {', '.join(INTERVALS)}, got {interval!r}")
     draws = count("draws", draws, 0)
     lams = eigenvalues(kk, floor=floor) if lams is None else lams
     n_pos = int((lams > 0).sum())
@@ -260,13 +258,20 @@ def subsample_ci(k: Any, m: int | None = None, draws: int = 200, level: float = 
     beta, r = float(betas[0]), _half(n) / n
     if not math.isfinite(beta):
         raise KernelError(f"the half-subsets of the kernel have too few positive eigenvalues for the window k={a}..{b}")
+    res = BetaCI(beta, None, None, level, a, b, _half(n), n, 0, 0, n_pos,
+                 method="scale-matched, shift-fitted" if shift else "scale-matched", n=n, shift=float(cs[0]),
+                 fit_k_min=int(starts[0]), points=(d[0] / (2 * math.log(1 / r))).tolist(), interval=interval)
+    if interval == "parametric":
+        if m is not None:
+            raise bad("m", "the subsample size applies to interval='subsample' only")
+        if draws == 0:
+            res.note = "not requested (0 draws)"
+            return res
+        return _parametric(res, lams, rng, d_full, k_min, k_max, floor, shift, draws)
     size = _half(n) if m is None else count("m", m, 2)
     if m is not None and size >= n:
         raise bad("m", f"the subsample size must be below N={n}, got {m}")
-    res = BetaCI(beta, None, None, level, a, b, _half(n), size, 0, 0, n_pos,
-                 method="scale-matched, shift-fitted" if shift else "scale-matched", n=n, shift=float(cs[0]),
-                 fit_k_min=int(starts[0]),
-                 points=(d[0] / (2 * math.log(1 / r))).tolist())
+    res.m = size
     b_sub = min(b * size // n, (min(size, n_pos) // 2))
     r_sub = _half(size) / size
     a_sub = max(a, math.ceil(1 / r_sub - 1e-12))
@@ -288,11 +293,63 @@ def subsample_ci(k: Any, m: int | None = None, draws: int = 200, level: float = 
     if len(est) < max(10, draws // 2):
         res.note = f"only {len(est)} of {draws} subsamples had enough positive eigenvalues"
         return res
-    res.low, res.high = interval(beta, est, n, size, level)
+    res.low, res.high = subsample_interval(beta, est, n, size, level)
     return res
 
 
-def interval(beta: float, est: Array, n: int, size: int, level: float, rate: float = RATE) -> tuple[float, float]:
+def model_spectrum(lams: Array, est: BetaCI, terms: int) -> tuple[Array, float]:
+    """The operator spectrum the parametric interval simulates: mu_k = (k + c)^(-2 beta) with the estimate's beta
+    and shift c, and before the fit's first k the kernel's own eigenvalues (rescaled to the fitted curve over the
+    window) where they lie above it, so that large leading eigenvalues are kept; `terms` terms and the tail sum.
+    A kernel with exact zeros (eigenvalues below the floor) is simulated at its rank."""
+    mu, tail = shifted_power(est.beta, est.shift, terms)
+    s = est.fit_k_min or est.k_min
+    k = np.arange(s, est.k_max + 1)
+    k = k[(lams[k - 1] > 0) & np.isfinite(mu[k - 1])]
+    scale = float(np.exp(np.mean(np.log(lams[k - 1]) - np.log(mu[k - 1]))))
+    mu[:s - 1] = np.fmax(lams[:s - 1] / scale, mu[:s - 1])
+    rank = int((lams > 0).sum())
+    if rank < len(lams):  # exact zeros: a finite-rank operator (its rank at most the kernel's), simulated as such
+        mu[rank:], tail = 0.0, 0.0
+    return mu, tail
+
+
+def _parametric(res: BetaCI, lams: Array, rng: np.random.Generator, inner: int, k_min: int | None,
+                k_max: int | None, floor: float, shift: bool, draws: int) -> BetaCI:
+    """The parametric interval: the same estimator on `draws` closed-form kernels of N uniform points whose
+    operator has the fitted spectrum (`model_spectrum`); their errors e = beta* - beta give the half-width
+    |mean e| + z sd(e), on both sides of the estimate."""
+    n = res.n
+    mu, tail = model_spectrum(lams, res, TERMS_PER_POINT * n)
+    est = []
+    for _ in range(draws):
+        sim = cosine_kernel(mu, tail, rng.uniform(0.0, 1.0, n))
+        try:
+            one = subsample_ci(sim, draws=0, seed=int(rng.integers(2**31)), k_min=k_min, k_max=k_max,
+                               inner_draws=inner, floor=floor, shift=shift)
+        except KernelError:
+            continue
+        if math.isfinite(one.beta):
+            est.append(one.beta)
+    res.inner_draws, res.draws, res.estimates = inner, len(est), est
+    if res.num_positive < n:
+        res.note = f"{res.num_positive} positive eigenvalues of N={n}: simulated at that rank"
+    if len(est) < max(10, draws // 2):
+        res.note = f"only {len(est)} of {draws} simulated kernels gave an estimate"
+        return res
+    res.low, res.high = parametric_interval(res.beta, np.asarray(est), res.level)
+    return res
+
+
+def parametric_interval(beta: float, est: Array, level: float) -> tuple[float, float]:
+    """beta -+ (|mean(est) - beta| + z sd(est)): the estimates `est` on kernels simulated at the fitted spectrum,
+    whose truth is beta; their bias and spread are the estimate's (the interval always holds beta)."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    half = abs(float(np.mean(est)) - beta) + z * float(np.std(est, ddof=1))
+    return beta - half, beta + half
+
+
+def subsample_interval(beta: float, est: Array, n: int, size: int, level: float, rate: float = RATE) -> tuple[float, float]:
     """The `level` interval of beta from the estimates `est` on random `size`-subsets (shift refitted in each).
 
     Spread: var(beta_b | sample) = s^2 (b^(-2 tau) - N^(-2 tau)) for an estimate whose sd falls as n^(-tau), so
@@ -304,10 +361,11 @@ def interval(beta: float, est: Array, n: int, size: int, level: float, rate: flo
     return beta - half, beta + half
 
 
-def estimate_beta(k: Any, *, draws: int = 200, level: float = 0.9, seed: int = 0, floor: float = FLOOR) -> BetaCI:
+def estimate_beta(k: Any, *, draws: int = DRAWS, level: float = 0.9, seed: int = 0, floor: float = FLOOR,
+                  interval: Interval = "parametric") -> BetaCI:
     """ntkft's beta of a kernel matrix K: the decay rate of its operator's eigenvalues, mu_k ~ k^(-2 beta),
-    finite-N corrected (scale-matched, index shift fitted), with a `level` subsampling interval from `draws`
-    subsamples. The one headline estimate (CLI, reports, figures); the paper's and the window fit are descriptive.
-    Validated on closed-form kernels: docs/results/efficiency/estimators.md (bias) and estimators-coverage.md (the
-    interval's coverage). Time per call with the default 200 draws: see estimators-coverage.md."""
-    return subsample_ci(k, draws=draws, level=level, seed=seed, floor=floor)
+    finite-N corrected (scale-matched, index shift fitted), with a `level` interval from `draws` kernels simulated
+    at the fitted spectrum (`interval="subsample"`: the previous subsampling rule). The one headline estimate (CLI,
+    reports, figures); the paper's and the window fit are descriptive. Bias and interval coverage on closed-form
+    kernels and on real eNTKs: docs/results/efficiency/estimators.md (cost per call there too)."""
+    return subsample_ci(k, draws=draws, level=level, seed=seed, floor=floor, interval=interval)

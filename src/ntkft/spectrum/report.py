@@ -20,7 +20,7 @@ from .decay import (
     window_fit,
 )
 from .eig import FLOOR, Array, eigenvalues
-from .matched import BetaCI, subsample_ci
+from .matched import DRAWS, BetaCI, subsample_ci
 from .result import Result
 
 
@@ -68,9 +68,9 @@ def _rate(beta: float) -> float | None:
     return rate_exponent(beta) if beta > 0 else None
 
 
-def analyse(k: Any, ci_draws: int = 200, level: float = 0.9, seed: int = 0, name: str = "",
+def analyse(k: Any, ci_draws: int = DRAWS, level: float = 0.9, seed: int = 0, name: str = "",
             floor: float = FLOOR) -> SpectrumReport:
-    """Eigenvalues of K/N (decomposed once), the scale-matched beta with a subsampling interval, the window and
+    """Eigenvalues of K/N (decomposed once), the scale-matched beta with its interval, the window and
     paper fits, fit-range sensitivity, power vs exponential, rate exponents and the effective dimension.
     Eigenvalues below `floor` * lambda_1 count as zero (raise it for kernels stored in low precision)."""
     lams = eigenvalues(k, floor=floor)
