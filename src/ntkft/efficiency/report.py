@@ -296,7 +296,8 @@ def readme(s: Summary) -> str:
     lines += ["", "## Sources and cost", "",
               "- `summary.json` (this page's numbers, issue 27's schema), `tasks.csv` (one row per variant); the run "
               "folder holds every unit (`kernels/`, `linear/`, `cells/`).",
-              "- The beta estimators' bias and interval coverage on closed-form kernels: `estimators.md`.",
+              "- The beta estimators' bias and interval coverage on closed-form kernels and on this run's eNTKs split into "
+              "disjoint draws: `estimators.md`.",
               f"- Fine-tuning CPU seconds over all cells: {tm.get('cpu_seconds_all_cells', 0):.0f}; this call "
               f"computed {tm.get('computed')} units and reused {tm.get('reused')}.", ""]
     return "\n".join(lines)
