@@ -30,7 +30,7 @@ from .variants import Variant, load_variants, n_val_at, pool_rows
 log = logging.getLogger(__name__)
 
 
-# part of every tier-(a) unit's key: raise it when linear_unit's output changes (7: beta's parametric interval, spikes only above 2x)
+# part of every tier-(a) unit's key: raise it when linear_unit's output changes (7: the parametric beta interval)
 LINEAR_VERSION = 7
 
 

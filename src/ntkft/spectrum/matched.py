@@ -147,15 +147,11 @@ def _shift_grid(r: float, a: int, b: int) -> Array:
     return out
 
 
-def _fit_window(d: Array, r: float, a: int, b: int, shift: bool, c: float | None = None) -> tuple[Array, Array, Array]:
-    """(beta, c, weighted mean squared residual) per row on the points k = a..b (d has exactly these columns);
-    `c` given: that shift, not fitted."""
+def _fit_window(d: Array, r: float, a: int, b: int, shift: bool) -> tuple[Array, Array, Array]:
+    """(beta, c, weighted mean squared residual) per row on the points k = a..b (d has exactly these columns)."""
     k = np.arange(a, b + 1, dtype=np.float64)
     w = 1.0 / k
-    if c is not None:
-        cs = np.array([c])
-    else:
-        cs = _shift_grid(r, a, b) if shift and b - a + 1 >= MIN_SHIFT_POINTS else np.zeros(1)
+    cs = _shift_grid(r, a, b) if shift and b - a + 1 >= MIN_SHIFT_POINTS else np.zeros(1)
     g = np.log((k[None, :] + cs[:, None]) / (r * k[None, :] + cs[:, None]))  # (C, K)
     num = (d * w) @ g.T  # (B, C)
     den = (g * g) @ w  # (C,)
@@ -169,21 +165,14 @@ def _fit_window(d: Array, r: float, a: int, b: int, shift: bool, c: float | None
     return beta[rows, pick], cs[pick], rss[rows, pick] / w.sum()
 
 
-def fit_shift(d: Array, r: float, a: int, b: int, shift: bool = True,
-              fixed: tuple[float, int] | None = None) -> tuple[Array, Array, NDArray[np.int64]]:
+def fit_shift(d: Array, r: float, a: int, b: int, shift: bool = True) -> tuple[Array, Array, NDArray[np.int64]]:
     """(beta, c, first k fitted) per row of the matched points d (k = a..b): weighted (1/k) least squares of
     d_k = 2 beta log((k + c)/(r k + c)), the matched difference of a shifted power law mu_k = (k + c)^(-2 beta).
 
     The shift is kept only where it halves the weighted spread of the points about the fit (a pure power law keeps
     c = 0: its points are flat). With `shift`, the fit may also start one or two octaves later (k from 2a or 4a,
     while 4 points remain), whichever leaves the smallest mean squared residual: a few large leading eigenvalues
-    (a spiked spectrum) distort the matched points up to k ~ (number of spikes) / r, which no shift models.
-    `fixed` = (c, first k): fit beta alone with that shift and start (the previous interval's subsamples reused
-    the full sample's; they now refit both, see the module doc)."""
-    if fixed is not None:
-        s0 = int(min(max(fixed[1], a), max(a, b - MIN_SHIFT_POINTS // 2)))
-        beta, c, _ = _fit_window(d[:, s0 - a:], r, s0, b, True, c=fixed[0])
-        return beta, c, np.full(len(d), s0, dtype=np.int64)
+    (a spiked spectrum) distort the matched points up to k ~ (number of spikes) / r, which no shift models."""
     if not shift:
         beta, c, _ = _fit_window(d, r, a, b, False)
         return beta, c, np.full(len(d), a, dtype=np.int64)
