@@ -63,6 +63,7 @@ def test_kernel_spectrum_stop_commands(tmp_path, data_dir, capsys):
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "s" / "spectrum.json").read_text())
     assert rep["stsb"]["beta_window"]["beta"] > 0 and (tmp_path / "s" / "spectrum.png").stat().st_size > 1000
+    assert rep["stsb"]["beta"]["interval"] == "parametric" and "% parametric CI)" in p.stdout
     p = run("stop", str(out), "--batch-size", "8", capsys=capsys)
     assert p.returncode == 0, p.stderr
     st = json.loads((out / "stop" / "stop.json").read_text())  # a run folder of its own inside the kernel's

@@ -26,7 +26,7 @@ FILES_HELP = ("kernel files: ntkft kernel folders or files, safetensors with K (
 
 
 class SpectrumConfig(StrictModel):
-    """`ntkft spectrum`: which kernels, how many subsamples for the beta interval, at which level."""
+    """`ntkft spectrum`: which kernels, how many simulated kernels for the beta interval, at which level."""
 
     draws_of: bool = Field(False, description="the kernel files are independent draws of one setting: also report "
                                               "beta mean +- sd over them (the paper's protocol)")
@@ -73,7 +73,7 @@ def _print_spectrum(rep: SpectrumReport, name: str = "", all_estimators: bool = 
     """One line per kernel: beta with its interval and what it was fitted on; with --all-estimators a second line
     with the descriptive fits by their names."""
     b, w, p = rep.beta, rep.beta_window, rep.beta_paper
-    ci = (f"[{b.low:.4f}, {b.high:.4f}] ({round(b.level * 100)}% subsampling CI)" if b.low is not None
+    ci = (f"[{b.low:.4f}, {b.high:.4f}] ({round(b.level * 100)}% {b.interval} CI)" if b.low is not None
           and b.high is not None else f"(no interval: {b.note})")
     zeros = f"; {rep.num_zero} of {rep.n} eigenvalues floored to 0" if rep.num_zero else ""
     shift = f", index shift {b.shift:+.2f}" if b.shift else ""

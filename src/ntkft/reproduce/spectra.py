@@ -185,7 +185,7 @@ def _ours(k: torch.Tensor, draws: int, what: str) -> BetaCI | None:
 
 
 def analyse(ctx: Context, kernels: dict[tuple[str, str, int], torch.Tensor]) -> Result:
-    """beta per draw by both estimators, mean +- sd, the first draw's subsampling CI, decay model."""
+    """beta per draw by both estimators, mean +- sd, the first draw's 90% interval, decay model."""
     cfg = ctx.options(Options)
     out = []
     for plan in cfg.models:
