@@ -30,8 +30,8 @@ from .variants import Variant, load_variants, n_val_at, pool_rows
 log = logging.getLogger(__name__)
 
 
-# part of every tier-(a) unit's key: raise it when linear_unit's output changes (7: the parametric beta interval)
-LINEAR_VERSION = 7
+# part of every tier-(a) unit's key: raise it when linear_unit's output changes (8: the parametric beta interval)
+LINEAR_VERSION = 8
 
 
 class InjectedFault(RuntimeError):

@@ -19,9 +19,9 @@ default) the estimate was off by > 0.3 beta on such kernels; with it, see docs/r
 The interval (`interval="parametric"`, the default) is a parametric bootstrap of the estimator itself: `draws`
 kernels of N fresh uniform points are simulated in closed form (`closed.cosine_kernel`, the validation's kernels)
 with the operator spectrum the estimate describes (`model_spectrum`: (k + c)^(-2 beta) with the fitted beta and
-shift, the kernel's own leading eigenvalues where they stand more than twice above that curve, its rank where it
-has exact zeros), the same estimator is run on each, and their errors e = beta* - beta give the half-width
-|mean e| + z sd(e) on both sides of the estimate (so it always holds it). Why: the estimate's spread shrinks with
+shift, the kernel's own leading eigenvalues where they stand more than twice above that curve), the same
+estimator is run on each, and their errors e = beta* - beta give the half-width |mean e| + z sd(e) on both sides
+of the estimate (so it always holds it). Why: the estimate's spread shrinks with
 N at rates from about 0.5 to 1.8 on the closed-form kernels (the window and the shift fit change with N), so no
 single rate turns the spread of half-size subsamples into the spread at N. The previous rule
 (`interval="subsample"`) did exactly that:
@@ -294,7 +294,9 @@ def model_spectrum(lams: Array, est: BetaCI, terms: int) -> tuple[Array, float]:
     """The operator spectrum the parametric interval simulates: mu_k = (k + c)^(-2 beta) with the estimate's beta
     and shift c, and before the fit's first k the kernel's own eigenvalues (rescaled to the fitted curve over the
     window) where they stand more than SPIKE times above it, so that large leading eigenvalues are kept; `terms`
-    terms and the tail sum. A kernel with exact zeros (eigenvalues below the floor) is simulated at its rank.
+    terms and the tail sum. Eigenvalues below the floor are not simulated as zeros: on a fast decay they are the
+    numerical floor of a full-rank kernel (simulating that rank hid the estimate's bias at beta 3), and the
+    simulated kernels meet the same floor.
     Copying every leading eigenvalue above the curve made spikes of sampling noise: on pure power laws (beta 2,
     N = 100) the simulated estimates then read ~0.1 high and the interval was 4x the width that covers."""
     mu, tail = shifted_power(est.beta, est.shift, terms)
@@ -304,9 +306,6 @@ def model_spectrum(lams: Array, est: BetaCI, terms: int) -> tuple[Array, float]:
     scale = float(np.exp(np.mean(np.log(lams[k - 1]) - np.log(mu[k - 1]))))
     lead, curve = lams[:s - 1] / scale, np.nan_to_num(mu[:s - 1], nan=0.0)
     mu[:s - 1] = np.where(lead > SPIKE * curve, lead, curve)
-    rank = int((lams > 0).sum())
-    if rank < len(lams):  # exact zeros: a finite-rank operator (its rank at most the kernel's), simulated as such
-        mu[rank:], tail = 0.0, 0.0
     return mu, tail
 
 
@@ -330,7 +329,7 @@ def _parametric(res: BetaCI, lams: Array, rng: np.random.Generator, inner: int, 
             est.append(one.beta)
     res.inner_draws, res.draws, res.estimates = inner, len(est), est
     if res.num_positive < n:
-        res.note = f"{res.num_positive} positive eigenvalues of N={n}: simulated at that rank"
+        res.note = f"{res.num_positive} positive eigenvalues of N={n} (the rest below the floor)"
     if len(est) < max(10, draws // 2):
         res.note = f"only {len(est)} of {draws} simulated kernels gave an estimate"
         return res
