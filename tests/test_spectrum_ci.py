@@ -212,7 +212,7 @@ def test_parametric_interval_is_bias_plus_scaled_spread():
 
 def test_parametric_interval_tracks_the_spread_where_the_subsample_rule_is_too_narrow():
     """beta = 0.6 at N = 400 (the eNTK regime): the estimate's sd over fresh kernels is about 0.0035 and the
-    subsampling rule's implied sd about half of it (it covered 75% of 20 kernels, estimators.md); the parametric
+    subsampling rule's implied sd about half of it (it covered 13 of 20 kernels, estimators.md); the parametric
     interval's implied sd (half-width / 1.645, less its bias term) is within a factor 1.6 of the spread."""
     from ntkft.spectrum.validate import kernel
 

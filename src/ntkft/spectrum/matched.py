@@ -28,7 +28,7 @@ single rate turns the spread of half-size subsamples into the spread at N. The p
 
     beta_N +- ( z * sd(beta_b) / sqrt((N/b)^(2 tau) - 1)  +  |mean(beta_b) - beta_N| ),   tau = RATE = 1.75,
 
-over random b = N/2 subsets refitting the shift; it under-covered beta 0.6 at N >= 400 (70-75%, where the rate is
+over random b = N/2 subsets refitting the shift; it under-covered beta 0.6 at N >= 400 (58-75%, where the rate is
 about 0.8) and, on real eNTKs split into disjoint draws, its implied sd was 0.2-1.0x the spread over the draws.
 Measured on both kinds of kernel, side by side: docs/results/efficiency/estimators.md. The simulated kernels assume
 cosine-like eigenfunctions (the eigenvalues' fluctuation depends on them); on real eNTKs the parametric interval's
