@@ -254,23 +254,20 @@ def subsample_ci(k: Any, m: int | None = None, draws: int = 200, level: float = 
     res = BetaCI(beta, None, None, level, a, b, _half(n), n, 0, 0, n_pos,
                  method="scale-matched, shift-fitted" if shift else "scale-matched", n=n, shift=float(cs[0]),
                  fit_k_min=int(starts[0]), points=(d[0] / (2 * math.log(1 / r))).tolist(), interval=interval)
-    if interval == "parametric":
-        if m is not None:
-            raise bad("m", "the subsample size applies to interval='subsample' only")
-        if draws == 0:
-            res.note = "not requested (0 draws)"
-            return res
-        return _parametric(res, lams, rng, d_full, k_min, k_max, floor, shift, draws)
+    if m is not None and interval == "parametric":
+        raise bad("m", "the subsample size applies to interval='subsample' only")
     size = _half(n) if m is None else count("m", m, 2)
     if m is not None and size >= n:
         raise bad("m", f"the subsample size must be below N={n}, got {m}")
-    res.m = size
-    b_sub = min(b * size // n, (min(size, n_pos) // 2))
-    r_sub = _half(size) / size
-    a_sub = max(a, math.ceil(1 / r_sub - 1e-12))
+    res.m = n if interval == "parametric" else size
     if draws == 0:
         res.note = "not requested (0 draws)"
         return res
+    if interval == "parametric":
+        return _parametric(res, lams, rng, d_full, k_min, k_max, floor, shift, draws)
+    b_sub = min(b * size // n, (min(size, n_pos) // 2))
+    r_sub = _half(size) / size
+    a_sub = max(a, math.ceil(1 / r_sub - 1e-12))
     if b_sub < a_sub:
         res.note = f"subsets of {size} leave no fit window (N={n}, {n_pos} positive eigenvalues)"
         return res
